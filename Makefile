@@ -1,0 +1,45 @@
+# Every install step lives here: a clean checkout needs only `make setup`.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo serve run test lint eval bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	# torch first and pinned: the CPU wheel lies on local disk; unpinned it pulls CUDA builds.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+data: setup
+	$(BIN)/recflow data demo
+
+demo: setup
+	$(BIN)/recflow data demo
+	$(BIN)/recflow run nightly
+	$(BIN)/recflow serve --host 127.0.0.1 --port 8000
+
+test: setup
+	$(BIN)/recflow data demo
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+eval: setup
+	$(BIN)/recflow data demo
+	$(BIN)/recflow eval --dataset movielens-100k
+
+clean:
+	rm -rf var .pytest_cache

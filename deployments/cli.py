@@ -1,0 +1,150 @@
+"""The ``recflow`` command line: run flows, serve, fetch demo data, manage bundles."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+# Prefect reads these at import: keep telemetry off and its state under ./var by default.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_HOME", str(Path("var/prefect").resolve()))
+
+app = typer.Typer(help="recflow: a self-hosted recommender run by Prefect flows.", no_args_is_help=True)
+run_app = typer.Typer(help="Run a flow now.", no_args_is_help=True)
+data_app = typer.Typer(help="Fetch demo data.", no_args_is_help=True)
+bundle_app = typer.Typer(help="List and roll back published bundles.", no_args_is_help=True)
+app.add_typer(run_app, name="run")
+app.add_typer(data_app, name="data")
+app.add_typer(bundle_app, name="bundle")
+console = Console()
+
+
+def _settings():
+    from storage.settings import Settings
+
+    return Settings()
+
+
+@data_app.command("demo")
+def data_demo(force: Annotated[bool, typer.Option(help="Download again even if present.")] = False) -> None:
+    """Fetch MovieLens-100K from the recbole wheel into the data directory."""
+    from tasks.demo_data import fetch_movielens_100k
+
+    settings = _settings()
+    target = fetch_movielens_100k(settings.data_dir / "ml-100k", force=force)
+    console.print(
+        f"MovieLens-100K ready in [bold]{target}[/] (F. Maxwell Harper and Joseph A. Konstan, "
+        "The MovieLens Datasets, ACM TiiS 5(4), 2015)"
+    )
+
+
+@run_app.command("nightly")
+def run_nightly() -> None:
+    """Run the nightly-refresh flow once, now."""
+    from flows.nightly import nightly_refresh
+
+    result = nightly_refresh()
+    console.print(
+        f"published: {result.version or '—'}; live bundle: [bold]{result.live}[/] ({result.reason})"
+    )
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Start the HTTP service on the live bundle (it follows CURRENT without restarts)."""
+    import uvicorn
+
+    settings = _settings()
+    uvicorn.run(
+        "serving.app:create_app",
+        factory=True,
+        host=host or settings.serving.host,
+        port=port or settings.serving.port,
+        workers=workers,
+        log_level="info",
+    )
+
+
+@app.command("eval")
+def evaluate(
+    dataset: Annotated[
+        str, typer.Option(help="Catalogue name the report is written under.")
+    ] = "movielens-100k",
+) -> None:
+    """Fit and evaluate the baselines with the full-ranking protocol; print and write JSON."""
+    from storage.settings import Settings
+    from tasks.report import print_report, run_evaluation
+
+    settings = Settings(catalogue=dataset)
+    report = run_evaluation(settings)
+    print_report(report, console)
+    console.print(f"written to {settings.eval_dir / f'{dataset}.json'}")
+
+
+@bundle_app.command("list")
+def bundle_list() -> None:
+    """Published bundles, oldest first; * marks the live one."""
+    from storage.artifacts import ArtifactStore
+
+    settings = _settings()
+    table = Table("", "version", "model", "valid ndcg@10", "test ndcg@10", "users", "items")
+    for info in ArtifactStore(settings.bundles_dir).list():
+        m = info.manifest
+        metrics = m.get("metrics", {})
+        table.add_row(
+            "*" if info.is_current else "",
+            info.version,
+            m.get("model", {}).get("name", "?"),
+            f"{metrics.get('valid', {}).get('ndcg@10', float('nan')):.4f}",
+            f"{metrics.get('test', {}).get('ndcg@10', float('nan')):.4f}",
+            str(m.get("counts", {}).get("users", "")),
+            str(m.get("counts", {}).get("items", "")),
+        )
+    console.print(table)
+
+
+@bundle_app.command("rollback")
+def bundle_rollback(
+    version: Annotated[
+        str | None, typer.Argument(help="Version to make live; default: the one before.")
+    ] = None,
+) -> None:
+    """Point CURRENT at an earlier bundle; the running service follows within seconds."""
+    from storage.artifacts import ArtifactStore, BundleError
+
+    settings = _settings()
+    try:
+        live = ArtifactStore(settings.bundles_dir).rollback(version)
+    except BundleError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"live bundle is now [bold]{live}[/]")
+
+
+@bundle_app.command("show")
+def bundle_show(version: Annotated[str | None, typer.Argument()] = None) -> None:
+    """Print a bundle's manifest (default: the live one)."""
+    from storage.artifacts import ArtifactStore
+
+    store = ArtifactStore(_settings().bundles_dir)
+    version = version or store.current_version()
+    if version is None:
+        console.print("[red]no bundle published yet; run `recflow run nightly`[/]")
+        raise typer.Exit(1)
+    console.print_json(json.dumps(store.manifest(version)))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,113 @@
+"""Baselines every other model must beat: Popularity and item-based KNN (cosine)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.base import histories_to_csr
+
+
+class PopularityModel:
+    """Scores every item by its number of training interactions, the same for every user."""
+
+    name: ClassVar[str] = "popularity"
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(0, dtype=np.float32)
+
+    def fit(self, train: sp.csr_matrix, histories: list[np.ndarray]) -> None:
+        self.counts = np.asarray(train.sum(axis=0), dtype=np.float32).ravel()
+
+    def score(self, histories: list[np.ndarray]) -> np.ndarray:
+        return np.broadcast_to(self.counts, (len(histories), self.counts.shape[0])).copy()
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / "counts.npy", self.counts)
+        (directory / "model.json").write_text(json.dumps({"name": self.name}))
+
+    @classmethod
+    def load(cls, directory: Path) -> PopularityModel:
+        model = cls()
+        model.counts = np.load(directory / "counts.npy")
+        return model
+
+
+class ItemKNNModel:
+    """Item-based collaborative filtering with cosine similarity.
+
+    Keeps the ``neighbors`` most similar items per item (a sparse items × items matrix), so
+    memory stays ``O(n_items · neighbors)`` at any catalogue size; a user's score for item
+    ``j`` is the summed similarity of ``j`` to the items in their history.
+    """
+
+    name: ClassVar[str] = "itemknn"
+
+    def __init__(self, neighbors: int = 100, shrink: float = 0.0, chunk: int = 1024) -> None:
+        self.neighbors = neighbors
+        self.shrink = shrink
+        self.chunk = chunk
+        self.similarity = sp.csr_matrix((0, 0), dtype=np.float32)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.similarity.shape[0])
+
+    def fit(self, train: sp.csr_matrix, histories: list[np.ndarray]) -> None:
+        x = sp.csc_matrix(train, dtype=np.float32)
+        x.data[:] = 1.0
+        n_items = x.shape[1]
+        norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel()).astype(np.float32)
+        xt = x.T.tocsr()
+        k = min(self.neighbors, max(n_items - 1, 1))
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        vals: list[np.ndarray] = []
+        for start in range(0, n_items, self.chunk):
+            stop = min(start + self.chunk, n_items)
+            co = (xt[start:stop] @ x).toarray()  # (chunk, n_items) co-occurrence counts
+            denom = np.outer(norms[start:stop], norms) + self.shrink + 1e-9
+            sim = co / denom
+            sim[np.arange(stop - start), np.arange(start, stop)] = 0.0  # no self-similarity
+            top = (
+                np.argpartition(-sim, k - 1, axis=1)[:, :k]
+                if k < n_items
+                else np.tile(np.arange(n_items), (stop - start, 1))
+            )
+            top_vals = np.take_along_axis(sim, top, axis=1)
+            keep = top_vals > 0
+            rows.append(np.repeat(np.arange(start, stop), keep.sum(axis=1)))
+            cols.append(top[keep])
+            vals.append(top_vals[keep].astype(np.float32))
+        self.similarity = sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(n_items, n_items),
+            dtype=np.float32,
+        )
+
+    def score(self, histories: list[np.ndarray]) -> np.ndarray:
+        h = histories_to_csr(histories, self.n_items)
+        return np.asarray((h @ self.similarity).toarray(), dtype=np.float32)
+
+    def params(self) -> dict[str, Any]:
+        return {"neighbors": self.neighbors, "shrink": self.shrink}
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        sp.save_npz(directory / "similarity.npz", self.similarity, compressed=False)
+        (directory / "model.json").write_text(json.dumps({"name": self.name, **self.params()}))
+
+    @classmethod
+    def load(cls, directory: Path) -> ItemKNNModel:
+        meta = json.loads((directory / "model.json").read_text())
+        model = cls(neighbors=meta["neighbors"], shrink=meta["shrink"])
+        model.similarity = sp.load_npz(directory / "similarity.npz").tocsr()
+        return model

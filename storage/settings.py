@@ -1,0 +1,172 @@
+"""One typed settings object for every part of recflow.
+
+Values come, highest priority first, from keyword arguments, ``RECFLOW_*`` environment
+variables (nested fields with ``__``, e.g. ``RECFLOW_KCORE__USER_K=5``), the TOML file named
+by ``RECFLOW_CONFIG`` (default ``./recflow.toml`` when it exists), then the embedded
+defaults, which run the MovieLens-100K demo under ``./var/`` with no setup.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, PositiveInt, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+SourceKind = Literal["movielens", "csv", "parquet"]
+
+
+class SourceSettings(BaseModel):
+    """Where the catalogue's interaction data comes from."""
+
+    kind: SourceKind = "movielens"
+    """Adapter that reads the data: ``movielens`` (any of its three layouts), ``csv``, ``parquet``."""
+    path: Path = Path("var/data/ml-100k")
+    """Directory (MovieLens) or file (CSV/Parquet) holding the interactions."""
+    items_path: Path | None = None
+    """Optional item file for CSV/Parquet sources (item_id, title, categories, year...)."""
+    value_min: float = 0.0
+    """Lowest legal interaction value (a rating scale's floor, 0 for implicit clicks)."""
+    value_max: float = 5.0
+    """Highest legal interaction value."""
+    min_timestamp: int = 0
+    """Earliest legal interaction time, Unix seconds."""
+    future_skew_s: PositiveInt = 300
+    """How far in the future a timestamp may lie before it counts as bad clock data."""
+
+    @model_validator(mode="after")
+    def _scale_is_ordered(self) -> SourceSettings:
+        if self.value_min > self.value_max:
+            raise ValueError(
+                f"source.value_min ({self.value_min}) must not exceed source.value_max ({self.value_max})"
+            )
+        return self
+
+
+class KCoreSettings(BaseModel):
+    """k-core filtering; 0 switches a side off."""
+
+    user_k: int = Field(0, ge=0)
+    """Minimum interactions per user kept after filtering."""
+    item_k: int = Field(0, ge=0)
+    """Minimum interactions per item kept after filtering."""
+
+
+class ValidationSettings(BaseModel):
+    """How strict the Great Expectations gates are."""
+
+    max_failure_share: float = Field(0.05, ge=0.0, le=1.0)
+    """Share of rejected rows in one file beyond which the flow stops with an error."""
+
+
+class EvalSettings(BaseModel):
+    """The evaluation protocol, recorded with every result."""
+
+    ks: list[PositiveInt] = Field(default_factory=lambda: [5, 10, 20])
+    """Cut-offs for HR/NDCG/MRR/Recall."""
+    temporal_cut_quantile: float = Field(0.9, gt=0.0, lt=1.0)
+    """Global temporal split: interactions after this time quantile form the test part."""
+
+
+class ModelSettings(BaseModel):
+    """Which model the nightly refresh trains and publishes."""
+
+    name: Literal["itemknn", "popularity"] = "itemknn"
+    """Model served from the bundle."""
+    knn_neighbors: PositiveInt = 100
+    """Neighbours kept per item by ItemKNN."""
+    knn_shrink: float = Field(0.0, ge=0.0)
+    """Shrinkage added to the cosine denominator (damps rare co-occurrences)."""
+    seed: int = 42
+    """Seed for everything random in training."""
+
+
+class ServingSettings(BaseModel):
+    """The HTTP service."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    reload_check_s: float = Field(1.0, gt=0.0)
+    """How often the service looks at ``CURRENT`` for a newly published bundle."""
+    max_k: PositiveInt = 500
+    """Largest ``k`` a request may ask for."""
+
+
+class Settings(BaseSettings):
+    """Everything recflow can be told; see the module docstring for where values come from."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECFLOW_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    catalogue: str = Field("movielens-100k", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Name of the catalogue this instance serves; its files live under ``home/<catalogue>``."""
+    home: Path = Path("var")
+    """Root of all state: warehouse, bundles, event log, evaluation reports."""
+    data_dir: Path = Path("var/data")
+    """Where ``recflow data demo`` puts fetched public datasets."""
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    kcore: KCoreSettings = Field(default_factory=KCoreSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    bundles_keep: PositiveInt = 5
+    """Number of published bundles kept on disk (the live one is never deleted)."""
+
+    @field_validator("home", "data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config = Path(os.environ.get("RECFLOW_CONFIG", "recflow.toml"))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config))
+        elif "RECFLOW_CONFIG" in os.environ:
+            raise FileNotFoundError(f"RECFLOW_CONFIG names {config}, which is not a file")
+        return tuple(sources)
+
+    # Paths derived from the catalogue name -------------------------------------------------
+    @property
+    def catalogue_dir(self) -> Path:
+        return self.home / self.catalogue
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.catalogue_dir / "warehouse.duckdb"
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.catalogue_dir / "bundles"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.catalogue_dir / "events"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.home / "eval"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings; keyword overrides win over env vars and the config file."""
+    return Settings(**overrides)

@@ -1,0 +1,114 @@
+"""k-core filtering and train/valid/test splits, in DuckDB SQL, recorded in the warehouse."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+from storage.warehouse import scalar
+
+KCORE_TABLE = "interactions_kcore"
+LEAVE_LAST_OUT = "leave_last_out"
+TEMPORAL = "temporal"
+
+
+@dataclass(frozen=True)
+class KCoreSummary:
+    rows_before: int
+    rows_after: int
+    users_after: int
+    items_after: int
+    iterations: int
+
+    @property
+    def removed(self) -> int:
+        return self.rows_before - self.rows_after
+
+
+def kcore_filter(
+    con: duckdb.DuckDBPyConnection,
+    user_k: int,
+    item_k: int,
+    source: str = "interactions",
+    target: str = KCORE_TABLE,
+) -> KCoreSummary:
+    """Largest sub-log in which every user has ≥ ``user_k`` and every item ≥ ``item_k`` rows.
+
+    Removing a low-degree user can push an item below its k and vice versa, so deletion is
+    repeated until a pass removes nothing: the fixed point, which is the unique maximal k-core
+    (peeling never removes a row that belongs to any valid core). ``k = 0`` switches a side off.
+    """
+    con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM {source}")
+    before = _count(con, target)
+    iterations = 0
+    while user_k > 0 or item_k > 0:
+        iterations += 1
+        n_before = _count(con, target)
+        con.execute(
+            f"""
+            DELETE FROM {target}
+            WHERE user_id IN (SELECT user_id FROM {target} GROUP BY user_id HAVING count(*) < $uk)
+               OR item_id IN (SELECT item_id FROM {target} GROUP BY item_id HAVING count(*) < $ik)
+            """,
+            {"uk": user_k, "ik": item_k},
+        )
+        if _count(con, target) == n_before:
+            break
+    users, items = con.execute(
+        f"SELECT count(DISTINCT user_id), count(DISTINCT item_id) FROM {target}"
+    ).fetchall()[0]
+    return KCoreSummary(before, _count(con, target), int(users), int(items), iterations)
+
+
+def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    return int(scalar(con, f"SELECT count(*) FROM {table}"))
+
+
+def make_splits(
+    con: duckdb.DuckDBPyConnection, table: str = KCORE_TABLE, temporal_quantile: float = 0.9
+) -> dict[str, dict[str, int]]:
+    """Record both splits in ``splits`` (replacing earlier ones) and return part sizes.
+
+    * ``leave_last_out``: per user, ordered by (timestamp, file order): the last interaction
+      is ``test``, the second last ``valid``, the rest ``train`` (a user with two
+      interactions has no valid row; with one, only train).
+    * ``temporal``: one global cut at the ``temporal_quantile`` of timestamps: later
+      interactions are ``test``, the rest ``train``.
+    """
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"DELETE FROM splits WHERE split_name IN ('{LEAVE_LAST_OUT}', '{TEMPORAL}')")
+        con.execute(
+            f"""
+            INSERT INTO splits
+            SELECT '{LEAVE_LAST_OUT}', event_id,
+                   CASE WHEN n >= 2 AND pos = n THEN 'test'
+                        WHEN n >= 3 AND pos = n - 1 THEN 'valid'
+                        ELSE 'train' END
+            FROM (
+                SELECT event_id,
+                       row_number() OVER (PARTITION BY user_id ORDER BY ts, seq) AS pos,
+                       count(*) OVER (PARTITION BY user_id) AS n
+                FROM {table}
+            )
+            """
+        )
+        con.execute(
+            f"""
+            INSERT INTO splits
+            SELECT '{TEMPORAL}', event_id,
+                   CASE WHEN ts > (SELECT quantile_disc(ts, $q) FROM {table}) THEN 'test' ELSE 'train' END
+            FROM {table}
+            """,
+            {"q": temporal_quantile},
+        )
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    rows = con.execute("SELECT split_name, part, count(*) FROM splits GROUP BY ALL ORDER BY ALL").fetchall()
+    out: dict[str, dict[str, int]] = {}
+    for name, part, n in rows:
+        out.setdefault(name, {})[part] = int(n)
+    return out

@@ -1,0 +1,165 @@
+"""What every adapter returns, and the tolerant delimited-file reader they share.
+
+Files are read as text (every column VARCHAR) so a malformed value never aborts a load:
+rows whose shape is wrong (too few or too many fields) come back as ``rejects`` with their
+line number and DuckDB's error, and go to quarantine; values that do not parse become NULL
+and are caught by the expectations, which quarantine them with the rule that failed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+ITEM_COLUMNS = ["item_id", "title", "categories", "year", "description", "url", "row_number"]
+INTERACTION_COLUMNS = [
+    "user_id",
+    "item_id",
+    "event_type",
+    "value",
+    "dwell_s",
+    "ts",
+    "seq",
+    "session_id",
+    "row_number",
+]
+YEAR_IN_TITLE = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})\)\s*$")
+
+
+class SourceFormatError(ValueError):
+    """An input file does not have the layout its adapter expects (names file and columns)."""
+
+
+@dataclass
+class SourceData:
+    """A source mapped to the one schema, plus what could not be parsed at all."""
+
+    name: str
+    items: pd.DataFrame
+    interactions: pd.DataFrame
+    users: pd.DataFrame | None
+    files: dict[str, Path]
+    """Role ("items", "interactions", "users") → the file it came from."""
+    rejects: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(
+            columns=["table", "source_file", "row_number", "rule", "payload"]
+        )
+    )
+    """Rows that failed to parse: table, source_file, row_number, rule, payload."""
+
+
+def read_delimited(
+    path: Path,
+    *,
+    table: str,
+    sep: str,
+    header: bool,
+    names: list[str] | None = None,
+    encoding: str = "utf-8",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read a delimited text file as strings; returns (rows, rejects).
+
+    ``rows`` has the file's columns plus ``row_number`` (1-based line in the file) and
+    ``seq`` (0-based order among accepted rows, the tie-breaker for equal timestamps).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{table} file {path} does not exist")
+    con = duckdb.connect()
+    try:
+        options = {
+            "delim": sep,
+            "header": header,
+            "all_varchar": True,
+            "store_rejects": True,
+            "quote": '"' if sep == "," else "",
+            "escape": '"' if sep == "," else "",
+            "auto_detect": names is None,
+            "encoding": encoding,
+            "parallel": False,
+        }
+        if names is not None:
+            options["columns"] = {n: "VARCHAR" for n in names}
+        opts = ", ".join(f"{k} := ${k}" for k in options)
+        rows = con.execute(f"SELECT * FROM read_csv($path, {opts})", {"path": str(path), **options}).df()
+        rejects = (
+            con.execute("SELECT line, error_type, csv_line FROM reject_errors ORDER BY line")
+            .df()
+            .drop_duplicates("line")
+        )  # one error row per missing column: keep one per line
+    except duckdb.Error as exc:
+        raise SourceFormatError(f"cannot read {table} file {path}: {exc}") from exc
+    finally:
+        con.close()
+    rejected_lines = (
+        np.unique(rejects["line"].to_numpy(dtype=np.int64)) if len(rejects) else np.zeros(0, np.int64)
+    )
+    first = 2 if header else 1
+    all_lines = np.arange(first, first + len(rows) + len(rejected_lines), dtype=np.int64)
+    rows["row_number"] = np.setdiff1d(all_lines, rejected_lines, assume_unique=True)[: len(rows)]
+    rows["seq"] = np.arange(len(rows), dtype=np.int64)
+    rej = pd.DataFrame(
+        {
+            "table": table,
+            "source_file": str(path),
+            "row_number": rejects["line"].astype("int64") if len(rejects) else pd.Series(dtype="int64"),
+            "rule": ("parse:" + rejects["error_type"].astype(str)) if len(rejects) else pd.Series(dtype=str),
+            "payload": rejects["csv_line"].astype(str) if len(rejects) else pd.Series(dtype=str),
+        }
+    )
+    return rows, rej
+
+
+def require_columns(df: pd.DataFrame, required: list[str], path: Path) -> None:
+    """Fail with the file name and the expected columns when any is missing."""
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise SourceFormatError(
+            f"{path}: missing column(s) {missing}; expected at least {required}, found {list(df.columns)}"
+        )
+
+
+def split_title_year(titles: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """``"Toy Story (1995)"`` → (``"Toy Story"``, 1995); titles without a year keep year NA."""
+    parts = titles.fillna("").str.extract(YEAR_IN_TITLE)
+    title = parts["title"].where(parts["title"].notna(), titles)
+    year = pd.to_numeric(parts["year"], errors="coerce").astype("Int64")
+    return title.str.strip().where(title.str.strip() != "", None), year
+
+
+def to_int(values: pd.Series) -> pd.Series:
+    """Integer column from text; unparseable values become NA (caught by expectations)."""
+    return pd.to_numeric(values, errors="coerce").round().astype("Int64")
+
+
+def to_float(values: pd.Series) -> pd.Series:
+    return pd.to_numeric(values, errors="coerce").astype("float64")
+
+
+def finish_items(df: pd.DataFrame) -> pd.DataFrame:
+    """Order and fill the item columns of the one schema."""
+    for col in ITEM_COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    df["item_id"] = df["item_id"].astype("string").str.strip()
+    df["year"] = df["year"].astype("Int64")
+    return df[ITEM_COLUMNS].reset_index(drop=True)
+
+
+def finish_interactions(df: pd.DataFrame, event_type: str = "rating") -> pd.DataFrame:
+    """Order and fill the interaction columns of the one schema."""
+    if "event_type" not in df.columns:
+        df["event_type"] = event_type
+    for col in INTERACTION_COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    df["user_id"] = df["user_id"].astype("string").str.strip()
+    df["item_id"] = df["item_id"].astype("string").str.strip()
+    df["value"] = df["value"].astype("float64")
+    df["dwell_s"] = pd.to_numeric(df["dwell_s"], errors="coerce").astype("float64")
+    df["ts"] = df["ts"].astype("Int64")
+    return df[INTERACTION_COLUMNS].reset_index(drop=True)

@@ -1,0 +1,20 @@
+"""Pick the adapter named in settings."""
+
+from __future__ import annotations
+
+from storage.settings import SourceSettings
+from tasks.sources.common import SourceData, SourceFormatError
+from tasks.sources.movielens import read_movielens
+from tasks.sources.tabular import read_tabular
+
+
+def read_source(source: SourceSettings) -> SourceData:
+    """Read the configured source into the one schema."""
+    if source.kind == "movielens":
+        if not source.path.exists():
+            raise SourceFormatError(
+                f"MovieLens data not found at {source.path}; run `recflow data demo` to fetch "
+                "MovieLens-100K, or set RECFLOW_SOURCE__PATH"
+            )
+        return read_movielens(source.path)
+    return read_tabular(source.path, source.items_path)

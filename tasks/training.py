@@ -1,0 +1,235 @@
+"""Turn a recorded split into index arrays, fit models, evaluate them with full ranking.
+
+Protocol (recorded with every result): the model is fitted on ``train``; validation scores
+users from their train history and masks train items; test scores users from train + valid
+history and masks those items. Every item of the catalogue is ranked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import duckdb
+import numpy as np
+import scipy.sparse as sp
+
+from models.base import Recommender, histories_to_csr
+from models.metrics import coverage, mask_seen, novelty, rank_metrics, top_k
+from models.registry import build_model
+from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT
+
+Part = Literal["valid", "test"]
+
+
+@dataclass
+class SplitData:
+    """A split as dense indices: per user, time-ordered item indices of each part."""
+
+    split_name: str
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    train: list[np.ndarray]
+    valid: list[np.ndarray]
+    test: list[np.ndarray]
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def histories(self, parts: tuple[str, ...]) -> list[np.ndarray]:
+        """Concatenate the given parts per user, preserving time order (train < valid < test)."""
+        chosen = [getattr(self, p) for p in parts]
+        return [np.concatenate([c[u] for c in chosen]) for u in range(self.n_users)]
+
+    def matrix(self, parts: tuple[str, ...] = ("train",)) -> sp.csr_matrix:
+        return histories_to_csr(self.histories(parts), self.n_items)
+
+
+def load_split_data(
+    con: duckdb.DuckDBPyConnection,
+    split_name: str = LEAVE_LAST_OUT,
+    table: str = KCORE_TABLE,
+    restrict_items_to_table: bool = False,
+) -> SplitData:
+    """Read ``table`` joined with its recorded split into index arrays.
+
+    The item universe is every item of the ``items`` table (so never-interacted items are
+    ranked too), or only those left in ``table`` when k-core filtering removed items.
+    """
+    item_sql = (
+        f"SELECT DISTINCT item_id FROM {table}" if restrict_items_to_table else "SELECT item_id FROM items"
+    )
+    item_ids = np.array(
+        [
+            r[0]
+            for r in con.execute(
+                f"SELECT item_id FROM ({item_sql}) ORDER BY TRY_CAST(item_id AS BIGINT) NULLS LAST, item_id"
+            ).fetchall()
+        ],
+        dtype=object,
+    )
+    item_index = {item: i for i, item in enumerate(item_ids)}
+    rows = con.execute(
+        f"""
+        SELECT t.user_id, t.item_id, s.part
+        FROM {table} t JOIN splits s ON s.event_id = t.event_id AND s.split_name = ?
+        ORDER BY TRY_CAST(t.user_id AS BIGINT) NULLS LAST, t.user_id, t.ts, t.seq
+        """,
+        [split_name],
+    ).fetchall()
+    user_ids: list[str] = []
+    parts: dict[str, list[list[int]]] = {"train": [], "valid": [], "test": []}
+    last_user = None
+    for user, item, part in rows:
+        if user != last_user:
+            user_ids.append(user)
+            for p in parts.values():
+                p.append([])
+            last_user = user
+        idx = item_index.get(item)
+        if idx is not None:
+            parts[part][-1].append(idx)
+
+    def arrays(p: str) -> list[np.ndarray]:
+        return [np.asarray(x, dtype=np.int64) for x in parts[p]]
+
+    return SplitData(
+        split_name,
+        np.array(user_ids, dtype=object),
+        item_ids,
+        arrays("train"),
+        arrays("valid"),
+        arrays("test"),
+    )
+
+
+def evaluate(
+    model: Recommender, data: SplitData, part: Part, ks: list[int], batch_size: int = 1024
+) -> dict[str, float]:
+    """Full-ranking metrics of ``model`` on ``part``; keys like ``ndcg@10``."""
+    history_parts: tuple[str, ...] = ("train",) if part == "valid" else ("train", "valid")
+    histories = data.histories(history_parts)
+    targets = getattr(data, part)
+    users = [u for u in range(data.n_users) if len(targets[u])]
+    max_k = max(ks)
+    recommended = np.zeros((len(users), min(max_k, data.n_items)), dtype=np.int64)
+    for start in range(0, len(users), batch_size):
+        batch = users[start : start + batch_size]
+        scores = model.score([histories[u] for u in batch])
+        mask_seen(scores, [histories[u] for u in batch])
+        recommended[start : start + len(batch)] = top_k(scores, max_k)
+    ranked = rank_metrics(recommended, [targets[u] for u in users], ks)
+    popularity = np.asarray(data.matrix(("train",)).sum(axis=0)).ravel()
+    out: dict[str, float] = {}
+    for k in ks:
+        for metric in ("hr", "ndcg", "mrr", "recall"):
+            out[f"{metric}@{k}"] = round(ranked[metric][k], 6)
+        out[f"coverage@{k}"] = round(coverage(recommended, data.n_items, k), 6)
+        out[f"novelty@{k}"] = round(novelty(recommended, popularity, data.n_users, k), 6)
+    out["users_evaluated"] = float(len(users))
+    return out
+
+
+def protocol(data: SplitData, ks: list[int], kcore: dict[str, int]) -> dict[str, Any]:
+    """The evaluation protocol as data, stored next to every metric."""
+    return {
+        "split": data.split_name,
+        "order": "timestamp, then file order",
+        "mode": "full ranking over all catalogue items",
+        "fit_on": "train",
+        "valid": {"history": "train", "excluded": "train items"},
+        "test": {"history": "train+valid", "excluded": "train+valid items"},
+        "ks": ks,
+        "kcore": kcore,
+        "users": data.n_users,
+        "items": data.n_items,
+    }
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_name: str
+    params: dict[str, Any]
+    valid: dict[str, float]
+    test: dict[str, float]
+    train_seconds: float
+    model: Recommender
+
+
+def train_and_evaluate(
+    data: SplitData, model_name: str, params: dict[str, Any], ks: list[int]
+) -> TrainResult:
+    """Fit on train, evaluate on valid and test. Returns the fitted model too."""
+    model = build_model(model_name, **params)
+    started = time.perf_counter()
+    model.fit(data.matrix(("train",)), data.train)
+    seconds = time.perf_counter() - started
+    return TrainResult(
+        run_id=uuid.uuid4().hex,
+        model_name=model_name,
+        params=model.params(),
+        valid=evaluate(model, data, "valid", ks),
+        test=evaluate(model, data, "test", ks),
+        train_seconds=round(seconds, 3),
+        model=model,
+    )
+
+
+def fit_for_serving(data: SplitData, model_name: str, params: dict[str, Any]) -> Recommender:
+    """Refit on every interaction (train + valid + test): what the live bundle serves."""
+    model = build_model(model_name, **params)
+    everything = data.histories(("train", "valid", "test"))
+    model.fit(histories_to_csr(everything, data.n_items), everything)
+    return model
+
+
+def record_run(
+    con: duckdb.DuckDBPyConnection,
+    result: TrainResult,
+    proto: dict[str, Any],
+    fingerprint: str,
+    flow_run_id: str | None,
+) -> None:
+    """One row in ``model_runs`` per training run: parameters, metrics and protocol."""
+    con.execute(
+        "INSERT INTO model_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp)",
+        [
+            result.run_id,
+            result.model_name,
+            json.dumps(result.params),
+            json.dumps({"valid": result.valid, "test": result.test}),
+            json.dumps(proto),
+            fingerprint,
+            flow_run_id,
+            result.train_seconds,
+            datetime.now(UTC).replace(tzinfo=None),
+        ],
+    )
+
+
+def data_fingerprint(con: duckdb.DuckDBPyConnection, table: str, extra: dict[str, Any]) -> str:
+    """Content hash of the training data and the settings that shape the model.
+
+    Order-independent (XOR of row hashes), so the same rows give the same fingerprint however
+    they were loaded: two runs on unchanged data publish nothing new.
+    """
+    inter = con.execute(f"SELECT count(*), bit_xor(hash(event_id)) FROM {table}").fetchall()[0]
+    items = con.execute(
+        "SELECT count(*), bit_xor(hash(item_id || coalesce(content_hash, ''))) FROM items"
+    ).fetchall()[0]
+    payload = json.dumps(
+        {"interactions": list(inter or ()), "items": list(items or ()), **extra}, sort_keys=True, default=str
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]

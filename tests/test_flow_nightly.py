@@ -1,0 +1,91 @@
+"""The nightly-refresh flow on a real slice of MovieLens-100K, against a temporary Prefect API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from storage.artifacts import ArtifactStore
+from storage.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """One temporary Prefect API for every flow test (it takes ~10 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_nightly_refresh_publishes_then_is_idempotent(
+    prefect_api: None, ml100k_slice: Path, tmp_path: Path
+) -> None:
+    from flows.nightly import nightly_refresh
+
+    overrides = {
+        "home": str(tmp_path / "var"),
+        "catalogue": "ml-slice",
+        "source": {"kind": "movielens", "path": str(ml100k_slice)},
+    }
+    settings = Settings(**overrides)
+    store = ArtifactStore(settings.bundles_dir)
+
+    first = nightly_refresh(overrides=overrides)
+    assert first.version is not None and first.live == first.version == store.current_version()
+    manifest = store.manifest(first.version)
+    assert manifest["model"]["name"] == "itemknn"
+    assert manifest["metrics"]["test"]["ndcg@10"] > 0
+    assert manifest["protocol"]["split"] == "leave_last_out"
+    assert set(manifest["checksums"]) >= {"catalog.duckdb", "model/model.json"}
+    store.verify(first.version)
+    with duckdb.connect(str(store.root / first.version / "catalog.duckdb"), read_only=True) as cat:
+        assert cat.execute("SELECT count(*) FROM user_histories").fetchall()[0][0] == 120
+        assert cat.execute("SELECT count(*) FROM items").fetchall()[0][0] == 1682
+
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        before = con.execute("SELECT count(*) FROM interactions").fetchall()[0][0]
+        runs = con.execute("SELECT count(*) FROM model_runs").fetchall()[0][0]
+    assert runs == 1
+
+    second = nightly_refresh(overrides=overrides)
+    assert second.version is None
+    assert second.live == first.version == store.current_version()
+    assert store.versions() == [first.version]
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM interactions").fetchall()[0][0] == before
+        assert con.execute("SELECT count(*) FROM model_runs").fetchall()[0][0] == 1
+    assert json.loads((store.root / first.version / "manifest.json").read_text())["version"] == first.version
+
+
+def test_flow_stops_on_bad_data_and_keeps_current(
+    prefect_api: None, ml100k_slice: Path, tmp_path: Path
+) -> None:
+    from flows.nightly import nightly_refresh
+
+    home = tmp_path / "var"
+    good = {"home": str(home), "catalogue": "c", "source": {"kind": "movielens", "path": str(ml100k_slice)}}
+    live = nightly_refresh(overrides=good).live
+    # A CSV whose ratings are mostly off the declared 1-5 scale: more than 5 % bad rows.
+    bad = tmp_path / "bad.csv"
+    rows = ["user_id,item_id,rating,timestamp"] + [
+        f"{u},1,{9 if u % 2 else 3},{880000000 + u}" for u in range(100)
+    ]
+    bad.write_text("\n".join(rows) + "\n")
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,title\n1,Toy Story\n")
+    broken = {**good, "source": {"kind": "csv", "path": str(bad), "items_path": str(items), "value_max": 5}}
+    state = nightly_refresh(overrides=broken, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"bad\.csv.*50 of 100 rows.*value"):
+        state.result()
+    assert ArtifactStore(Settings(**good).bundles_dir).current_version() == live
+    with duckdb.connect(str(Settings(**good).warehouse_path), read_only=True) as con:
+        assert (
+            con.execute("SELECT count(*) FROM quarantine WHERE source_file LIKE '%bad.csv'").fetchall()[0][0]
+            == 50
+        )
