@@ -7,7 +7,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo serve run test lint eval bench clean
+.PHONY: setup data demo test lint eval bench-embed bench-index clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,13 @@ lint: setup
 eval: setup
 	$(BIN)/recflow data demo
 	$(BIN)/recflow eval --dataset movielens-100k
+
+bench-embed: setup
+	$(BIN)/recflow data demo
+	$(BIN)/python -m benchmarks.bench_embed
+
+bench-index: setup
+	$(BIN)/python -m benchmarks.bench_index
 
 clean:
 	rm -rf var .pytest_cache

@@ -24,7 +24,7 @@ bundle_app = typer.Typer(help="List and roll back published bundles.", no_args_i
 app.add_typer(run_app, name="run")
 app.add_typer(data_app, name="data")
 app.add_typer(bundle_app, name="bundle")
-console = Console()
+console = Console(width=max(Console().width, 120))
 
 
 def _settings():

@@ -111,12 +111,20 @@ class ArtifactStore:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def _new_version(self) -> str:
+        """A name that sorts after every bundle ever issued here, so order == publish order.
+
+        Names are ``<UTC second>-<counter>``; the last issued name is remembered in
+        ``.last_version`` so a pruned bundle's name is never handed out again.
+        """
+        marker = self.root / ".last_version"
+        floor = max([*self.versions(), marker.read_text().strip() if marker.exists() else ""])
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        existing = set(self.versions())
-        n = 0
-        while f"{stamp}-{n:03d}" in existing:
-            n += 1
-        return f"{stamp}-{n:03d}"
+        version = f"{stamp}-000"
+        if version <= floor:
+            floor_stamp, _, floor_n = floor.partition("-")
+            version = f"{max(stamp, floor_stamp)}-{int(floor_n or 0) + 1:03d}"
+        marker.write_text(version + "\n")
+        return version
 
     def commit(self, staged: Path, manifest: dict[str, Any], *, make_current: bool = True) -> str:
         """Checksum ``staged``, write its manifest, rename it into place, move ``CURRENT``.

