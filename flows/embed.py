@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 
 from storage.settings import EmbeddingSettings, Settings
@@ -38,7 +38,7 @@ def _fanout(settings: Settings) -> EmbedSummary:
         plan = plan_embedding(con, settings.embedding)
     size = settings.embedding.fanout_batch
     batches = [plan.missing_texts[i : i + size] for i in range(0, len(plan.missing_texts), size)]
-    futures = encode_batch_task.map(batches, embedding=settings.embedding)  # type: ignore[arg-type]
+    futures = encode_batch_task.map(batches, embedding=unmapped(settings.embedding))
     vectors = [f.result() for f in futures]
     dim = vectors[0].shape[1] if vectors else 0
     stacked = np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32)

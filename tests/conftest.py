@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,12 @@ def ml100k_slice(ml100k_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     (out / "ml-slice.inter").write_text("\n".join([header, *kept]) + "\n")
     (out / "ml-slice.item").write_text((ml100k_dir / "ml-100k.item").read_text())
     return out
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """One temporary Prefect API for every flow test (it takes ~10 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

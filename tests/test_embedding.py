@@ -86,3 +86,21 @@ def test_vector_expectations() -> None:
         check_item_vectors(bad, n_items=3, dim=4)
     with pytest.raises(DataQualityError, match="not unit length"):
         check_item_vectors(good * 2, n_items=3, dim=4)
+
+
+def test_embed_flow_fans_out_over_dask(prefect_api: None, tmp_path: Path) -> None:
+    """The same flow on a 2-process local Dask cluster; the second run encodes nothing."""
+    from flows.embed import run_embed_items
+    from storage.settings import Settings
+
+    overrides = {
+        "home": str(tmp_path),
+        "catalogue": "dask",
+        "embedding": {"dask_workers": 2, "fanout_batch": 2},
+    }
+    with connect(Settings(**overrides).warehouse_path) as con:
+        upsert_items(con, ITEMS, "test")
+    first = run_embed_items(overrides)
+    assert (first.encoded, first.cached) == (3, 0)
+    second = run_embed_items({**overrides, "embedding": {"dask_workers": 0}})
+    assert (second.encoded, second.cached) == (0, 3)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -11,15 +10,6 @@ import pytest
 
 from storage.artifacts import ArtifactStore
 from storage.settings import Settings
-
-
-@pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
-    """One temporary Prefect API for every flow test (it takes ~10 s to start)."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def test_nightly_refresh_publishes_then_is_idempotent(
