@@ -27,10 +27,11 @@ def main() -> None:
     parser.add_argument("--editions", type=int, default=4, help="copies of each title (distinct texts)")
     args = parser.parse_args()
     from flows.embed import run_embed_items
+    from models.text_encoder import encode, load_text_model
     from storage.settings import EmbeddingSettings, Settings
     from storage.warehouse import open_warehouse
     from tasks.demo_data import fetch_movielens_100k
-    from tasks.embedding import encode, load_text_model, render_texts
+    from tasks.embedding import render_texts
     from tasks.load import upsert_items
     from tasks.sources.movielens import read_movielens
 

@@ -13,9 +13,10 @@ import numpy as np
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 
+from models.text_encoder import encode
 from storage.settings import EmbeddingSettings, Settings
 from storage.warehouse import open_warehouse
-from tasks.embedding import EmbedSummary, embed_items, encode, plan_embedding, store_vectors
+from tasks.embedding import EmbedSummary, embed_items, plan_embedding, store_vectors
 
 
 @task(name="embed-items-in-process", retries=1, retry_delay_seconds=5)

@@ -10,9 +10,10 @@ import pytest
 
 from expectations.suites import DataQualityError
 from expectations.vectors import check_item_vectors
+from models.text_encoder import resolve_model_path
 from storage.settings import EmbeddingSettings
 from storage.warehouse import connect
-from tasks.embedding import embed_items, item_vectors, render_texts, resolve_model_path
+from tasks.embedding import embed_items, item_vectors, render_texts
 from tasks.load import upsert_items
 
 ITEMS = pd.DataFrame(
