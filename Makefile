@@ -46,7 +46,7 @@ bench-embed: setup
 	$(BIN)/python -m benchmarks.bench_embed
 
 bench-index: setup
-	$(BIN)/python -m benchmarks.bench_index
+	$(BIN)/python -m benchmarks.bench_index --sizes 100000 1000000
 
 clean:
 	rm -rf var .pytest_cache

@@ -13,12 +13,17 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from expectations.vectors import check_item_vectors
+from flows.embed import embed_in_process_task
+from models.text_encoder import embedding_dim
 from storage.artifacts import ArtifactStore
 from storage.settings import Settings
 from storage.warehouse import open_warehouse
+from tasks.embedding import item_vectors
+from tasks.indexing import build_index
 from tasks.load import LoadSummary, load_source
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, KCoreSummary, kcore_filter, make_splits
-from tasks.publish import PublishResult, publish_bundle
+from tasks.publish import BUNDLE_FORMAT, PublishResult, publish_bundle
 from tasks.training import (
     data_fingerprint,
     fit_for_serving,
@@ -89,6 +94,9 @@ def train_publish_task(settings: Settings, run_id: str | None) -> PublishResult:
                 "params": params,
                 "kcore": settings.kcore.model_dump(),
                 "ks": settings.eval.ks,
+                "embedding": settings.embedding.model_dump() if settings.embedding.enabled else None,
+                "index": settings.index.model_dump(),
+                "bundle_format": BUNDLE_FORMAT,
             },
         )
         live = store.current_version()
@@ -110,6 +118,19 @@ def train_publish_task(settings: Settings, run_id: str | None) -> PublishResult:
             result.train_seconds,
         )
         serving_model = fit_for_serving(data, settings.model.name, params)
+        vectors = index = None
+        if settings.embedding.enabled:
+            ids = [str(i) for i in data.item_ids]
+            vectors = item_vectors(con, settings.embedding, ids)
+            check_item_vectors(vectors, data.n_items, embedding_dim(settings.embedding.model))
+            index = build_index(vectors, ids, settings.index)  # raises below the recall floor
+            logger.info(
+                "index %s over %d items, recall@%d=%.4f",
+                index.kind,
+                index.n,
+                settings.index.recall_k,
+                index.recall or 0.0,
+            )
         manifest = {
             "catalogue": settings.catalogue,
             "source_run": run_id,
@@ -119,7 +140,12 @@ def train_publish_task(settings: Settings, run_id: str | None) -> PublishResult:
             "protocol": proto,
             "data_fingerprint": fingerprint,
         }
-        published = publish_bundle(store, con, data, serving_model, manifest)
+        if settings.embedding.enabled:
+            manifest["embedding"] = {
+                "model": settings.embedding.model,
+                "template": settings.embedding.template,
+            }
+        published = publish_bundle(store, con, data, serving_model, manifest, vectors=vectors, index=index)
     _artifact(
         "model-metrics",
         _metrics_markdown(result.model_name, result.valid, result.test, published),
@@ -148,6 +174,8 @@ def nightly_refresh(overrides: dict[str, Any] | None = None) -> PublishResult:
     """
     settings = Settings(**(overrides or {}))
     load_task(settings)
+    if settings.embedding.enabled:
+        embed_in_process_task(settings)
     kcore_task(settings)
     split_task(settings)
     return train_publish_task(settings, str(flow_run.get_id()) if flow_run.get_id() else None)

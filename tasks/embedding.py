@@ -161,10 +161,10 @@ def item_vectors(
         raise KeyError(f"items not in the warehouse: {missing[:5]}")
     wanted = pd.DataFrame({"pos": np.arange(len(item_ids)), "text_hash": [by_item[i] for i in item_ids]})
     con.register("wanted_vectors", wanted)
-    table = con.execute(
+    table = con.sql(
         "SELECT v.dim, v.vector FROM wanted_vectors w JOIN item_vectors v "
         "ON v.text_hash = w.text_hash AND v.model_id = ? ORDER BY w.pos",
-        [plan.model_id],
+        params=[plan.model_id],
     ).to_arrow_table()
     con.unregister("wanted_vectors")
     if table.num_rows == 0:

@@ -7,11 +7,15 @@ Bundle layout (everything serving needs, nothing it must compute):
 * ``catalog.duckdb`` — ``items(item_idx, item_id, title, categories, year, popularity)``
   with ``item_idx`` the model's column, ``user_histories(user_id, items INTEGER[])`` with
   item indices in time order;
-* ``model/`` — the fitted model as written by its ``save``.
+* ``model/`` — the fitted model as written by its ``save``;
+* ``item_vectors.npy`` — text vectors, row ``i`` for ``item_idx`` ``i`` (when embedded);
+* ``index/`` — the FAISS item index over those vectors, item ids stored beside it.
 """
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +24,13 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from models.ann import ItemIndex
 from models.base import Recommender
 from storage.artifacts import ArtifactStore
 from tasks.training import SplitData
+
+BUNDLE_FORMAT = 2
+"""Bumped whenever the bundle layout changes, so unchanged data still gets a new-format bundle."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,8 @@ def publish_bundle(
     *,
     gate_metric: str = "ndcg@10",
     tolerance: float = 0.0,
+    vectors: np.ndarray | None = None,
+    index: ItemIndex | None = None,
 ) -> PublishResult:
     """Write and commit a bundle; move ``CURRENT`` only if it is not worse than the live one.
 
@@ -101,10 +111,53 @@ def publish_bundle(
     with store.staging() as staged:
         write_catalog(staged / "catalog.duckdb", con, data)
         model.save(staged / "model")
+        if vectors is not None:
+            np.save(staged / "item_vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
+        if index is not None:
+            if list(index.item_ids) != [str(i) for i in data.item_ids]:
+                raise ValueError("index rows must follow the bundle's item order (item_idx)")
+            index.save(staged / "index")
+            manifest = {**manifest, "index": index.metadata()}
         counts = {
             "users": data.n_users,
             "items": data.n_items,
             "interactions": int(sum(len(h) for h in data.histories(("train", "valid", "test")))),
         }
-        version = store.commit(staged, {**manifest, "counts": counts}, make_current=make_current)
+        version = store.commit(
+            staged, {**manifest, "counts": counts, "bundle_format": BUNDLE_FORMAT}, make_current=make_current
+        )
     return PublishResult(version, store.current_version(), reason)
+
+
+def publish_reindexed(
+    store: ArtifactStore, index_builder: Callable[[np.ndarray, list[str]], ItemIndex], source_run: str | None
+) -> PublishResult:
+    """A new bundle that is the live one with a freshly built index (the ``build-index`` flow).
+
+    The builder raises when the index misses its recall floor; nothing is written then and
+    ``CURRENT`` stays where it was.
+    """
+    live = store.current_version()
+    if live is None:
+        raise FileNotFoundError(f"no live bundle under {store.root}; run the nightly refresh first")
+    base = store.root / live
+    vectors_path = base / "item_vectors.npy"
+    if not vectors_path.exists():
+        raise FileNotFoundError(
+            f"bundle {live} has no item_vectors.npy; run the nightly refresh with embedding"
+        )
+    vectors = np.load(vectors_path)
+    with duckdb.connect(str(base / "catalog.duckdb"), read_only=True) as cat:
+        item_ids = [r[0] for r in cat.execute("SELECT item_id FROM items ORDER BY item_idx").fetchall()]
+    index = index_builder(vectors, item_ids)
+    manifest = {k: v for k, v in store.manifest(live).items() if k not in ("version", "created", "checksums")}
+    manifest.update({"index": index.metadata(), "source_run": source_run, "reindexed_from": live})
+    with store.staging() as staged:
+        for path in base.rglob("*"):
+            rel = path.relative_to(base)
+            if path.is_file() and rel.parts[0] != "index" and path.name != "manifest.json":
+                (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, staged / rel)
+        index.save(staged / "index")
+        version = store.commit(staged, manifest)
+    return PublishResult(version, store.current_version(), f"re-indexed {live}")

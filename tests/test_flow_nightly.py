@@ -31,7 +31,9 @@ def test_nightly_refresh_publishes_then_is_idempotent(
     assert manifest["model"]["name"] == "itemknn"
     assert manifest["metrics"]["test"]["ndcg@10"] > 0
     assert manifest["protocol"]["split"] == "leave_last_out"
-    assert set(manifest["checksums"]) >= {"catalog.duckdb", "model/model.json"}
+    assert set(manifest["checksums"]) >= {"catalog.duckdb", "model/model.json", "item_vectors.npy"}
+    assert manifest["index"]["kind"] == "flat" and manifest["index"]["n"] == 1682
+    assert manifest["embedding"]["model"] == "all-MiniLM-L6-v2"
     store.verify(first.version)
     with duckdb.connect(str(store.root / first.version / "catalog.duckdb"), read_only=True) as cat:
         assert cat.execute("SELECT count(*) FROM user_histories").fetchall()[0][0] == 120
@@ -79,3 +81,32 @@ def test_flow_stops_on_bad_data_and_keeps_current(
             con.execute("SELECT count(*) FROM quarantine WHERE source_file LIKE '%bad.csv'").fetchall()[0][0]
             == 50
         )
+
+
+def test_build_index_refuses_low_recall_and_publishes_a_good_index(
+    prefect_api: None, ml100k_slice: Path, tmp_path: Path
+) -> None:
+    from flows.build_index import build_index_flow
+    from flows.nightly import nightly_refresh
+
+    base = {
+        "home": str(tmp_path / "var"),
+        "catalogue": "idx",
+        "source": {"kind": "movielens", "path": str(ml100k_slice)},
+    }
+    live = nightly_refresh(overrides=base).live
+    store = ArtifactStore(Settings(**base).bundles_dir)
+    # A starved HNSW graph on real text vectors: recall@10 far below the floor.
+    starved = {"exact_below": 1, "hnsw_m": 4, "hnsw_ef_construction": 8, "hnsw_ef_search": 1, "recall_k": 10}
+    state = build_index_flow(overrides={**base, "index": starved}, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"recall@10 = 0\.\d+ .* below the floor 0\.95"):
+        state.result()
+    assert store.current_version() == live and store.versions() == [live]
+    # Default HNSW parameters on the same vectors pass the floor and go live.
+    good = build_index_flow(overrides={**base, "index": {"exact_below": 1}})
+    assert good.version is not None and store.current_version() == good.version
+    manifest = store.manifest(good.version)
+    assert manifest["index"]["kind"] == "hnsw" and manifest["index"]["recall"] >= 0.95
+    assert manifest["reindexed_from"] == live
+    store.verify(good.version)

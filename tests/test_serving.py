@@ -582,3 +582,113 @@ def test_loaded_bundle_survives_its_directory_being_deleted(
     ranked = bundle.recommend("u0", 5)
     assert ranked.strategy == "personalized" and len(ranked.indices) == 5
     assert isinstance(bundle.model, Recommender)
+
+
+# --- similar items and text search over the bundle's FAISS index -------------------------
+
+FILMS = [
+    ("Star Wars", ["Sci-Fi", "Adventure"]),
+    ("The Empire Strikes Back", ["Sci-Fi", "Adventure"]),
+    ("Return of the Jedi", ["Sci-Fi", "Adventure"]),
+    ("Alien", ["Sci-Fi", "Horror"]),
+    ("Aliens", ["Sci-Fi", "Action"]),
+    ("Toy Story", ["Animation", "Comedy"]),
+    ("A Bug's Life", ["Animation", "Comedy"]),
+    ("The Lion King", ["Animation", "Musical"]),
+    ("Pride and Prejudice", ["Romance", "Drama"]),
+    ("Sense and Sensibility", ["Romance", "Drama"]),
+    ("The Godfather", ["Crime", "Drama"]),
+    ("The Godfather: Part II", ["Crime", "Drama"]),
+]
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, np.ndarray]]:
+    """A bundle with real text vectors (all-MiniLM-L6-v2) and its index, served over HTTP."""
+    import pandas as pd
+
+    from models.ann import build_index
+    from storage.settings import EmbeddingSettings, IndexSettings
+    from tasks.embedding import embed_items, item_vectors
+    from tasks.load import upsert_items
+
+    home = tmp_path_factory.mktemp("indexed")
+    settings = make_settings(home)
+    con = connect(settings.warehouse_path)
+    ids = [str(i) for i in range(len(FILMS))]
+    upsert_items(
+        con,
+        pd.DataFrame(
+            {
+                "item_id": ids,
+                "title": [t for t, _ in FILMS],
+                "categories": [c for _, c in FILMS],
+                "year": pd.array([None] * len(FILMS), dtype="Int64"),
+                "description": None,
+                "url": None,
+                "row_number": range(len(FILMS)),
+            }
+        ),
+        "films",
+    )
+    embedding = EmbeddingSettings()
+    embed_items(con, embedding, progress=False)
+    rng = np.random.default_rng(1)
+    histories = [rng.choice(len(FILMS), 4, replace=False) for _ in range(5)]
+    data = SplitData(
+        "leave_last_out",
+        np.array([f"u{u}" for u in range(5)], dtype=object),
+        np.array(ids, dtype=object),
+        [h[:2] for h in histories],
+        [h[2:3] for h in histories],
+        [h[3:] for h in histories],
+    )
+    vectors = item_vectors(con, embedding, ids)
+    index = build_index(vectors, ids, IndexSettings())
+    model = fit_for_serving(data, "itemknn", {"neighbors": 5})
+    publish_bundle(
+        ArtifactStore(settings.bundles_dir),
+        con,
+        data,
+        model,
+        {"model": {"name": "itemknn"}, "embedding": {"model": embedding.model}},
+        vectors=vectors,
+        index=index,
+    )
+    con.close()
+    with serve(home) as (_app, _url, client):
+        yield client, vectors
+
+
+def test_similar_items_are_the_nearest_vectors(indexed: tuple[httpx.Client, np.ndarray]) -> None:
+    client, vectors = indexed
+    response = client.get("/items/0/similar", params={"k": 3})
+    assert response.status_code == 200, response.text
+    got = [item["item_id"] for item in response.json()["items"]]
+    expected = [str(i) for i in np.argsort(-(vectors @ vectors[0])) if i != 0][:3]
+    assert got == expected
+    assert "0" not in got
+    # A person would agree: Star Wars' neighbours are its sequels.
+    assert {"1", "2"} <= set(got)
+
+
+def test_text_search_finds_the_described_items(indexed: tuple[httpx.Client, np.ndarray]) -> None:
+    client, _ = indexed
+    response = client.get("/search", params={"q": "the mafia family saga", "k": 2})
+    assert response.status_code == 200, response.text
+    assert {item["title"] for item in response.json()["items"]} == {"The Godfather", "The Godfather: Part II"}
+
+
+def test_similar_and_search_reject_bad_requests(indexed: tuple[httpx.Client, np.ndarray]) -> None:
+    client, _ = indexed
+    assert client.get("/items/999/similar").status_code == 404
+    assert client.get("/items/0/similar", params={"k": 0}).status_code == 422
+    assert client.get("/search", params={"q": "   "}).status_code == 422
+    assert client.get("/search").status_code == 422
+    assert client.get("/search", params={"q": "x" * 501}).status_code == 422
+
+
+def test_bundle_without_index_says_so(live: Live) -> None:
+    response = live.client.get(f"/items/{item_id(0)}/similar")
+    assert response.status_code == 503
+    assert "no item vectors or index" in response.json()["detail"]
