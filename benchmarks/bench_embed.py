@@ -24,7 +24,7 @@ from rich.table import Table
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--editions", type=int, default=4, help="copies of each title (distinct texts)")
+    parser.add_argument("--editions", type=int, default=6, help="copies of each title (distinct texts)")
     args = parser.parse_args()
     from flows.embed import run_embed_items
     from models.text_encoder import encode, load_text_model
