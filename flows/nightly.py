@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from expectations import DataQualityError
 from expectations.vectors import check_item_vectors
 from flows.embed import embed_in_process_task
 from models.text_encoder import embedding_dim
@@ -24,6 +25,7 @@ from tasks.indexing import build_index
 from tasks.load import LoadSummary, load_source
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, KCoreSummary, kcore_filter, make_splits
 from tasks.publish import BUNDLE_FORMAT, PublishResult, publish_bundle
+from tasks.sources import SourceFormatError
 from tasks.training import (
     data_fingerprint,
     fit_for_serving,
@@ -39,7 +41,23 @@ def _artifact(key: str, markdown: str, description: str) -> None:
     create_markdown_artifact(markdown=markdown, key=key, description=description)
 
 
-@task(name="load-and-validate", retries=2, retry_delay_seconds=[2, 10])
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry I/O hiccups, not bad data or bad config: those fail the same way every time."""
+    try:
+        state.result()
+    except (DataQualityError, SourceFormatError, FileNotFoundError, ValueError):
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(
+    name="load-and-validate",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_if_transient,
+)
 def load_task(settings: Settings) -> LoadSummary:
     with open_warehouse(settings.warehouse_path) as con:
         summary = load_source(con, settings)

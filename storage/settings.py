@@ -142,6 +142,17 @@ class IndexSettings(BaseModel):
     """Seed of the recall sample, so the same vectors always give the same measured recall."""
 
 
+class ScheduleSettings(BaseModel):
+    """When the scheduled deployments run (cron, in ``timezone``)."""
+
+    timezone: str = "UTC"
+    """IANA time zone the cron expressions are read in, e.g. ``Europe/Berlin``."""
+    nightly_cron: str = "0 2 * * *"
+    """The nightly refresh: load, validate, embed, train, evaluate, index, publish."""
+    embed_cron: str | None = None
+    """Optional extra embedding runs (the nightly refresh embeds anyway)."""
+
+
 class Settings(BaseSettings):
     """Everything recflow can be told; see the module docstring for where values come from."""
 
@@ -165,6 +176,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     bundles_keep: PositiveInt = 5
     """Number of published bundles kept on disk (the live one is never deleted)."""
 

@@ -1,0 +1,68 @@
+"""Every recflow flow as a Prefect deployment: names, schedules, parameters, limits.
+
+The same definitions are served by one local process (``recflow deploy serve``) and, through
+``prefect.yaml``, by workers of a process, Docker or Kubernetes work pool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.deployments.runner import RunnerDeployment
+from prefect.schedules import Cron
+
+from flows.build_index import build_index_flow
+from flows.embed import embed_items_flow
+from flows.nightly import nightly_refresh
+from storage.settings import Settings
+
+NIGHTLY = "nightly-refresh/nightly"
+EMBED = "embed-items/on-demand"
+BUILD_INDEX = "build-index/on-demand"
+
+
+def build_deployments(settings: Settings, overrides: dict[str, Any] | None = None) -> list[RunnerDeployment]:
+    """The deployments for ``settings``; ``overrides`` become every deployment's default
+    ``overrides`` parameter (so one served process can run another catalogue's config)."""
+    params = {"overrides": overrides} if overrides else {}
+    tz = settings.schedule.timezone
+    # Two nightly refreshes must never overlap: the second waits, it is not dropped.
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+    tags = ["recflow", settings.catalogue]
+    embed_schedules = (
+        [Cron(settings.schedule.embed_cron, timezone=tz)] if settings.schedule.embed_cron else None
+    )
+    return [
+        nightly_refresh.to_deployment(
+            name="nightly",
+            schedules=[Cron(settings.schedule.nightly_cron, timezone=tz)],
+            concurrency_limit=one_at_a_time,
+            parameters=params,
+            tags=[*tags, "nightly"],
+            description="Load, validate, embed, k-core, split, train, evaluate, index and publish.",
+        ),
+        embed_items_flow.to_deployment(
+            name="on-demand",
+            schedules=embed_schedules,
+            concurrency_limit=one_at_a_time,
+            parameters=params,
+            tags=[*tags, "embedding"],
+            description="Embed new or changed item texts (cached by model and text hash).",
+        ),
+        build_index_flow.to_deployment(
+            name="on-demand",
+            concurrency_limit=one_at_a_time,
+            parameters=params,
+            tags=[*tags, "index"],
+            description="Rebuild the live bundle's FAISS index; refused below the recall floor.",
+        ),
+    ]
+
+
+def serve_deployments(settings: Settings | None = None, overrides: dict[str, Any] | None = None) -> None:
+    """Register the deployments and run their flows in this process until SIGTERM."""
+    from prefect import serve
+
+    settings = settings or Settings(**(overrides or {}))
+    serve(*build_deployments(settings, overrides), print_starting_message=True)
