@@ -7,7 +7,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup data demo test lint eval bench-embed bench-index clean
+.PHONY: setup data demo test lint eval bench-embed bench-index ui ui-screenshot clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,15 @@ bench-embed: setup
 
 bench-index: setup
 	$(BIN)/python -m benchmarks.bench_index --sizes 100000 1000000
+
+ui: setup
+	$(BIN)/recflow data demo
+	$(BIN)/recflow ui
+
+# Needs `make ui` running in another shell; installs Debian's chromium when missing.
+ui-screenshot: setup
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(BIN)/python -m deployments.screenshot --out docs/prefect-deployments.png
 
 clean:
 	rm -rf var .pytest_cache

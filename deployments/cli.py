@@ -21,9 +21,11 @@ app = typer.Typer(help="recflow: a self-hosted recommender run by Prefect flows.
 run_app = typer.Typer(help="Run a flow now.", no_args_is_help=True)
 data_app = typer.Typer(help="Fetch demo data.", no_args_is_help=True)
 bundle_app = typer.Typer(help="List and roll back published bundles.", no_args_is_help=True)
+deploy_app = typer.Typer(help="Prefect deployments.", no_args_is_help=True)
 app.add_typer(run_app, name="run")
 app.add_typer(data_app, name="data")
 app.add_typer(bundle_app, name="bundle")
+app.add_typer(deploy_app, name="deploy")
 console = Console(width=max(Console().width, 120))
 
 
@@ -55,6 +57,46 @@ def run_nightly() -> None:
     console.print(
         f"published: {result.version or '—'}; live bundle: [bold]{result.live}[/] ({result.reason})"
     )
+
+
+@deploy_app.command("serve")
+def deploy_serve() -> None:
+    """Register every deployment (nightly cron, on-demand flows) and run their flows here.
+
+    Needs PREFECT_API_URL pointing at a running `prefect server start` for schedules to fire.
+    """
+    from deployments.definitions import serve_deployments
+
+    serve_deployments()
+
+
+@app.command("ui")
+def ui(
+    prefect_port: Annotated[int, typer.Option(help="Prefect server and UI port.")] = 4200,
+    http_port: Annotated[int, typer.Option(help="HTTP service port.")] = 8000,
+) -> None:
+    """Prefect server + UI, the deployment server and the HTTP service; Ctrl-C stops all."""
+    from deployments.ui import run_ui
+
+    run_ui(prefect_port, http_port)
+
+
+@run_app.command("embed")
+def run_embed() -> None:
+    """Run the embed-items flow once, now."""
+    from flows.embed import run_embed_items
+
+    summary = run_embed_items()
+    console.print(f"{summary.items} items: {summary.encoded} encoded, {summary.cached} from cache")
+
+
+@run_app.command("index")
+def run_index() -> None:
+    """Run the build-index flow once, now (rebuilds the live bundle's index)."""
+    from flows.build_index import build_index_flow
+
+    result = build_index_flow()
+    console.print(f"published: {result.version}; live bundle: [bold]{result.live}[/]")
 
 
 @app.command("serve")
