@@ -41,6 +41,16 @@ def _artifact(key: str, markdown: str, description: str) -> None:
     create_markdown_artifact(markdown=markdown, key=key, description=description)
 
 
+def model_params(settings: Settings) -> dict[str, Any]:
+    """The configured model's constructor parameters, from settings."""
+    m = settings.model
+    if m.name == "itemknn":
+        return {"neighbors": m.knn_neighbors, "shrink": m.knn_shrink}
+    if m.name == "itemknn-recency":
+        return {"neighbors": m.knn_neighbors, "shrink": m.knn_shrink, "decay": m.recency_decay}
+    return {}
+
+
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry I/O hiccups, not bad data or bad config: those fail the same way every time."""
     try:
@@ -98,11 +108,7 @@ def train_publish_task(settings: Settings, run_id: str | None) -> PublishResult:
     """Train, evaluate and publish in one task: the fitted model never leaves the process."""
     logger = get_run_logger()
     store = ArtifactStore(settings.bundles_dir, keep=settings.bundles_keep)
-    params: dict[str, Any] = (
-        {"neighbors": settings.model.knn_neighbors, "shrink": settings.model.knn_shrink}
-        if settings.model.name == "itemknn"
-        else {}
-    )
+    params = model_params(settings)
     with open_warehouse(settings.warehouse_path) as con:
         fingerprint = data_fingerprint(
             con,

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from models.base import Recommender
-from models.baselines import ItemKNNModel, PopularityModel
+from models.baselines import ItemKNNModel, PopularityModel, RecencyItemKNNModel
 
 MODELS: dict[str, type] = {
     PopularityModel.name: PopularityModel,
     ItemKNNModel.name: ItemKNNModel,
+    RecencyItemKNNModel.name: RecencyItemKNNModel,
 }
 
 

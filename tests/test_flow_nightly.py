@@ -28,7 +28,7 @@ def test_nightly_refresh_publishes_then_is_idempotent(
     first = nightly_refresh(overrides=overrides)
     assert first.version is not None and first.live == first.version == store.current_version()
     manifest = store.manifest(first.version)
-    assert manifest["model"]["name"] == "itemknn"
+    assert manifest["model"]["name"] == "itemknn-recency"
     assert manifest["metrics"]["test"]["ndcg@10"] > 0
     assert manifest["protocol"]["split"] == "leave_last_out"
     assert set(manifest["checksums"]) >= {"catalog.duckdb", "model/model.json", "item_vectors.npy"}
