@@ -45,14 +45,7 @@ def _fanout(settings: Settings) -> EmbedSummary:
     stacked = np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32)
     with open_warehouse(settings.warehouse_path) as con:
         store_vectors(con, plan.model_id, plan.missing_hashes, stacked)
-    fresh = set(plan.missing_hashes)
-    return EmbedSummary(
-        plan.model_id,
-        len(plan.item_ids),
-        len(plan.missing_hashes),
-        sum(1 for h in plan.hashes if h not in fresh),
-        time.perf_counter() - started,
-    )
+    return plan.summary(time.perf_counter() - started)
 
 
 @flow(name="embed-items")

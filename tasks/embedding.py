@@ -60,6 +60,12 @@ class EmbedPlan:
     missing_hashes: list[str]
     missing_texts: list[str]
 
+    def summary(self, seconds: float) -> EmbedSummary:
+        """What carrying out this plan did: distinct texts encoded, items served from cache."""
+        fresh = set(self.missing_hashes)
+        cached = sum(1 for h in self.hashes if h not in fresh)
+        return EmbedSummary(self.model_id, len(self.item_ids), len(self.missing_hashes), cached, seconds)
+
 
 @dataclass(frozen=True)
 class EmbedSummary:
@@ -136,14 +142,7 @@ def embed_items(
     plan = plan_embedding(con, settings)
     vectors = encode(plan.missing_texts, settings.model, settings.device, settings.batch_size, progress)
     store_vectors(con, plan.model_id, plan.missing_hashes, vectors)
-    fresh = set(plan.missing_hashes)
-    return EmbedSummary(
-        plan.model_id,
-        len(plan.item_ids),
-        len(plan.missing_hashes),
-        sum(1 for h in plan.hashes if h not in fresh),
-        time.perf_counter() - started,
-    )
+    return plan.summary(time.perf_counter() - started)
 
 
 def item_vectors(

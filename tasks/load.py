@@ -23,6 +23,7 @@ from expectations import (
     validate_interactions,
     validate_items,
 )
+from storage.artifacts import file_sha256
 from storage.settings import Settings
 from storage.warehouse import scalar
 from tasks.sources import SourceData, read_source
@@ -62,14 +63,6 @@ class LoadSummary:
                 f"| {t.rows_quarantined:,} | {rules} |"
             )
         return "\n".join(lines)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _quarantine_parse_rejects(con: duckdb.DuckDBPyConnection, rejects: pd.DataFrame) -> int:
