@@ -19,10 +19,26 @@ from storage.warehouse import open_warehouse
 from tasks.embedding import EmbedSummary, embed_items, plan_embedding, store_vectors
 
 
+def report(summary: EmbedSummary) -> None:
+    """Log the summary and show it as an artifact of the current run."""
+    get_run_logger().info(
+        "embedded %d items with %s: %d encoded, %d from cache",
+        summary.items,
+        summary.model_id,
+        summary.encoded,
+        summary.cached,
+    )
+    create_markdown_artifact(
+        markdown=summary.markdown(), key="embedding-summary", description="Items embedded this run"
+    )
+
+
 @task(name="embed-items-in-process", retries=1, retry_delay_seconds=5)
 def embed_in_process_task(settings: Settings) -> EmbedSummary:
     with open_warehouse(settings.warehouse_path) as con:
-        return embed_items(con, settings.embedding)
+        summary = embed_items(con, settings.embedding)
+    report(summary)
+    return summary
 
 
 @task(name="encode-batch", retries=2, retry_delay_seconds=2)
@@ -52,18 +68,11 @@ def _fanout(settings: Settings) -> EmbedSummary:
 def embed_items_flow(overrides: dict[str, Any] | None = None) -> EmbedSummary:
     """Embed what is new or changed; show the summary as an artifact."""
     settings = Settings(**(overrides or {}))
-    summary = _fanout(settings) if settings.embedding.dask_workers > 0 else embed_in_process_task(settings)
-    get_run_logger().info(
-        "embedded %d items with %s: %d encoded, %d from cache",
-        summary.items,
-        summary.model_id,
-        summary.encoded,
-        summary.cached,
-    )
-    create_markdown_artifact(
-        markdown=summary.markdown(), key="embedding-summary", description="Items embedded this run"
-    )
-    return summary
+    if settings.embedding.dask_workers > 0:
+        summary = _fanout(settings)
+        report(summary)
+        return summary
+    return embed_in_process_task(settings)
 
 
 def run_embed_items(overrides: dict[str, Any] | None = None) -> EmbedSummary:

@@ -92,6 +92,15 @@ def kcore_task(settings: Settings) -> KCoreSummary:
         result.rows_after,
         result.iterations,
     )
+    _artifact(
+        "kcore-summary",
+        "### k-core\n\n| user k | item k | before | after | removed | users | items | passes |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        f"| {settings.kcore.user_k} | {settings.kcore.item_k} "
+        f"| {result.rows_before:,} | {result.rows_after:,} "
+        f"| {result.removed:,} | {result.users_after:,} | {result.items_after:,} | {result.iterations} |\n",
+        "Interactions kept and removed by k-core filtering",
+    )
     return result
 
 
@@ -169,10 +178,18 @@ def train_publish_task(settings: Settings, run_id: str | None) -> PublishResult:
                 "model": settings.embedding.model,
                 "template": settings.embedding.template,
             }
+        live_valid = store.manifest(live).get("metrics", {}).get("valid", {}) if live else {}
         published = publish_bundle(store, con, data, serving_model, manifest, vectors=vectors, index=index)
     _artifact(
         "model-metrics",
-        _metrics_markdown(result.model_name, result.valid, result.test, published),
+        _metrics_markdown(
+            result.model_name,
+            result.valid,
+            result.test,
+            published,
+            live_valid,
+            index.metadata() if index is not None else None,
+        ),
         "Validation and test metrics of tonight's model",
     )
     logger.info(
@@ -181,12 +198,29 @@ def train_publish_task(settings: Settings, run_id: str | None) -> PublishResult:
     return published
 
 
-def _metrics_markdown(model: str, valid: dict[str, float], test: dict[str, float], pub: PublishResult) -> str:
+def _metrics_markdown(
+    model: str,
+    valid: dict[str, float],
+    test: dict[str, float],
+    pub: PublishResult,
+    live_valid: dict[str, float],
+    index: dict[str, Any] | None,
+) -> str:
+    """Tonight's metrics beside the live bundle's validation metrics, and the index check."""
     keys = [k for k in test if "@" in k]
-    rows = "\n".join(f"| {k} | {valid.get(k, float('nan')):.4f} | {test[k]:.4f} |" for k in keys)
+    nan = float("nan")
+    rows = "\n".join(
+        f"| {k} | {valid.get(k, nan):.4f} | {live_valid.get(k, nan):.4f} | {test[k]:.4f} |" for k in keys
+    )
+    index_line = (
+        f"\n\nIndex: {index['kind']} over {index['n']:,} items, recall@{index.get('recall_k') or 100} "
+        f"= {index['recall']:.4f}"
+        if index
+        else ""
+    )
     return (
-        f"### {model}\n\nPublished `{pub.version}`; live: `{pub.live}` ({pub.reason})\n\n"
-        f"| metric | valid | test |\n|---|---:|---:|\n{rows}\n"
+        f"### {model}\n\nPublished `{pub.version}`; live: `{pub.live}` ({pub.reason}){index_line}\n\n"
+        f"| metric | valid | live bundle (valid) | test |\n|---|---:|---:|---:|\n{rows}\n"
     )
 
 

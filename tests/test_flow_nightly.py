@@ -43,6 +43,11 @@ def test_nightly_refresh_publishes_then_is_idempotent(
         before = con.execute("SELECT count(*) FROM interactions").fetchall()[0][0]
         runs = con.execute("SELECT count(*) FROM model_runs").fetchall()[0][0]
     assert runs == 1
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts()}
+    assert {"load-summary", "kcore-summary", "embedding-summary", "model-metrics"} <= keys
 
     second = nightly_refresh(overrides=overrides)
     assert second.version is None
