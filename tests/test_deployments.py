@@ -71,7 +71,7 @@ def stack(
     served: subprocess.Popen[bytes] | None = None
     client = httpx.Client(base_url=api, timeout=30)
     try:
-        _wait(lambda: client.get("/health").status_code == 200, 90, "prefect server", tmp / "server.log")
+        _wait(lambda: client.get("/health").status_code == 200, 180, "prefect server", tmp / "server.log")
         served = subprocess.Popen(
             [sys.executable, "-m", "deployments.serve"],
             env={
@@ -86,7 +86,7 @@ def stack(
         )
         _wait(
             lambda: client.get("/deployments/name/build-index/on-demand").status_code == 200,
-            90,
+            180,
             "deployments",
             tmp / "serve.log",
         )
@@ -110,9 +110,16 @@ def _wait(condition: object, timeout: float, what: str, log: Path) -> None:
     raise TimeoutError(f"{what} not ready after {timeout}s; log:\n{log.read_text()[-3000:]}")
 
 
-def _run(client: httpx.Client, deployment: str, parameters: dict, timeout: float = 240) -> dict:
+def _run(client: httpx.Client, deployment: str, parameters: dict, timeout: float = 600) -> dict:
     dep = client.get(f"/deployments/name/{deployment}").json()
-    run = client.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters}).json()
+    # A fresh server on SQLite can answer 503 while its background services hold the database.
+    for _ in range(60):
+        response = client.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters})
+        if response.status_code != 503:
+            break
+        time.sleep(1)
+    assert response.status_code == 201, f"{response.status_code}: {response.text}"
+    run = response.json()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = client.get(f"/flow_runs/{run['id']}").json()["state"]
