@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    pass
 
 # Prefect reads these at import: keep telemetry off and its state under ./var by default.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -94,9 +97,16 @@ def run_embed() -> None:
 def run_index() -> None:
     """Run the build-index flow once, now (rebuilds the live bundle's index)."""
     from flows.build_index import build_index_flow
+    from storage.artifacts import ArtifactStore
 
     result = build_index_flow()
-    console.print(f"published: {result.version}; live bundle: [bold]{result.live}[/]")
+    index = (
+        ArtifactStore(_settings().bundles_dir).manifest(result.live).get("index", {}) if result.live else {}
+    )
+    console.print(
+        f"published: {result.version}; live bundle: [bold]{result.live}[/]; index {index.get('kind')} "
+        f"over {index.get('n')} items, measured recall@{index.get('recall_k') or 100} = {index.get('recall')}"
+    )
 
 
 @app.command("serve")

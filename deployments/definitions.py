@@ -30,32 +30,38 @@ def build_deployments(settings: Settings, overrides: dict[str, Any] | None = Non
     # Two nightly refreshes must never overlap: the second waits, it is not dropped.
     one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
     tags = ["recflow", settings.catalogue]
-    embed_schedules = (
-        [Cron(settings.schedule.embed_cron, timezone=tz)] if settings.schedule.embed_cron else None
-    )
+
+    def deployment(flow: Any, name: str, tag: str, description: str, cron: str | None) -> RunnerDeployment:
+        return flow.to_deployment(
+            name=name,
+            schedules=[Cron(cron, timezone=tz)] if cron else None,
+            concurrency_limit=one_at_a_time,
+            parameters=params,
+            tags=[*tags, tag],
+            description=description,
+        )
+
     return [
-        nightly_refresh.to_deployment(
-            name="nightly",
-            schedules=[Cron(settings.schedule.nightly_cron, timezone=tz)],
-            concurrency_limit=one_at_a_time,
-            parameters=params,
-            tags=[*tags, "nightly"],
-            description="Load, validate, embed, k-core, split, train, evaluate, index and publish.",
+        deployment(
+            nightly_refresh,
+            "nightly",
+            "nightly",
+            "Load, validate, embed, k-core, split, train, evaluate, index and publish.",
+            settings.schedule.nightly_cron,
         ),
-        embed_items_flow.to_deployment(
-            name="on-demand",
-            schedules=embed_schedules,
-            concurrency_limit=one_at_a_time,
-            parameters=params,
-            tags=[*tags, "embedding"],
-            description="Embed new or changed item texts (cached by model and text hash).",
+        deployment(
+            embed_items_flow,
+            "on-demand",
+            "embedding",
+            "Embed new or changed item texts (cached by model and text hash).",
+            settings.schedule.embed_cron,
         ),
-        build_index_flow.to_deployment(
-            name="on-demand",
-            concurrency_limit=one_at_a_time,
-            parameters=params,
-            tags=[*tags, "index"],
-            description="Rebuild the live bundle's FAISS index; refused below the recall floor.",
+        deployment(
+            build_index_flow,
+            "on-demand",
+            "index",
+            "Rebuild the live bundle's FAISS index; refused below the recall floor.",
+            None,
         ),
     ]
 

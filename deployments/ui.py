@@ -7,6 +7,7 @@ Each child runs in its own process group and is stopped with SIGTERM to the grou
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,11 +27,9 @@ def _wait_healthy(url: str, timeout: float, proc: subprocess.Popen[bytes], what:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready")
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # not listening yet
                 if client.get(url).status_code == 200:
                     return
-            except httpx.HTTPError:
-                pass
             time.sleep(0.5)
     raise TimeoutError(f"{what} did not answer {url} within {timeout:.0f}s")
 
@@ -73,21 +72,20 @@ def run_ui(prefect_port: int = 4200, http_port: int = 8000, logs: Path = Path("v
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        server = start(
-            "prefect-server",
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-        )
-        _wait_healthy(f"{api}/health", 120, server, "prefect server")
-        console.print(f"Prefect UI    http://127.0.0.1:{prefect_port}")
-        start("deployments", [sys.executable, "-m", "deployments.serve"])
-        start("http", [str(BIN / "recflow"), "serve", "--host", "127.0.0.1", "--port", str(http_port)])
-        console.print(f"HTTP service  http://127.0.0.1:{http_port}  (docs: /docs)")
-        console.print(f"logs in {logs}/; Ctrl-C stops everything")
-        while all(p.poll() is None for _, p in procs):
-            time.sleep(1)
-        dead = [n for n, p in procs if p.poll() is not None]
-        console.print(f"[red]{', '.join(dead)} exited; see {logs}/ — stopping the rest[/]")
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM: stop the children below
+            server = start(
+                "prefect-server",
+                [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+            )
+            _wait_healthy(f"{api}/health", 120, server, "prefect server")
+            console.print(f"Prefect UI    http://127.0.0.1:{prefect_port}")
+            start("deployments", [sys.executable, "-m", "deployments.serve"])
+            start("http", [str(BIN / "recflow"), "serve", "--host", "127.0.0.1", "--port", str(http_port)])
+            console.print(f"HTTP service  http://127.0.0.1:{http_port}  (docs: /docs)")
+            console.print(f"logs in {logs}/; Ctrl-C stops everything")
+            while all(p.poll() is None for _, p in procs):
+                time.sleep(1)
+            dead = [n for n, p in procs if p.poll() is not None]
+            console.print(f"[red]{', '.join(dead)} exited; see {logs}/ — stopping the rest[/]")
     finally:
         _stop(procs, console)

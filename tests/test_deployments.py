@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -101,11 +102,9 @@ def stack(
 def _wait(condition: object, timeout: float, what: str, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # not listening yet
             if condition():  # type: ignore[operator]
                 return
-        except httpx.HTTPError:
-            pass
         time.sleep(0.5)
     raise TimeoutError(f"{what} not ready after {timeout}s; log:\n{log.read_text()[-3000:]}")
 

@@ -8,6 +8,7 @@ app would send them; nothing is called in-process through a test client.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -168,11 +169,9 @@ def wait_for(condition: Callable[[], bool], timeout: float = 15.0, what: str = "
     """Poll ``condition`` until true; connection errors count as not yet."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(httpx.TransportError):  # not listening yet
             if condition():
                 return
-        except httpx.TransportError:
-            pass
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what or condition}")
 
