@@ -124,12 +124,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             items_added_total    BIGINT NOT NULL DEFAULT 0
         );
         CREATE TABLE item_outlets (
-            item_id     VARCHAR NOT NULL,
-            feed_url    VARCHAR NOT NULL,
-            entry_url   VARCHAR NOT NULL,
-            title       VARCHAR,
-            merged_by   VARCHAR NOT NULL,
-            first_seen  TIMESTAMP DEFAULT current_timestamp,
+            item_id        VARCHAR NOT NULL,
+            feed_url       VARCHAR NOT NULL,
+            entry_url      VARCHAR NOT NULL,
+            source         VARCHAR,
+            title          VARCHAR,
+            published_ts   BIGINT,
+            date_estimated BOOLEAN NOT NULL DEFAULT false,
+            enclosure_url  VARCHAR,
+            merged_by      VARCHAR NOT NULL,
+            first_seen     TIMESTAMP DEFAULT current_timestamp,
             PRIMARY KEY (item_id, feed_url, entry_url)
         );
         CREATE TABLE scrape_runs (

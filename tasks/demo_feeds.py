@@ -34,6 +34,9 @@ SLOT_SECONDS = 240
 """One new story every four minutes: 15 an hour, 360 a day."""
 DEFAULT_DAYS = 8
 """Days of history generated (2,880 stories, well over the 2,000 the demo promises)."""
+FEED_UPDATE_SECONDS = 1800
+"""The demo server publishes new stories in half-hourly batches (like an outlet's feed cache),
+so two scrapes a minute apart usually see the same documents and get 304s."""
 CARRY_SHARE = 0.27
 """Share of stories carried by more than one outlet."""
 
@@ -1115,7 +1118,7 @@ def bench_feed(index: int, entries: int, seed: int = 7) -> bytes:
 
 # --- broken feeds: every way a feed can go wrong, for tests and the robustness demo ----------
 
-_BROKEN_RSS_ITEM = "<item><title>{title}</title><link>https://broken.example/{n}</link><description>{text}</description></item>"
+_BROKEN_RSS_ITEM = "<item><title>{title}</title><link>https://broken.example/{case}/{n}</link><description>{text}</description></item>"
 BROKEN_FEEDS: dict[str, str] = {
     "malformed.xml": "XML cut off mid-element (the parser's salvage mode may recover entries)",
     "latin1-declared-utf8.xml": "bytes in ISO-8859-1 while the declaration says UTF-8",
@@ -1135,9 +1138,9 @@ BROKEN_FEEDS: dict[str, str] = {
 
 
 def _broken_rss(
-    items: list[tuple[str, str]], *, declaration: str = '<?xml version="1.0" encoding="utf-8"?>'
+    case: str, items: list[tuple[str, str]], *, declaration: str = '<?xml version="1.0" encoding="utf-8"?>'
 ) -> str:
-    body = "".join(_BROKEN_RSS_ITEM.format(title=t, n=i, text=d) for i, (t, d) in enumerate(items))
+    body = "".join(_BROKEN_RSS_ITEM.format(title=t, n=i, text=d, case=case) for i, (t, d) in enumerate(items))
     return f'{declaration}<rss version="2.0"><channel><title>Broken</title><link>https://broken.example/</link>{body}</channel></rss>'
 
 
@@ -1179,7 +1182,7 @@ class DemoFeedServer:
     ``/bench/<i>.xml?entries=N`` (distinct benchmark stories), ``/broken/<case>`` (see
     :data:`BROKEN_FEEDS`), ``/`` (an index) and any path registered with :meth:`add_document`.
     Every 200 carries ``ETag`` and ``Last-Modified`` and conditional requests get 304.
-    ``clock`` lets tests move time; the content changes only when a new story slot begins.
+    ``clock`` lets tests move time; the documents change every ``FEED_UPDATE_SECONDS``.
     """
 
     def __init__(
@@ -1264,15 +1267,15 @@ class DemoFeedServer:
     # content
     def _stories_by_outlet(self) -> tuple[datetime, dict[str, list[DemoStory]]]:
         now = self.clock().astimezone(UTC)
-        slot = int(now.timestamp() // SLOT_SECONDS)
+        slot = int(now.timestamp() // FEED_UPDATE_SECONDS)
         with self._lock:
             if self._stories is None or self._stories[0] != slot:
-                cut = datetime.fromtimestamp(slot * SLOT_SECONDS, UTC)
+                cut = datetime.fromtimestamp(slot * FEED_UPDATE_SECONDS, UTC)
                 grouped: dict[str, list[DemoStory]] = {o.name: [] for o in OUTLETS}
                 for story in generate_stories(self.seed, cut, days=self.days):
                     grouped[story.outlet].append(story)
                 self._stories = (slot, grouped)
-            return datetime.fromtimestamp(slot * SLOT_SECONDS, UTC), self._stories[1]
+            return datetime.fromtimestamp(slot * FEED_UPDATE_SECONDS, UTC), self._stories[1]
 
     def outlet_document(self, slug: str) -> ServedDocument | None:
         outlet = next((o for o in OUTLETS if o.slug == slug), None)
@@ -1373,13 +1376,15 @@ class _DemoHandler(BaseHTTPRequestHandler):
             ("Café crème prices soar in Zürich", "Baristas in Zürich say the café crème now costs more.")
         ]
         if case == "malformed.xml":
-            text = _broken_rss([("A story before the break", "Fine so far."), ("Second", "Also fine")])
+            text = _broken_rss(case, [("A story before the break", "Fine so far."), ("Second", "Also fine")])
             self._send_document(ServedDocument(text[: len(text) - 40].encode()))
         elif case == "latin1-declared-utf8.xml":
-            self._send_document(ServedDocument(_broken_rss(latin).encode("latin-1"), "application/rss+xml"))
+            self._send_document(
+                ServedDocument(_broken_rss(case, latin).encode("latin-1"), "application/rss+xml")
+            )
         elif case == "no-encoding.xml":
             body = _broken_rss(
-                [("Naïve résumé tips – 2026", "Smart “quotes” and a dash—here.")], declaration=""
+                case, [("Naïve résumé tips – 2026", "Smart “quotes” and a dash—here.")], declaration=""
             )
             self._send_document(ServedDocument(body.encode("cp1252"), "text/xml"))
         elif case == "html":
@@ -1393,13 +1398,13 @@ class _DemoHandler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(b'<?xml version="1.0"?><rss version="2.0"><channel><title>Endless</title>')
-            chunk = (_BROKEN_RSS_ITEM.format(title="Again", n=0, text="x" * 400) * 20).encode()
+            chunk = (_BROKEN_RSS_ITEM.format(title="Again", n=0, text="x" * 400, case=case) * 20).encode()
             while not demo._stop.is_set():
                 self.wfile.write(chunk)
             self.close_connection = True
         elif case == "huge.xml":
-            filler = _BROKEN_RSS_ITEM.format(title="Filler", n=1, text="y" * 1000)
-            body = _broken_rss([]).replace("</channel>", filler * 8000 + "</channel>")
+            filler = _BROKEN_RSS_ITEM.format(title="Filler", n=1, text="y" * 1000, case=case)
+            body = _broken_rss(case, []).replace("</channel>", filler * 8000 + "</channel>")
             self._send_document(ServedDocument(body.encode()))
         elif case == "empty.xml":
             self._send_document(ServedDocument(b""))
@@ -1416,11 +1421,13 @@ class _DemoHandler(BaseHTTPRequestHandler):
                 self._send(503, b"try again", "text/plain", {"Retry-After": "0"})
             else:
                 self._send_document(
-                    ServedDocument(_broken_rss([("Flaky feed recovered", "Second try worked.")]).encode())
+                    ServedDocument(
+                        _broken_rss(case, [("Flaky feed recovered", "Second try worked.")]).encode()
+                    )
                 )
         elif case == "slow.xml":
             demo._stop.wait(demo.slow_seconds)
-            self._send_document(ServedDocument(_broken_rss([("Too late", "Nobody waited.")]).encode()))
+            self._send_document(ServedDocument(_broken_rss(case, [("Too late", "Nobody waited.")]).encode()))
         elif case == "redirect-loop":
             self._send(302, b"", "text/plain", {"Location": "/broken/redirect-loop-b"})
         elif case == "redirect-loop-b":
