@@ -271,6 +271,13 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @model_validator(mode="after")
+    def _news_is_fed_by_feeds(self) -> Settings:
+        """The ``news`` catalogue's items come from the feeds unless a source is configured."""
+        if self.catalogue == "news" and "source" not in self.model_fields_set:
+            self.source = SourceSettings(kind="feeds", path=Path("var/news"))
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -462,3 +462,25 @@ def latest_pool(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     return con.execute(
         "SELECT * FROM daily_pool WHERE pool_date = (SELECT max(pool_date) FROM daily_pool) ORDER BY rank"
     ).df()
+
+
+def ensure_pool(
+    con: duckdb.DuckDBPyConnection,
+    settings: HarvestSettings,
+    embedding: EmbeddingSettings,
+    now: datetime | None = None,
+) -> Pool | None:
+    """Harvest today's pool unless it exists already; returns the new pool or None."""
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    if con.execute("SELECT count(*) FROM daily_pool WHERE pool_date = ?", [today]).fetchall()[0][0]:
+        return None
+    return harvest(con, settings, embedding, now=now)
+
+
+def pool_fingerprint(con: duckdb.DuckDBPyConnection) -> str:
+    """Identity of the latest pool, so a new pool alone makes the nightly publish a new bundle."""
+    rows = con.execute(
+        "SELECT max(pool_date)::VARCHAR, count(*), bit_xor(hash(item_id || rank::VARCHAR)) FROM daily_pool "
+        "WHERE pool_date = (SELECT max(pool_date) FROM daily_pool)"
+    ).fetchall()
+    return "|".join(str(v) for v in rows[0]) if rows else ""
