@@ -212,7 +212,7 @@ def ingest_events(
             con.execute(
                 "INSERT INTO event_log_offsets (file, offset_b, lines) VALUES (?, ?, ?) "
                 "ON CONFLICT (file) DO UPDATE SET offset_b = excluded.offset_b, lines = excluded.lines, "
-                "updated_at = current_timestamp",
+                "updated_at = now()",
                 [name, offset + consumed, line_no + len(raw_lines)],
             )
             con.execute("COMMIT")
