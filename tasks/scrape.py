@@ -498,11 +498,11 @@ def _entry_category(entry: Any, default: str | None) -> str | None:
     return default.casefold() if default else None
 
 
-def _enclosure(entry: Any) -> str | None:
+def _enclosure(entry: Any, base: str) -> str | None:
     for enclosure in entry.get("enclosures") or []:
         href = enclosure.get("href") or enclosure.get("url")
         if href:
-            return str(href)
+            return urljoin(base, str(href))
     return None
 
 
@@ -516,7 +516,9 @@ def parse_feed(result: FetchResult, feed: FeedSettings, fetched_at: int) -> Pars
         return ParsedFeed(
             result.url, "entity-declaration", detail="document declares XML entities (refused unparsed)"
         )
-    headers = {"content-location": result.final_url or result.url}
+    # No content-location: feedparser would urljoin every URL against it (half its parse time);
+    # links are resolved against the feed's address in canonical_url instead.
+    headers: dict[str, str] = {}
     if result.content_type:
         headers["content-type"] = result.content_type
     parsed = feedparser.parse(
@@ -549,7 +551,7 @@ def parse_feed(result: FetchResult, feed: FeedSettings, fetched_at: int) -> Pars
                 category=_entry_category(raw, feed.category),
                 published_ts=published if published is not None else fetched_at,
                 date_estimated=published is None,
-                enclosure_url=_enclosure(raw),
+                enclosure_url=_enclosure(raw, base),
                 content_hash=content_hash(title, summary),
                 key=_stable_key(f"{result.url}|{key_source}"),
             )
