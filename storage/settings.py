@@ -222,7 +222,7 @@ class HarvestSettings(BaseModel):
     """Share of the pool reserved for topics/sources on the wishlist (when any)."""
     near_duplicate_cosine: float = Field(0.6, gt=0.0, le=1.0)
     """Text-vector cosine at or above which two stories published close together and quoting the
-    same figures are one story (on the demo: precision 0.91, recall 0.78 against the truth)."""
+    same figures are one story (``python -m benchmarks.bench_near_duplicates`` scores it)."""
     near_duplicate_hours: float = Field(12.0, gt=0.0)
     """Stories further apart in time than this are never the same story (undated ones may be)."""
     mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)

@@ -388,7 +388,7 @@ def harvest(
         if outlet_counts[i] > 1:
             parts.append(
                 f"{int(outlet_counts[i])} outlets"
-                + (f" ({folded} near-duplicates collapsed)" if folded else "")
+                + (f" ({folded} near-duplicate{'s' if folded > 1 else ''} collapsed)" if folded else "")
             )
         if engagement[i] > 1.0:
             parts.append(f"engagement {cands['engagement'].iat[i]:.0f}")
