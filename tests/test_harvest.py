@@ -67,7 +67,7 @@ def test_pool_is_fresh_diverse_and_collapses_duplicates(con: duckdb.DuckDBPyConn
     stories = [truth[urls[r.item_id]][0] for r in pool.rows]
     assert len(set(stories)) >= k - 1  # the same story from several outlets appears (almost) never twice
     assert all(truth[urls[r.item_id]][1] == r.topic for r in pool.rows)  # topic from the feed category
-    assert any("outlets (" in r.reason and "near-duplicates collapsed" in r.reason for r in pool.rows)
+    assert any("outlets (" in r.reason and "collapsed)" in r.reason for r in pool.rows)
     published = dict(con.execute("SELECT item_id, published_ts FROM items").fetchall())
     assert all(NOW.timestamp() - published[r.item_id] <= 12 * 3600 for r in pool.rows)
     # Fresh first: the top ten are younger on average than the bottom ten.
