@@ -20,14 +20,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-SourceKind = Literal["movielens", "csv", "parquet"]
+SourceKind = Literal["movielens", "csv", "parquet", "mind"]
 
 
 class SourceSettings(BaseModel):
     """Where the catalogue's interaction data comes from."""
 
     kind: SourceKind = "movielens"
-    """Adapter that reads the data: ``movielens`` (any of its three layouts), ``csv``, ``parquet``."""
+    """Adapter that reads the data: ``movielens`` (any of its three layouts), ``csv``, ``parquet``,
+    ``mind`` (a MIND split directory: news.tsv + behaviors.tsv, with its impressions)."""
     path: Path = Path("var/data/ml-100k")
     """Directory (MovieLens) or file (CSV/Parquet) holding the interactions."""
     items_path: Path | None = None
