@@ -198,5 +198,102 @@ def bundle_show(version: Annotated[str | None, typer.Argument()] = None) -> None
     console.print_json(json.dumps(store.manifest(version)))
 
 
+# --- News feeds and the morning harvest ------------------------------------------------------
+import contextlib  # noqa: E402 - kept with the block that uses it
+
+feeds_app = typer.Typer(help="News feeds: health, pausing.", no_args_is_help=True)
+app.add_typer(feeds_app, name="feeds")
+CatalogueOption = Annotated[str, typer.Option(help="Catalogue (its warehouse lives under var/<catalogue>).")]
+# The ephemeral Prefect API of a one-off run can take longer than Prefect's 20 s on a busy machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+@app.command("demo-feeds")
+def demo_feeds(
+    host: Annotated[str | None, typer.Option(help="Interface; default feeds.demo_host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port; default feeds.demo_port.")] = None,
+) -> None:
+    """Serve the demo news feeds (26 outlets, new stories as the clock moves) until Ctrl-C."""
+    from tasks.demo_feeds import BROKEN_FEEDS, DemoFeedServer
+
+    feeds = _settings().feeds
+    server = DemoFeedServer(host or feeds.demo_host, port or feeds.demo_port, seed=feeds.demo_seed)
+    console.print(
+        f"demo feeds on [bold]http://{server.host}:{server.requested_port}/[/] "
+        f"(/feeds/<outlet>.xml; /broken/<case> for {len(BROKEN_FEEDS)} broken feeds); Ctrl-C stops"
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+@run_app.command("scrape")
+def run_scrape(
+    catalogue: CatalogueOption = "news",
+    only_due: Annotated[bool, typer.Option(help="Fetch only feeds that are due.")] = False,
+) -> None:
+    """Run the scrape-feeds flow once, now (starts the demo feeds when needed)."""
+    from flows.scrape import scrape_feeds
+
+    summary = scrape_feeds(catalogue=catalogue, only_due=only_due)
+    console.print(summary.log_line())
+    if summary.problems:
+        table = Table("feed", "status", "detail", "failures in a row", "paused", title="feeds with problems")
+        for f in summary.problems:
+            table.add_row(
+                f.name, f.status, f.detail[:80], str(f.consecutive_failures), "yes" if f.paused else ""
+            )
+        console.print(table)
+
+
+@run_app.command("harvest")
+def run_harvest(
+    catalogue: CatalogueOption = "news",
+    show: Annotated[int, typer.Option(help="Rows of the pool to print (0: all).")] = 0,
+) -> None:
+    """Run the morning-harvest flow once, now, and print today's pool."""
+    from flows.harvest import morning_harvest
+
+    pool = morning_harvest(catalogue=catalogue)
+    table = Table("rank", "title", "source", "topic", "reason", title=f"pool of {pool.pool_date}")
+    for row in pool.rows[: show or None]:
+        table.add_row(str(row.rank), row.title, row.source, row.topic, row.reason)
+    console.print(table)
+    console.print(pool.log_line())
+
+
+@feeds_app.command("status")
+def feeds_status(catalogue: CatalogueOption = "news") -> None:
+    """Each feed's health: last status, last success, failures in a row, paused."""
+    from storage.settings import Settings
+    from storage.warehouse import open_warehouse
+
+    with open_warehouse(Settings(catalogue=catalogue).warehouse_path) as con:
+        rows = con.execute(
+            "SELECT name, last_status, last_success_at, consecutive_failures, paused, items_added_total, url "
+            "FROM feeds ORDER BY paused DESC, consecutive_failures DESC, name"
+        ).fetchall()
+    table = Table("feed", "last status", "last success", "failures", "paused", "items", "url")
+    for name, status, success, failures, paused, items, url in rows:
+        table.add_row(
+            name, status, str(success or "never"), str(failures), "yes" if paused else "", str(items), url
+        )
+    console.print(table)
+
+
+@feeds_app.command("resume")
+def feeds_resume(
+    urls: Annotated[list[str] | None, typer.Argument(help="Feed URLs; none: every paused feed.")] = None,
+    catalogue: CatalogueOption = "news",
+) -> None:
+    """Un-pause feeds so the next scrape fetches them again."""
+    from storage.settings import Settings
+    from storage.warehouse import open_warehouse
+    from tasks.scrape import resume_feeds
+
+    with open_warehouse(Settings(catalogue=catalogue).warehouse_path) as con:
+        count = resume_feeds(con, urls or None)
+    console.print(f"{count} feed(s) resumed")
+
+
 if __name__ == "__main__":
     app()

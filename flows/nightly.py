@@ -20,7 +20,10 @@ from models.text_encoder import embedding_dim
 from storage.artifacts import ArtifactStore
 from storage.settings import Settings
 from storage.warehouse import open_warehouse
+from tasks.cold_start import cold_start_reason, cold_start_result
 from tasks.embedding import item_vectors
+from tasks.events import EventIngestSummary, ingest_events
+from tasks.harvest import ensure_pool, pool_fingerprint
 from tasks.indexing import build_index
 from tasks.load import LoadSummary, load_source
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, KCoreSummary, kcore_filter, make_splits
@@ -130,6 +133,7 @@ def train_publish_task(settings: Settings, run_id: str | None) -> PublishResult:
                 "embedding": settings.embedding.model_dump() if settings.embedding.enabled else None,
                 "index": settings.index.model_dump(),
                 "bundle_format": BUNDLE_FORMAT,
+                **({"daily_pool": pool_fingerprint(con)} if settings.source.kind == "feeds" else {}),
             },
         )
         live = store.current_version()
@@ -140,7 +144,12 @@ def train_publish_task(settings: Settings, run_id: str | None) -> PublishResult:
             con, LEAVE_LAST_OUT, KCORE_TABLE, restrict_items_to_table=settings.kcore.item_k > 0
         )
         proto = protocol(data, list(settings.eval.ks), settings.kcore.model_dump())
-        result = train_and_evaluate(data, settings.model.name, params, list(settings.eval.ks))
+        cold = cold_start_reason(data) if settings.source.kind == "feeds" else None
+        if cold:
+            logger.info("cold start: %s", cold)
+            result = cold_start_result(data)
+        else:
+            result = train_and_evaluate(data, settings.model.name, params, list(settings.eval.ks))
         record_run(con, result, proto, fingerprint, run_id)
         logger.info(
             "%s valid ndcg@10=%.4f test ndcg@10=%.4f hr@10=%.4f (fit %.1fs)",
@@ -150,7 +159,7 @@ def train_publish_task(settings: Settings, run_id: str | None) -> PublishResult:
             result.test.get("hr@10", float("nan")),
             result.train_seconds,
         )
-        serving_model = fit_for_serving(data, settings.model.name, params)
+        serving_model = result.model if cold else fit_for_serving(data, settings.model.name, params)
         vectors = index = None
         if settings.embedding.enabled:
             ids = [str(i) for i in data.item_ids]
@@ -198,6 +207,30 @@ def train_publish_task(settings: Settings, run_id: str | None) -> PublishResult:
     return published
 
 
+@task(name="ingest-event-log", retries=1, retry_delay_seconds=5)
+def ingest_events_task(settings: Settings) -> EventIngestSummary:
+    """Contract C1: serving's event log → interactions, idempotent by event id."""
+    with open_warehouse(settings.warehouse_path) as con:
+        summary = ingest_events(
+            con,
+            settings.events_dir,
+            value_min=settings.source.value_min,
+            value_max=settings.source.value_max,
+            future_skew_s=settings.source.future_skew_s,
+        )
+    get_run_logger().info("%s", summary.log_line())
+    _artifact("event-log-ingestion", summary.markdown(), "Serving events ingested into interactions")
+    return summary
+
+
+@task(name="ensure-daily-pool")
+def ensure_pool_task(settings: Settings) -> None:
+    """News catalogues: harvest today's pool if the morning harvest has not run yet."""
+    with open_warehouse(settings.warehouse_path) as con:
+        pool = ensure_pool(con, settings.harvest, settings.embedding)
+    get_run_logger().info("%s", pool.log_line() if pool else "today's pool exists (morning-harvest)")
+
+
 def _metrics_markdown(
     model: str,
     valid: dict[str, float],
@@ -231,7 +264,15 @@ def nightly_refresh(overrides: dict[str, Any] | None = None) -> PublishResult:
     ``overrides`` are settings fields (as in the TOML file) applied on top of env/config.
     """
     settings = Settings(**(overrides or {}))
-    load_task(settings)
+    if settings.source.kind == "feeds":
+        get_run_logger().info(
+            "source kind feeds: items come from scrape-feeds, interactions from the event log"
+        )
+    else:
+        load_task(settings)
+    ingest_events_task(settings)
+    if settings.source.kind == "feeds":
+        ensure_pool_task(settings)
     if settings.embedding.enabled:
         embed_in_process_task(settings)
     kcore_task(settings)

@@ -103,6 +103,75 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """,
     ),
     (
+        3,
+        "news feeds: feed health, item outlets, daily pool, wishlist, event log offsets",
+        """
+        CREATE TABLE feeds (
+            url                  VARCHAR PRIMARY KEY,
+            name                 VARCHAR NOT NULL,
+            default_category     VARCHAR,
+            etag                 VARCHAR,
+            last_modified        VARCHAR,
+            last_status          VARCHAR,
+            last_http_status     INTEGER,
+            last_error           VARCHAR,
+            last_fetch_at        TIMESTAMP,
+            last_success_at      TIMESTAMP,
+            consecutive_failures INTEGER NOT NULL DEFAULT 0,
+            paused               BOOLEAN NOT NULL DEFAULT false,
+            paused_at            TIMESTAMP,
+            entries_last         INTEGER,
+            items_added_total    BIGINT NOT NULL DEFAULT 0
+        );
+        CREATE TABLE item_outlets (
+            item_id        VARCHAR NOT NULL,
+            feed_url       VARCHAR NOT NULL,
+            entry_url      VARCHAR NOT NULL,
+            source         VARCHAR,
+            title          VARCHAR,
+            published_ts   BIGINT,
+            date_estimated BOOLEAN NOT NULL DEFAULT false,
+            enclosure_url  VARCHAR,
+            merged_by      VARCHAR NOT NULL,
+            first_seen     TIMESTAMP DEFAULT current_timestamp,
+            PRIMARY KEY (item_id, feed_url, entry_url)
+        );
+        CREATE TABLE scrape_runs (
+            run_id        VARCHAR PRIMARY KEY,
+            started_at    TIMESTAMP NOT NULL,
+            seconds       DOUBLE,
+            feeds         INTEGER,
+            summary       JSON
+        );
+        CREATE TABLE daily_pool (
+            pool_date DATE NOT NULL,
+            rank      INTEGER NOT NULL,
+            item_id   VARCHAR NOT NULL,
+            topic     VARCHAR,
+            cluster   INTEGER,
+            source    VARCHAR,
+            reason    VARCHAR,
+            score     DOUBLE,
+            PRIMARY KEY (pool_date, item_id)
+        );
+        CREATE TABLE wishlist (
+            kind             VARCHAR NOT NULL,
+            value            VARCHAR NOT NULL,
+            engagement_share DOUBLE NOT NULL,
+            pool_share       DOUBLE NOT NULL,
+            ratio            DOUBLE NOT NULL,
+            computed_at      TIMESTAMP NOT NULL,
+            PRIMARY KEY (kind, value)
+        );
+        CREATE TABLE event_log_offsets (
+            file       VARCHAR PRIMARY KEY,
+            offset_b   BIGINT NOT NULL,
+            lines      BIGINT NOT NULL,
+            updated_at TIMESTAMP DEFAULT current_timestamp
+        );
+        """,
+    ),
+    (
         4,
         "impression logs (MIND behaviors, simulated personas)",
         """

@@ -6,7 +6,8 @@ Bundle layout (everything serving needs, nothing it must compute):
   data fingerprint, counts, checksums of every other file;
 * ``catalog.duckdb`` — ``items(item_idx, item_id, title, categories, year, popularity)``
   with ``item_idx`` the model's column, ``user_histories(user_id, items INTEGER[])`` with
-  item indices in time order;
+  item indices in time order, and the latest ``daily_pool`` (contract C2) when the
+  warehouse has one;
 * ``model/`` — the fitted model as written by its ``save``;
 * ``item_vectors.npy`` — text vectors, row ``i`` for ``item_idx`` ``i`` (when embedded);
 * ``index/`` — the FAISS item index over those vectors, item ids stored beside it.
@@ -74,9 +75,33 @@ def write_catalog(path: Path, con: duckdb.DuckDBPyConnection, data: SplitData) -
         out.execute(
             "CREATE TABLE user_histories AS SELECT user_id, CAST(items AS INTEGER[]) AS items FROM hist_df"
         )
+        _copy_daily_pool(con, out)
         out.execute("CHECKPOINT")
     finally:
         out.close()
+
+
+def _copy_daily_pool(con: duckdb.DuckDBPyConnection, out: duckdb.DuckDBPyConnection) -> None:
+    """Contract C2: the latest ``daily_pool`` of the warehouse, same columns, when there is one."""
+    has_table = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'daily_pool'"
+    ).fetchall()[0][0]
+    if not has_table:
+        return
+    pool = con.execute(
+        "SELECT * FROM daily_pool WHERE pool_date = (SELECT max(pool_date) FROM daily_pool) ORDER BY rank"
+    ).df()
+    if pool.empty:
+        return
+    out.register("pool_df", pool)
+    out.execute(
+        "CREATE TABLE daily_pool AS SELECT CAST(pool_date AS DATE) AS pool_date, "
+        "CAST(rank AS INTEGER) AS rank, CAST(item_id AS VARCHAR) AS item_id, "
+        "CAST(topic AS VARCHAR) AS topic, "
+        "CAST(cluster AS INTEGER) AS cluster, CAST(source AS VARCHAR) AS source, "
+        "CAST(reason AS VARCHAR) AS reason, CAST(score AS DOUBLE) AS score FROM pool_df ORDER BY rank"
+    )
+    out.unregister("pool_df")
 
 
 def publish_bundle(

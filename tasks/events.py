@@ -1,0 +1,223 @@
+"""Ingest the serving event log (contract C1) into ``interactions``, idempotently by event id.
+
+Serving appends one JSON object per line to ``events_dir/*.jsonl``, each line written whole
+and fsynced before its 2xx reply. A line without a trailing newline is a torn write (a
+worker died mid-line, or is still writing): it is skipped and not counted as read, so it is
+looked at again next time. Per file, the byte offset read so far is kept in
+``event_log_offsets``, so a night reads only what was appended since the last; ids make a
+re-read harmless anyway (a file that shrank is read again from the start).
+
+Mapping (C1): user_id = user_id or "session:"+session; value = 1.0 for click/like/share/dwell,
+0.0 for skip; ts = int(ts); seq = the line's number in its file; session_id = session;
+source_file = the file's name. Lines that are not valid events go to ``quarantine`` with the
+reason; events failing the interaction expectations (unknown item, time in the future) too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from expectations import quarantine, validate_interactions
+from expectations.suites import quarantine_id
+from storage.warehouse import scalar
+
+EVENT_VALUES = {"click": 1.0, "like": 1.0, "share": 1.0, "dwell": 1.0, "skip": 0.0}
+
+
+@dataclass
+class FileIngest:
+    file: str
+    lines: int
+    added: int
+    duplicates: int
+    malformed: int
+    quarantined: int
+    torn_tail: bool
+
+
+@dataclass
+class EventIngestSummary:
+    files: list[FileIngest] = field(default_factory=list)
+
+    @property
+    def added(self) -> int:
+        return sum(f.added for f in self.files)
+
+    def log_line(self) -> str:
+        if not self.files:
+            return "event log: nothing new"
+        return (
+            f"event log: {len(self.files)} files, {sum(f.lines for f in self.files)} new lines, "
+            f"{self.added} interactions added, {sum(f.duplicates for f in self.files)} already present, "
+            f"{sum(f.malformed for f in self.files)} malformed, {sum(f.quarantined for f in self.files)} "
+            f"quarantined, {sum(f.torn_tail for f in self.files)} torn tails left for later"
+        )
+
+    def markdown(self) -> str:
+        lines = [
+            "### Event log ingestion",
+            "",
+            self.log_line(),
+            "",
+            "| file | new lines | added | already present | malformed | quarantined | torn tail |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        lines += [
+            f"| {f.file} | {f.lines} | {f.added} | {f.duplicates} | {f.malformed} | {f.quarantined} "
+            f"| {'yes' if f.torn_tail else ''} |"
+            for f in self.files
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def parse_event(line: str) -> dict[str, Any]:
+    """One log line as an interaction row; raises ValueError naming what is wrong."""
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg})") from exc
+    if not isinstance(event, dict):
+        raise ValueError("not a JSON object")
+    for key, kinds in (("event_id", str), ("session", str), ("item_id", str), ("event", str)):
+        if not isinstance(event.get(key), kinds) or not event[key]:
+            raise ValueError(f"field {key!r} must be a non-empty string")
+    if event["event"] not in EVENT_VALUES:
+        raise ValueError(f"event {event['event']!r} is not one of {sorted(EVENT_VALUES)}")
+    ts = event.get("ts")
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        raise ValueError("field 'ts' must be a number (unix seconds)")
+    user = event.get("user_id")
+    if user is not None and not isinstance(user, str):
+        raise ValueError("field 'user_id' must be a string or null")
+    dwell = event.get("dwell_s")
+    if dwell is not None and (isinstance(dwell, bool) or not isinstance(dwell, int | float)):
+        raise ValueError("field 'dwell_s' must be a number or null")
+    return {
+        "event_id": event["event_id"],
+        "user_id": user or f"session:{event['session']}",
+        "item_id": event["item_id"],
+        "event_type": event["event"],
+        "value": EVENT_VALUES[event["event"]],
+        "dwell_s": float(dwell) if dwell is not None else None,
+        "ts": int(ts),
+        "session_id": event["session"],
+    }
+
+
+def _offset(con: duckdb.DuckDBPyConnection, name: str) -> tuple[int, int]:
+    rows = con.execute("SELECT offset_b, lines FROM event_log_offsets WHERE file = ?", [name]).fetchall()
+    return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+
+
+def ingest_events(
+    con: duckdb.DuckDBPyConnection,
+    events_dir: Path,
+    *,
+    value_min: float = 0.0,
+    value_max: float = 5.0,
+    future_skew_s: int = 300,
+) -> EventIngestSummary:
+    """Read what was appended to every ``*.jsonl`` since last time and insert it."""
+    from tasks.load import upsert_users
+
+    summary = EventIngestSummary()
+    if not events_dir.is_dir():
+        return summary
+    known_items = {r[0] for r in con.execute("SELECT item_id FROM items").fetchall()}
+    for path in sorted(events_dir.glob("*.jsonl")):
+        name = path.name
+        offset, line_no = _offset(con, name)
+        size = path.stat().st_size
+        if size < offset:  # truncated or replaced: read again from the start (ids dedupe)
+            offset, line_no = 0, 0
+        if size == offset:
+            continue
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read(size - offset)
+        complete, newline, tail = data.rpartition(b"\n")
+        torn = bool(tail)
+        if not newline:  # only a torn line so far
+            summary.files.append(FileIngest(name, 0, 0, 0, 0, 0, torn))
+            continue
+        raw_lines = complete.split(b"\n")
+        rows: list[dict[str, Any]] = []
+        bad: list[dict[str, Any]] = []
+        for i, raw in enumerate(raw_lines, start=line_no + 1):
+            text = raw.decode("utf-8", errors="replace").strip()
+            if not text:
+                continue
+            try:
+                rows.append({**parse_event(text), "seq": i, "row_number": i})
+            except ValueError as exc:
+                rule = f"malformed event: {exc}"
+                bad.append(
+                    {
+                        "quarantine_id": quarantine_id("interactions", name, i, rule),
+                        "table_name": "interactions",
+                        "source_file": name,
+                        "row_number": i,
+                        "rule": rule,
+                        "payload": json.dumps({"line": text[:2000]}),
+                    }
+                )
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if bad:
+                con.register("bad_events", pd.DataFrame(bad))
+                con.execute(
+                    "INSERT INTO quarantine "
+                    "(quarantine_id, table_name, source_file, row_number, rule, payload) "
+                    "SELECT quarantine_id, table_name, source_file, row_number, rule, payload::JSON "
+                    "FROM bad_events ON CONFLICT DO NOTHING"
+                )
+                con.unregister("bad_events")
+            added = duplicates = quarantined = 0
+            if rows:
+                frame = pd.DataFrame(rows)
+                outcome = validate_interactions(
+                    frame,
+                    source_file=name,
+                    known_items=known_items,
+                    known_users=None,
+                    value_min=value_min,
+                    value_max=value_max,
+                    min_ts=0,
+                    max_ts=int(time.time()) + future_skew_s,
+                )
+                quarantined = quarantine(con, outcome)
+                clean = outcome.clean.drop(columns=["row_number"])
+                clean["source_file"] = name
+                before = int(scalar(con, "SELECT count(*) FROM interactions"))
+                con.register("new_events", clean)
+                con.execute(
+                    "INSERT INTO interactions (event_id, user_id, item_id, event_type, value, dwell_s, ts, "
+                    "seq, session_id, source_file) SELECT event_id, user_id, item_id, event_type, value, "
+                    "dwell_s, ts, seq, session_id, source_file FROM new_events ON CONFLICT DO NOTHING"
+                )
+                con.unregister("new_events")
+                added = int(scalar(con, "SELECT count(*) FROM interactions")) - before
+                duplicates = len(clean) - added
+                upsert_users(
+                    con, clean[["user_id"]].drop_duplicates().assign(attributes="{}"), overwrite=False
+                )
+            consumed = len(complete) + 1
+            con.execute(
+                "INSERT INTO event_log_offsets (file, offset_b, lines) VALUES (?, ?, ?) "
+                "ON CONFLICT (file) DO UPDATE SET offset_b = excluded.offset_b, lines = excluded.lines, "
+                "updated_at = current_timestamp",
+                [name, offset + consumed, line_no + len(raw_lines)],
+            )
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        summary.files.append(FileIngest(name, len(raw_lines), added, duplicates, len(bad), quarantined, torn))
+    return summary
