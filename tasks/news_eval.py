@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,9 @@ import pandas as pd
 from models.base import histories_to_csr
 from models.impression_metrics import impression_metrics
 from models.nrms import Impression, NRMSModel
+
+if TYPE_CHECKING:
+    from tasks.demo_feeds import DemoStory
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,23 @@ def item_texts(items: pd.DataFrame) -> list[str]:
         f"{t}. {x}" if x else str(t)
         for t, x in zip(items["title"].fillna(""), items["text"].fillna(""), strict=True)
     ]
+
+
+def demo_items(seed: int = 7, now: datetime | None = None) -> pd.DataFrame:
+    """The demo feeds' stories as a persona item table, one item per story.
+
+    A story carried by several outlets keeps its first-published article (headline and
+    summary), the way the harvest collapses near-duplicates into one catalogue item.
+    """
+    from tasks.demo_feeds import generate_stories
+
+    first: dict[str, DemoStory] = {}
+    for story in sorted(generate_stories(seed=seed, now=now), key=lambda s: (s.published, s.url)):
+        first.setdefault(story.story_id, story)
+    return pd.DataFrame(
+        [(s.story_id, s.title, s.summary, s.topic, s.published) for s in first.values()],
+        columns=["item_id", "title", "text", "topic", "published"],
+    )
 
 
 def compare_models(

@@ -120,7 +120,7 @@ class PersonaConfig:
     keyword_weight: float = 1.2
     appeal_weight: float = 0.8
     freshness_weight: float = 0.6
-    click_bias: tuple[float, float] = (-3.2, -2.2)
+    click_bias: tuple[float, float] = (-2.6, -1.6)
     max_history: int = 50
     """Earliest clicks beyond this many are dropped from an impression's history."""
     seed: int = 7
