@@ -59,3 +59,7 @@ ui-screenshot: setup
 
 clean:
 	rm -rf var .pytest_cache
+
+# NRMS vs popularity vs text similarity on simulated readers of the demo feeds (a few minutes).
+eval-news: setup
+	$(BIN)/python -m benchmarks.eval_news

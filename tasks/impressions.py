@@ -163,10 +163,10 @@ def read_impressions(con: duckdb.DuckDBPyConnection, source: str | None = None) 
     """The impression log (optionally of one source), oldest first, as lists per row."""
     where = "WHERE source = $source" if source is not None else ""
     params = {"source": source} if source is not None else {}
-    table = con.execute(
+    table = con.sql(
         f"SELECT {', '.join(IMPRESSION_TABLE_COLUMNS)}, source FROM impressions {where} "
         "ORDER BY ts, impression_id",
-        params,
+        params=params,
     ).to_arrow_table()
     return (
         table.to_pandas(maps_as_pydicts="strict")
