@@ -61,5 +61,6 @@ clean:
 	rm -rf var .pytest_cache
 
 # NRMS vs popularity vs text similarity on simulated readers of the demo feeds (a few minutes).
+.PHONY: eval-news
 eval-news: setup
 	$(BIN)/python -m benchmarks.eval_news
