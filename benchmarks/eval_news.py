@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--holdout", type=float, default=0.2, help="share of the time span held out")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--no-text-baseline", action="store_true", help="skip the MiniLM similarity baseline")
     parser.add_argument("--out", type=Path, default=Path("var/eval/news-personas.json"))
@@ -65,7 +66,7 @@ def main() -> None:
         items,
         train,
         test,
-        nrms_params={"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed},
+        nrms_params={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed},
         text_baseline=not args.no_text_baseline,
     )
     table = Table(title="Held-out impressions (MIND metrics, averaged over impressions)")

@@ -213,6 +213,7 @@ class NRMSModel:
         self.news_vectors = np.zeros((0, n_heads * head_dim), dtype=np.float32)
         self._initial_state: dict[str, torch.Tensor] | None = None
         self._curve: list[dict[str, Any]] = []
+        self._sample_histories: list[np.ndarray] = []
 
     # -- contract --------------------------------------------------------------------------
     @property
@@ -278,6 +279,10 @@ class NRMSModel:
                 "nrms: item texts are missing; call set_item_texts(texts) or fit(item_texts=...)"
             )
         n_items = len(self.texts)
+        if valid_impressions is not None and not any(
+            0 < np.count_nonzero(imp.clicked) < len(imp.clicked) for imp in valid_impressions
+        ):
+            raise ValueError("nrms: no validation impression has both clicks and non-clicks")
         if train.shape[1] != n_items:
             raise ValueError(f"nrms: train has {train.shape[1]} item columns but {n_items} item texts")
         torch.manual_seed(self.seed)
@@ -311,7 +316,7 @@ class NRMSModel:
             if valid_impressions:
                 self.news_vectors = self._encode_all_items()
                 val = self.evaluate(valid_impressions)
-                val_ndcg, val_auc = val["nDCG@10"], val["AUC"]
+                val_ndcg, val_auc = float(val["nDCG@10"]), float(val["AUC"])
                 if val_auc > best_auc:
                     best_auc = val_auc
                     best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
