@@ -23,6 +23,8 @@ from models.impression_metrics import impression_metrics
 from models.nrms import Impression, NRMSModel
 
 if TYPE_CHECKING:
+    import duckdb
+
     from tasks.demo_feeds import DemoStory
 
 
@@ -106,11 +108,24 @@ def evaluate_scores(impressions: Sequence[Impression], scores: list[np.ndarray])
 
 
 def item_texts(items: pd.DataFrame) -> list[str]:
-    """What NRMS and the text baseline read: the title, then the text (summary)."""
+    """What NRMS and the text baseline read: the title, then the text (a persona item
+    table's ``text`` or a warehouse item's ``description``)."""
+    body_col = "text" if "text" in items.columns else "description"
+    bodies = items[body_col] if body_col in items.columns else pd.Series([""] * len(items))
     return [
-        f"{t}. {x}" if x else str(t)
-        for t, x in zip(items["title"].fillna(""), items["text"].fillna(""), strict=True)
+        f"{t}. {x}" if isinstance(x, str) and x else str(t)
+        for t, x in zip(items["title"].fillna(""), bodies, strict=True)
     ]
+
+
+def warehouse_impressions(
+    con: duckdb.DuckDBPyConnection, index: ItemIndex, source: str | None = None
+) -> list[Impression]:
+    """The warehouse's impression log (MIND or personas) in item indices, for
+    ``NRMSModel.fit(..., impressions=...)``; oldest first."""
+    from tasks.impressions import read_impressions
+
+    return log_to_impressions(read_impressions(con, source), index)
 
 
 def demo_items(seed: int = 7, now: datetime | None = None) -> pd.DataFrame:

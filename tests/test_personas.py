@@ -105,3 +105,20 @@ def test_log_goes_into_the_warehouse_once(tmp_path: Path, log: pd.DataFrame) -> 
     assert back["impression_id"].tolist() == log["impression_id"].tolist()
     assert [list(c) for c in back["clicked"]] == log["clicked"].tolist()
     assert [list(h) for h in back["history"]] == log["history"].tolist()
+
+
+def test_warehouse_log_feeds_nrms_indices(tmp_path: Path, items: pd.DataFrame, log: pd.DataFrame) -> None:
+    from tasks.news_eval import ItemIndex, log_to_impressions, warehouse_impressions
+
+    index = ItemIndex.from_ids(items["item_id"].tolist())
+    with open_warehouse(tmp_path / "w.duckdb") as con:
+        insert_impressions(con, log.assign(row_number=range(1, len(log) + 1)), "personas", "simulated")
+        from_db = warehouse_impressions(con, index, source="personas")
+    direct = log_to_impressions(log, index)
+    assert len(from_db) == len(direct)
+    for a, b in zip(from_db, direct, strict=True):
+        np.testing.assert_array_equal(a.shown, b.shown)
+        np.testing.assert_array_equal(a.clicked, b.clicked)
+        np.testing.assert_array_equal(a.history, b.history)
+    with pytest.raises(ValueError, match="is not in the item table"):
+        log_to_impressions(log, ItemIndex.from_ids(items["item_id"].tolist()[:10]))
