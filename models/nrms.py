@@ -251,7 +251,8 @@ class NRMSModel:
         return {}
 
     def set_initial_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Warm start: tensors whose name and shape match are loaded before training."""
+        """Warm start: the attention and pooling tensors whose name and shape match are
+        loaded before training (word vectors and item tokens always come from today's texts)."""
         self._initial_state = state
 
     def training_curve(self) -> list[dict[str, Any]]:
@@ -440,7 +441,10 @@ class NRMSModel:
     def _load_matching(self, state: dict[str, torch.Tensor]) -> None:
         own = self._require_net().state_dict()
         matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        matching.pop("item_tokens", None)  # the catalogue's tokens are today's, never the old ones
+        # Today's catalogue decides the tokens and which word rows are kept, so both come from
+        # the text model, never from the old checkpoint (same shape does not mean same words).
+        matching.pop("item_tokens", None)
+        matching.pop("news.words.weight", None)
         self._require_net().load_state_dict(matching, strict=False)
 
     def _history_tail(self, history: np.ndarray) -> np.ndarray:

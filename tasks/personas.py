@@ -265,8 +265,9 @@ def simulate_impressions(
         )
         prob = 1.0 / (1.0 + np.exp(-logit))
         clicked = rng.random(size) < prob
-        dwell = np.where(clicked, persona.reading_s * np.exp(0.5 * (logit - 0.0)).clip(0.2, 5.0), 0.0)
-        dwell = np.where(clicked, dwell * rng.lognormal(0.0, 0.3, size), 0.0).round(1)
+        # Better matches are read longer: the persona's reading time scaled by e^(logit/2).
+        read = persona.reading_s * np.exp(0.5 * logit).clip(0.2, 5.0) * rng.lognormal(0.0, 0.3, size)
+        dwell = np.where(clicked, np.maximum(read, 1.0), 0.0).round(1)
         rows.append(
             (
                 f"sim-{config.seed}-{n:07d}",
