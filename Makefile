@@ -62,3 +62,7 @@ clean:
 
 bench-scrape: setup
 	$(BIN)/python -m benchmarks.bench_scrape
+# NRMS vs popularity vs text similarity on simulated readers of the demo feeds (a few minutes).
+.PHONY: eval-news
+eval-news: setup
+	$(BIN)/python -m benchmarks.eval_news

@@ -171,6 +171,24 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        4,
+        "impression logs (MIND behaviors, simulated personas)",
+        """
+        CREATE TABLE impressions (
+            impression_id VARCHAR PRIMARY KEY,
+            user_id       VARCHAR NOT NULL,
+            ts            BIGINT NOT NULL,
+            history       VARCHAR[] NOT NULL,
+            shown         VARCHAR[] NOT NULL,
+            clicked       BOOLEAN[] NOT NULL,
+            dwell_s       DOUBLE[],
+            source        VARCHAR NOT NULL,
+            source_file   VARCHAR,
+            loaded_at     TIMESTAMP DEFAULT current_timestamp
+        );
+        """,
+    ),
 ]
 
 

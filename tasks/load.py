@@ -26,6 +26,7 @@ from expectations import (
 from storage.artifacts import file_sha256
 from storage.settings import Settings
 from storage.warehouse import scalar
+from tasks.impressions import load_impressions
 from tasks.sources import SourceData, read_source
 
 
@@ -251,6 +252,30 @@ def load_source(
             {**outcome.failures, **_rule_counts(inter_rejects)},
         )
     )
+    impressions = getattr(data, "impressions", None)  # impression logs (MIND): tasks/impressions.py
+    if impressions is not None:
+        imp_file = str(data.files["interactions"])
+        imp_rejects = parse_rejects("impressions")
+        q = _quarantine_parse_rejects(con, imp_rejects)
+        added, q_valid, failures = load_impressions(
+            con,
+            impressions,
+            source=data.name,
+            source_file=imp_file,
+            max_failure_share=max_share,
+            known_users=known_users,
+            parse_rejects=len(imp_rejects),
+        )
+        loads.append(
+            TableLoad(
+                "impressions",
+                imp_file,
+                len(impressions) + len(imp_rejects),
+                added,
+                q + q_valid,
+                {**failures, **_rule_counts(imp_rejects)},
+            )
+        )
     for load in loads:
         _record_load(con, load)
     return LoadSummary(data.name, loads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from storage.settings import SourceSettings
 from tasks.sources.common import SourceData, SourceFormatError
+from tasks.sources.mind import read_mind
 from tasks.sources.movielens import read_movielens
 from tasks.sources.tabular import read_tabular
 
@@ -17,4 +18,6 @@ def read_source(source: SourceSettings) -> SourceData:
                 "MovieLens-100K, or set RECFLOW_SOURCE__PATH"
             )
         return read_movielens(source.path)
+    if source.kind == "mind":
+        return read_mind(source.path)
     return read_tabular(source.path, source.items_path)
