@@ -8,11 +8,13 @@ from typing import Any
 
 from models.base import Recommender
 from models.baselines import ItemKNNModel, PopularityModel, RecencyItemKNNModel
+from models.nextitem import NextItemMFModel
 
 MODELS: dict[str, type] = {
     PopularityModel.name: PopularityModel,
     ItemKNNModel.name: ItemKNNModel,
     RecencyItemKNNModel.name: RecencyItemKNNModel,
+    NextItemMFModel.name: NextItemMFModel,
 }
 
 

@@ -102,6 +102,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        5,
+        "model_runs.config: the full recorded config (model, params, seed, warm start) of a run",
+        """
+        ALTER TABLE model_runs ADD COLUMN config JSON;
+        """,
+    ),
 ]
 
 
