@@ -150,7 +150,7 @@ class NextItemMFModel:
                 optimizer.step()
                 with torch.no_grad():
                     module.item_in.weight[0].zero_()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 bar.set_postfix(loss=f"{total / min(start + len(idx), n):.4f}")
             val = self._valid_ndcg10(valid_targets) if valid_targets else None
             self._curve.append(

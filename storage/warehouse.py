@@ -104,9 +104,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     ),
     (
         5,
-        "model_runs.config: the full recorded config (model, params, seed, warm start) of a run",
+        "model_run_configs: the full config (model, params, seed, warm start) that re-runs a model run",
         """
-        ALTER TABLE model_runs ADD COLUMN config JSON;
+        CREATE TABLE model_run_configs (
+            run_id      VARCHAR PRIMARY KEY,
+            config      JSON NOT NULL,
+            recorded_at TIMESTAMP DEFAULT current_timestamp
+        );
         """,
     ),
 ]

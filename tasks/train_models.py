@@ -1,7 +1,7 @@
 """Training runs that can be warm-started, recorded with their full config, and re-run.
 
-What a run records (``model_runs.config``): the model name, every constructor parameter
-(the seed among them), the split, the data fingerprint, the warm-start source (bundle
+What a run records (``model_run_configs.config``, keyed by ``model_runs.run_id``): the model
+name, every constructor parameter (the seed among them), the split, the data fingerprint, the warm-start source (bundle
 version, checkpoint and its SHA-256) and the torch version and device. :func:`reproduce_run`
 rebuilds the model from that record alone and fits it again on the same split.
 
@@ -228,16 +228,21 @@ def record_config_run(
     fingerprint: str,
     flow_run_id: str | None,
 ) -> None:
-    """``record_run`` plus the full config in ``model_runs.config``."""
+    """``record_run`` plus the full config in ``model_run_configs`` (same ``run_id``)."""
     record_run(con, result, proto, fingerprint, flow_run_id)
     con.execute(
-        "UPDATE model_runs SET config = ? WHERE run_id = ?",
-        [json.dumps({**result.config, "data_fingerprint": fingerprint}), result.run_id],
+        "INSERT INTO model_run_configs (run_id, config) VALUES (?, ?)",
+        [result.run_id, json.dumps({**result.config, "data_fingerprint": fingerprint})],
     )
 
 
 def recorded_config(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
-    rows = con.execute("SELECT config, metrics FROM model_runs WHERE run_id = ?", [run_id]).fetchall()
+    """The config a run was recorded with, and its recorded ``metrics``."""
+    rows = con.execute(
+        "SELECT c.config, r.metrics FROM model_runs r LEFT JOIN model_run_configs c USING (run_id) "
+        "WHERE r.run_id = ?",
+        [run_id],
+    ).fetchall()
     if not rows:
         raise KeyError(f"no model run {run_id!r} in model_runs")
     if rows[0][0] is None:
