@@ -1,8 +1,9 @@
 """Training runs that can be warm-started, recorded with their full config, and re-run.
 
 What a run records (``model_run_configs.config``, keyed by ``model_runs.run_id``): the model
-name, every constructor parameter (the seed among them), the split, the data fingerprint, the warm-start source (bundle
-version, checkpoint and its SHA-256) and the torch version and device. :func:`reproduce_run`
+name, every constructor parameter (the seed among them), the split, the data fingerprint,
+the warm-start source (bundle version, checkpoint and its SHA-256), the torch version and
+device. :func:`reproduce_run`
 rebuilds the model from that record alone and fits it again on the same split.
 
 Warm start: the live bundle holds the serving model in ``model/`` and, for torch models, the
