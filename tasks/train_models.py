@@ -264,6 +264,10 @@ def reproduce_run(
     was); a warm-started run needs its source bundle, which must still be in ``store``.
     """
     config = recorded_config(con, run_id)
+    if config.get("merge"):
+        raise ValueError(
+            f"run {run_id} is a checkpoint merge of {config['merge']['inputs']}; merge them again"
+        )
     warm = None
     if config.get("warm_start"):
         ws = config["warm_start"]
@@ -358,23 +362,27 @@ def publish_champion(
     source_run: str | None,
     fingerprint: str,
     log: Callable[[str], None] = print,
+    serving: Recommender | None = None,
+    title: str | None = None,
 ) -> ChampionOutcome:
-    """Refit the champion on everything, attach report and train checkpoint, publish through
-    the gate (``CURRENT`` moves only if valid ndcg@10 is within ``tolerance`` of the live one)."""
+    """Refit the champion on everything (unless ``serving`` is given, as for a merge), attach
+    report and train checkpoint, publish through the gate (``CURRENT`` moves only if valid
+    ndcg@10 is within ``tolerance`` of the live one)."""
     import tempfile
 
     from tasks.eval_report import report_for_models
     from tasks.publish import publish_bundle
 
-    serving_warm = None
-    if warm_start:
-        _, serving_warm, why = live_warm_sources(store, champion.model_name)
-        log(f"serving fit of {champion.model_name}: warm start from {why}")
+    serving_warm = serving_report = None
     started = time.perf_counter()
-    serving, seconds, serving_report = fit_model(
-        data, champion.model_name, champion.params, ("train", "valid", "test"), serving_warm
-    )
-    log(f"serving fit of {champion.model_name} on every interaction: {seconds:.1f}s")
+    if serving is None:
+        if warm_start:
+            _, serving_warm, why = live_warm_sources(store, champion.model_name)
+            log(f"serving fit of {champion.model_name}: warm start from {why}")
+        serving, seconds, serving_report = fit_model(
+            data, champion.model_name, champion.params, ("train", "valid", "test"), serving_warm
+        )
+        log(f"serving fit of {champion.model_name} on every interaction: {seconds:.1f}s")
     vectors, index = bundle_vectors(con, settings, data, log)
     live = store.current_version()
     live_valid = store.manifest(live).get("metrics", {}).get("valid", {}) if live else {}
@@ -385,7 +393,7 @@ def publish_champion(
             data,
             {r.model_name: r.model for r in runs},
             Path(tmp) / "report",
-            title=f"train-models: {', '.join(r.model_name for r in runs)}",
+            title=title or f"train-models: {', '.join(r.model_name for r in runs)}",
             notes=f"Champion: `{champion.model_name}` (best validation ndcg@10); live bundle valid "
             f"ndcg@10: {live_valid.get('ndcg@10', float('nan')):.4f}.",
         )
