@@ -19,7 +19,7 @@ import inspect
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,7 +306,7 @@ def bundle_vectors(
     return vectors, index
 
 
-def results_dict(settings: Settings, proto: dict[str, Any], runs: list[RunResult]) -> dict[str, Any]:
+def results_dict(settings: Settings, proto: dict[str, Any], runs: Sequence[TrainResult]) -> dict[str, Any]:
     """Runs in the shape of ``tasks/report.py::run_evaluation``'s results (for the report)."""
     return {
         "dataset": settings.catalogue,

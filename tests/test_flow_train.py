@@ -191,3 +191,61 @@ def test_warm_start_grows_the_catalogue_keeps_learned_rows_and_reruns_reproduce(
         config["warm_start"]["bundle"] == cold.version and config["warm_start"]["checkpoint"] == "train_model"
     )
     assert rerun.valid == config["metrics"]["valid"] and rerun.test == config["metrics"]["test"]
+
+
+def test_merge_two_seeded_fits_evaluates_gates_and_publishes_the_average(
+    prefect_api: None, ml100k_slice: Path, tmp_path: Path
+) -> None:
+    from flows.merge import merge_checkpoints
+    from flows.train import train_models
+
+    overrides = base_overrides(tmp_path / "var", ml100k_slice)
+    load(overrides)
+    store = ArtifactStore(Settings(**overrides).bundles_dir)
+    a = train_models(models=["nextitem-mf"], config={"nextitem-mf": {**TINY, "seed": 1}}, overrides=overrides)
+    b = train_models(
+        models=["nextitem-mf"],
+        config={"nextitem-mf": {**TINY, "seed": 2}},
+        overrides=overrides,
+        tolerance=1.0,
+    )
+    assert a.version and b.version and store.current_version() == b.version
+
+    merged = merge_checkpoints(
+        bundles=[a.version, b.version], weights=[3.0, 1.0], overrides=overrides, tolerance=1.0
+    )
+    assert merged.version is not None and merged.live == merged.version
+    out = store.root / merged.version
+    for sub in ("train_model", "model"):
+        sa, sb = load_state(store.root / a.version / sub), load_state(store.root / b.version / sub)
+        sm = load_state(out / sub)
+        assert not torch.equal(sa["item_out.weight"], sb["item_out.weight"])
+        for key in sa:
+            assert torch.allclose(sm[key], 0.75 * sa[key] + 0.25 * sb[key], atol=1e-6), (sub, key)
+    manifest = store.manifest(merged.version)
+    inputs = manifest["config"]["merge"]["inputs"]
+    assert [i["source"] for i in inputs] == [f"bundle {a.version}", f"bundle {b.version}"]
+    assert [i["weight"] for i in inputs] == [3.0, 1.0]
+    assert "report/report.md" in manifest["checksums"]
+    with duckdb.connect(str(Settings(**overrides).warehouse_path), read_only=True) as con:
+        metrics = json.loads(
+            con.execute(
+                "SELECT metrics FROM model_runs WHERE run_id = ?", [merged.runs["nextitem-mf"]]
+            ).fetchall()[0][0]
+        )
+    assert metrics["valid"]["ndcg@10"] == pytest.approx(merged.valid_ndcg10["nextitem-mf"])
+    assert manifest["metrics"]["valid"]["ndcg@10"] == pytest.approx(merged.valid_ndcg10["nextitem-mf"])
+
+    # The gate applies: with no tolerance, a merge is live only if it is not worse.
+    live_before = store.current_version()
+    live_valid = store.manifest(live_before)["metrics"]["valid"]["ndcg@10"]
+    again = merge_checkpoints(bundles=[a.version, b.version], weights=[1.0, 3.0], overrides=overrides)
+    went_live = again.valid_ndcg10["nextitem-mf"] >= live_valid
+    assert (store.current_version() == again.version) == went_live
+    assert (store.current_version() == live_before) == (not went_live)
+
+    # Bad inputs name what was wrong.
+    with pytest.raises(Exception, match="merge needs at least two checkpoints"):
+        merge_checkpoints(bundles=[a.version], overrides=overrides)
+    with pytest.raises(Exception, match="bundle 'nope' not found"):
+        merge_checkpoints(bundles=[a.version, "nope"], overrides=overrides)
