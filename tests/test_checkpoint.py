@@ -168,3 +168,27 @@ def test_same_seed_same_checkpoint_and_curve(tmp_path: Path) -> None:
     assert [row["epoch"] for row in curve] == [1, 2]
     assert all(row["loss"] > 0 and row["val_ndcg10"] is not None for row in curve)
     assert [r["loss"] for r in curve] == [r["loss"] for r in second.training_curve()]
+
+
+def test_merge_aligns_rows_by_item_id_across_catalogues(tmp_path: Path) -> None:
+    from tasks.merge import MergeInput, merge_into
+
+    other_items = [*reversed(OLD_ITEMS[5:]), "900", "901"]  # 15 shared items moved, 5 missing, 2 new
+    a, b = fit(OLD_ITEMS, seed=1), fit(other_items, seed=2)
+    a.save(tmp_path / "a")
+    b.save(tmp_path / "b")
+    inputs = [
+        MergeInput("a", tmp_path / "a", tmp_path / "a", {"item": OLD_ITEMS, "user": []}),
+        MergeInput("b", tmp_path / "b", tmp_path / "b", {"item": other_items, "user": []}),
+    ]
+    merged = merge_into(inputs, [1.0, 1.0], 0, "serve", tmp_path / "merged")
+    sa, sb, sm = load_state(tmp_path / "a"), load_state(tmp_path / "b"), load_state(tmp_path / "merged")
+    assert sm["item_out.weight"].shape == sa["item_out.weight"].shape  # the anchor's catalogue
+    for idx, item in enumerate(OLD_ITEMS):
+        if item in other_items:
+            expected = (sa["item_out.weight"][idx] + sb["item_out.weight"][other_items.index(item)]) / 2
+        else:  # b has no row for it: the anchor's own row is averaged with itself
+            expected = sa["item_out.weight"][idx]
+        assert torch.allclose(sm["item_out.weight"][idx], expected, atol=1e-6), item
+    assert set(merged.averaged) == {"item_in.weight", "item_out.weight", "item_bias"}
+    assert load_model(tmp_path / "merged").score([np.array([1, 2])]).shape == (1, len(OLD_ITEMS))

@@ -136,7 +136,12 @@ def test_deployments_are_registered_with_their_schedules(stack: tuple[httpx.Clie
     assert schedule["schedule"]["timezone"] == "Europe/Berlin"
     assert nightly["concurrency_limit"] == 1 or nightly.get("global_concurrency_limit")
     assert "nightly" in nightly["tags"]
-    for name in ("embed-items/on-demand", "build-index/on-demand"):
+    for name in (
+        "embed-items/on-demand",
+        "build-index/on-demand",
+        "train-models/on-demand",
+        "merge-checkpoints/on-demand",
+    ):
         assert client.get(f"/deployments/name/{name}").status_code == 200
 
 
