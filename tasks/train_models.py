@@ -82,9 +82,7 @@ def is_torch_model(model: object) -> bool:
 
 def catalog_ids(bundle_dir: Path) -> dict[str, list[str]]:
     """A bundle's item ids in item-index order and user ids in user-index order."""
-    import duckdb as _duckdb
-
-    with _duckdb.connect(str(bundle_dir / "catalog.duckdb"), read_only=True) as cat:
+    with duckdb.connect(str(bundle_dir / "catalog.duckdb"), read_only=True) as cat:
         items = [r[0] for r in cat.execute("SELECT item_id FROM items ORDER BY item_idx").fetchall()]
         users = [r[0] for r in cat.execute("SELECT user_id FROM user_histories ORDER BY rowid").fetchall()]
     return {"item": [str(i) for i in items], "user": [str(u) for u in users]}
@@ -339,6 +337,24 @@ def gate_markdown(
     )
 
 
+def gate_refusal(
+    valid: dict[str, Any],
+    live: str | None,
+    live_valid: dict[str, Any],
+    tolerance: float,
+    metric: str = "ndcg@10",
+) -> str | None:
+    """Why a challenger must not go live (the rule of ``publish_bundle``'s gate), or None.
+
+    Checked before the serving refit, so a refused challenger costs no second fit and
+    leaves no bundle behind; ``publish_bundle`` applies the same rule again when writing.
+    """
+    old, new = live_valid.get(metric), valid.get(metric)
+    if live is None or old is None or new is None or new >= old - tolerance:
+        return None
+    return f"valid {metric} {new:.4f} < live {old:.4f} - tolerance {tolerance}; kept {live} live"
+
+
 @dataclass(frozen=True)
 class ChampionOutcome:
     published: Any
@@ -371,21 +387,40 @@ def publish_champion(
     import tempfile
 
     from tasks.eval_report import report_for_models
-    from tasks.publish import publish_bundle
+    from tasks.publish import PublishResult, publish_bundle
 
     serving_warm = serving_report = None
     started = time.perf_counter()
+    live = store.current_version()
+    live_valid = store.manifest(live).get("metrics", {}).get("valid", {}) if live else {}
+    refusal = gate_refusal(champion.valid, live, live_valid, tolerance)
+    if refusal is not None:
+        log(f"gate: {refusal}; nothing is refitted or written")
+        with tempfile.TemporaryDirectory(prefix="recflow-train-") as tmp:
+            report = report_for_models(
+                results_dict(settings, proto, runs),
+                data,
+                {r.model_name: r.model for r in runs},
+                Path(tmp) / "report",
+                title=title or f"train-models: {', '.join(r.model_name for r in runs)}",
+                notes=f"Refused by the gate: {refusal}.",
+            )
+        published = PublishResult(None, live, refusal)
+        return ChampionOutcome(
+            published, report.markdown, gate_markdown(champion, runs, published, live_valid), None
+        )
     if serving is None:
         if warm_start:
             _, serving_warm, why = live_warm_sources(store, champion.model_name)
-            log(f"serving fit of {champion.model_name}: warm start from {why}")
+            log(
+                f"serving fit of {champion.model_name}: "
+                + (f"warm start from {why}" if serving_warm else f"cold start ({why})")
+            )
         serving, seconds, serving_report = fit_model(
             data, champion.model_name, champion.params, ("train", "valid", "test"), serving_warm
         )
         log(f"serving fit of {champion.model_name} on every interaction: {seconds:.1f}s")
     vectors, index = bundle_vectors(con, settings, data, log)
-    live = store.current_version()
-    live_valid = store.manifest(live).get("metrics", {}).get("valid", {}) if live else {}
     with tempfile.TemporaryDirectory(prefix="recflow-train-") as tmp:
         attachments: dict[str, Path] = {}
         report = report_for_models(

@@ -77,8 +77,8 @@ def test_gate_refuses_a_worse_challenger_and_publishes_an_equal_one(
 
     worse = train_models(models=["popularity"], overrides=overrides)
     assert worse.valid_ndcg10["popularity"] < champion.valid_ndcg10[champion.champion]
-    assert worse.version is not None and worse.live == champion.version
-    assert store.current_version() == champion.version
+    assert worse.version is None and worse.live == champion.version
+    assert store.current_version() == champion.version and store.versions() == [champion.version]
     assert "kept" in worse.reason and "< live" in worse.reason
 
     # A tolerance wider than the gap lets the same challenger through.
@@ -226,6 +226,11 @@ def test_merge_two_seeded_fits_evaluates_gates_and_publishes_the_average(
     inputs = manifest["config"]["merge"]["inputs"]
     assert [i["source"] for i in inputs] == [f"bundle {a.version}", f"bundle {b.version}"]
     assert [i["weight"] for i in inputs] == [3.0, 1.0]
+    assert sorted(manifest["config"]["merge"]["averaged"]) == [
+        "item_bias",
+        "item_in.weight",
+        "item_out.weight",
+    ]
     assert "report/report.md" in manifest["checksums"]
     with duckdb.connect(str(Settings(**overrides).warehouse_path), read_only=True) as con:
         metrics = json.loads(
@@ -241,8 +246,8 @@ def test_merge_two_seeded_fits_evaluates_gates_and_publishes_the_average(
     live_valid = store.manifest(live_before)["metrics"]["valid"]["ndcg@10"]
     again = merge_checkpoints(bundles=[a.version, b.version], weights=[1.0, 3.0], overrides=overrides)
     went_live = again.valid_ndcg10["nextitem-mf"] >= live_valid
-    assert (store.current_version() == again.version) == went_live
-    assert (store.current_version() == live_before) == (not went_live)
+    assert (again.version is not None and store.current_version() == again.version) == went_live
+    assert (again.version is None and store.current_version() == live_before) == (not went_live)
 
     # Bad inputs name what was wrong.
     with pytest.raises(Exception, match="merge needs at least two checkpoints"):
