@@ -159,6 +159,8 @@ def train_models(
     """
     settings = Settings(**(overrides or {}))
     names = models or [settings.model.name]
+    if len(set(names)) != len(names):
+        raise ValueError(f"models {names} name a model twice; give each once (parameters go in config)")
     unknown_config = sorted(set(config or {}) - set(names))
     if unknown_config:
         raise ValueError(f"config given for {unknown_config}, which are not among the models {names}")

@@ -86,7 +86,7 @@ def stack(
             stderr=subprocess.STDOUT,
         )
         _wait(
-            lambda: client.get("/deployments/name/build-index/on-demand").status_code == 200,
+            lambda: client.get("/deployments/name/merge-checkpoints/on-demand").status_code == 200,
             180,
             "deployments",
             tmp / "serve.log",
