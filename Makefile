@@ -66,3 +66,11 @@ bench-scrape: setup
 .PHONY: eval-news
 eval-news: setup
 	$(BIN)/python -m benchmarks.eval_news
+# Train (warm from the live bundle when it holds the same torch model), gate, publish; then
+# every user's top 100 from the live bundle as Parquet.
+.PHONY: train export
+train: setup
+	$(BIN)/recflow run train --warm-start
+
+export: setup
+	$(BIN)/recflow recommend --all-users --k 100 --out var/export/top100.parquet

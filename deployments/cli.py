@@ -295,5 +295,97 @@ def feeds_resume(
     console.print(f"{count} feed(s) resumed")
 
 
+# --- train-models, merge-checkpoints, batch export (trainflow) -----------------------------
+@run_app.command("train")
+def run_train(
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="Model to train (repeat for several); default: settings."),
+    ] = None,
+    warm_start: Annotated[
+        bool, typer.Option("--warm-start", help="Start torch models from the live bundle's checkpoint.")
+    ] = False,
+    tolerance: Annotated[
+        float, typer.Option(help="Publish if valid ndcg@10 is at most this much below the live bundle's.")
+    ] = 0.0,
+    config: Annotated[
+        str | None, typer.Option(help='Model parameters as JSON, e.g. \'{"nextitem-mf": {"epochs": 3}}\'.')
+    ] = None,
+) -> None:
+    """Run the train-models flow: train, evaluate, record, gate against the live bundle, publish."""
+    from flows.train import train_models
+
+    try:
+        parsed = json.loads(config) if config else None
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"--config is not valid JSON: {exc}") from exc
+    result = train_models(models=model, config=parsed, tolerance=tolerance, warm_start=warm_start)
+    for name, ndcg in result.valid_ndcg10.items():
+        console.print(f"{name}: valid ndcg@10 {ndcg:.4f} (run {result.runs[name]})")
+    console.print(
+        f"champion {result.champion}; published: {result.version or '—'}; live bundle: "
+        f"[bold]{result.live}[/] ({result.reason})"
+    )
+
+
+@run_app.command("merge")
+def run_merge(
+    bundle: Annotated[
+        list[str] | None, typer.Option("--bundle", help="Bundle version to merge (repeat).")
+    ] = None,
+    checkpoint: Annotated[
+        list[Path] | None, typer.Option("--checkpoint", help="Checkpoint directory to merge (repeat).")
+    ] = None,
+    weight: Annotated[
+        list[float] | None, typer.Option("--weight", help="Weight per input, bundles first (repeat).")
+    ] = None,
+    anchor: Annotated[int, typer.Option(help="Input whose tensors are kept where shapes differ.")] = 0,
+    tolerance: Annotated[float, typer.Option(help="Gate tolerance on valid ndcg@10.")] = 0.0,
+) -> None:
+    """Run the merge-checkpoints flow: average checkpoints, evaluate, gate, publish."""
+    from flows.merge import merge_checkpoints
+
+    result = merge_checkpoints(
+        bundles=bundle,
+        checkpoints=[str(c) for c in checkpoint or []],
+        weights=weight,
+        anchor=anchor,
+        tolerance=tolerance,
+    )
+    console.print(
+        f"merged {result.champion}: valid ndcg@10 {result.valid_ndcg10[result.champion]:.4f}; published: "
+        f"{result.version}; live bundle: [bold]{result.live}[/] ({result.reason})"
+    )
+
+
+@app.command("recommend")
+def recommend(
+    all_users: Annotated[bool, typer.Option("--all-users", help="Every user of the bundle.")] = False,
+    k: Annotated[int, typer.Option("--k", min=1, help="Items per user.")] = 100,
+    out: Annotated[Path | None, typer.Option("--out", help="Parquet file to write.")] = None,
+    version: Annotated[str | None, typer.Option(help="Bundle version; default: the live one.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Users scored per batch.")] = 1024,
+) -> None:
+    """Batch export: every user's top-K unseen items (user_id, rank, item_id, score) as Parquet."""
+    from storage.artifacts import ArtifactStore
+    from tasks.export import export_recommendations
+
+    if not all_users or out is None:
+        console.print("[red]pass --all-users and --out FILE.parquet (one user: GET /recommend/{user_id})[/]")
+        raise typer.Exit(2)
+    try:
+        summary = export_recommendations(
+            ArtifactStore(_settings().bundles_dir), out, k=k, version=version, batch_size=batch_size
+        )
+    except FileNotFoundError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"{summary.rows:,} rows for {summary.users:,} users (top {summary.k}; {summary.short_users} users "
+        f"with fewer unseen items) from bundle {summary.version} ({summary.model}) in {summary.seconds:.1f}s "
+        f"→ {summary.path}"
+    )
+
+
 if __name__ == "__main__":
     app()

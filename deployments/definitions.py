@@ -14,12 +14,16 @@ from prefect.schedules import Cron
 
 from flows.build_index import build_index_flow
 from flows.embed import embed_items_flow
+from flows.merge import merge_checkpoints
 from flows.nightly import nightly_refresh
+from flows.train import train_models
 from storage.settings import Settings
 
 NIGHTLY = "nightly-refresh/nightly"
 EMBED = "embed-items/on-demand"
 BUILD_INDEX = "build-index/on-demand"
+TRAIN = "train-models/on-demand"
+MERGE = "merge-checkpoints/on-demand"
 
 
 def build_deployments(settings: Settings, overrides: dict[str, Any] | None = None) -> list[RunnerDeployment]:
@@ -61,6 +65,20 @@ def build_deployments(settings: Settings, overrides: dict[str, Any] | None = Non
             "on-demand",
             "index",
             "Rebuild the live bundle's FAISS index; refused below the recall floor.",
+            None,
+        ),
+        deployment(
+            train_models,
+            "on-demand",
+            "training",
+            "Train models (optionally warm), evaluate, record, gate against the live bundle, publish.",
+            None,
+        ),
+        deployment(
+            merge_checkpoints,
+            "on-demand",
+            "training",
+            "Weighted average of torch checkpoints, evaluated and gated like a trained model.",
             None,
         ),
     ]

@@ -7,6 +7,8 @@ task with retries where I/O can fail; summaries are Prefect artifacts so the UI 
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -14,21 +16,19 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from expectations import DataQualityError
-from expectations.vectors import check_item_vectors
 from flows.embed import embed_in_process_task
-from models.text_encoder import embedding_dim
 from storage.artifacts import ArtifactStore
 from storage.settings import Settings
 from storage.warehouse import open_warehouse
 from tasks.cold_start import cold_start_reason, cold_start_result
-from tasks.embedding import item_vectors
+from tasks.eval_report import report_for_models
 from tasks.events import EventIngestSummary, ingest_events
 from tasks.harvest import ensure_pool, pool_fingerprint
-from tasks.indexing import build_index
 from tasks.load import LoadSummary, load_source
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, KCoreSummary, kcore_filter, make_splits
 from tasks.publish import BUNDLE_FORMAT, PublishResult, publish_bundle
 from tasks.sources import SourceFormatError
+from tasks.train_models import bundle_vectors, results_dict, settings_params
 from tasks.training import (
     data_fingerprint,
     fit_for_serving,
@@ -46,12 +46,7 @@ def _artifact(key: str, markdown: str, description: str) -> None:
 
 def model_params(settings: Settings) -> dict[str, Any]:
     """The configured model's constructor parameters, from settings."""
-    m = settings.model
-    if m.name == "itemknn":
-        return {"neighbors": m.knn_neighbors, "shrink": m.knn_shrink}
-    if m.name == "itemknn-recency":
-        return {"neighbors": m.knn_neighbors, "shrink": m.knn_shrink, "decay": m.recency_decay}
-    return {}
+    return settings_params(settings, settings.model.name)
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -160,19 +155,7 @@ def train_publish_task(settings: Settings, run_id: str | None) -> PublishResult:
             result.train_seconds,
         )
         serving_model = result.model if cold else fit_for_serving(data, settings.model.name, params)
-        vectors = index = None
-        if settings.embedding.enabled:
-            ids = [str(i) for i in data.item_ids]
-            vectors = item_vectors(con, settings.embedding, ids)
-            check_item_vectors(vectors, data.n_items, embedding_dim(settings.embedding.model))
-            index = build_index(vectors, ids, settings.index)  # raises below the recall floor
-            logger.info(
-                "index %s over %d items, recall@%d=%.4f",
-                index.kind,
-                index.n,
-                settings.index.recall_k,
-                index.recall or 0.0,
-            )
+        vectors, index = bundle_vectors(con, settings, data, logger.info)  # raises below the recall floor
         manifest = {
             "catalogue": settings.catalogue,
             "source_run": run_id,
@@ -188,7 +171,27 @@ def train_publish_task(settings: Settings, run_id: str | None) -> PublishResult:
                 "template": settings.embedding.template,
             }
         live_valid = store.manifest(live).get("metrics", {}).get("valid", {}) if live else {}
-        published = publish_bundle(store, con, data, serving_model, manifest, vectors=vectors, index=index)
+        with tempfile.TemporaryDirectory(prefix="recflow-report-") as tmp:
+            report = report_for_models(
+                results_dict(settings, proto, [result]),
+                data,
+                {result.model_name: result.model},
+                Path(tmp) / "report",
+                title=f"nightly-refresh: {result.model_name}",
+            )
+            published = publish_bundle(
+                store,
+                con,
+                data,
+                serving_model,
+                manifest,
+                vectors=vectors,
+                index=index,
+                attachments={"report": report.directory},
+            )
+    _artifact(
+        "eval-report", report.markdown, "Evaluation report with plots (metric by K, popularity, coverage)"
+    )
     _artifact(
         "model-metrics",
         _metrics_markdown(

@@ -8,6 +8,7 @@ from typing import Any
 
 from models.base import Recommender
 from models.baselines import ItemKNNModel, PopularityModel, RecencyItemKNNModel
+from models.nextitem import NextItemMFModel
 from models.nrms import NRMSModel
 
 MODELS: dict[str, type] = {
@@ -15,6 +16,7 @@ MODELS: dict[str, type] = {
     ItemKNNModel.name: ItemKNNModel,
     RecencyItemKNNModel.name: RecencyItemKNNModel,
     NRMSModel.name: NRMSModel,
+    NextItemMFModel.name: NextItemMFModel,
 }
 
 

@@ -189,6 +189,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        5,
+        "model_run_configs: the full config (model, params, seed, warm start) that re-runs a model run",
+        """
+        CREATE TABLE model_run_configs (
+            run_id      VARCHAR PRIMARY KEY,
+            config      JSON NOT NULL,
+            recorded_at TIMESTAMP DEFAULT current_timestamp
+        );
+        """,
+    ),
 ]
 
 

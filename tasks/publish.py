@@ -115,8 +115,12 @@ def publish_bundle(
     tolerance: float = 0.0,
     vectors: np.ndarray | None = None,
     index: ItemIndex | None = None,
+    attachments: dict[str, Path] | None = None,
 ) -> PublishResult:
     """Write and commit a bundle; move ``CURRENT`` only if it is not worse than the live one.
+
+    ``attachments`` maps a name inside the bundle (``report``, ``train_model``) to a file or
+    directory copied in as it is, so it is checksummed and published with everything else.
 
     The gate compares ``manifest["metrics"]["valid"][gate_metric]`` with the live bundle's;
     a bundle that loses by more than ``tolerance`` is kept for inspection but not made live.
@@ -143,6 +147,11 @@ def publish_bundle(
                 raise ValueError("index rows must follow the bundle's item order (item_idx)")
             index.save(staged / "index")
             manifest = {**manifest, "index": index.metadata()}
+        for name, source in (attachments or {}).items():
+            if source.is_dir():
+                shutil.copytree(source, staged / name)
+            else:
+                shutil.copy2(source, staged / name)
         counts = {
             "users": data.n_users,
             "items": data.n_items,

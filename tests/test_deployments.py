@@ -86,7 +86,7 @@ def stack(
             stderr=subprocess.STDOUT,
         )
         _wait(
-            lambda: client.get("/deployments/name/build-index/on-demand").status_code == 200,
+            lambda: client.get("/deployments/name/merge-checkpoints/on-demand").status_code == 200,
             180,
             "deployments",
             tmp / "serve.log",
@@ -136,7 +136,12 @@ def test_deployments_are_registered_with_their_schedules(stack: tuple[httpx.Clie
     assert schedule["schedule"]["timezone"] == "Europe/Berlin"
     assert nightly["concurrency_limit"] == 1 or nightly.get("global_concurrency_limit")
     assert "nightly" in nightly["tags"]
-    for name in ("embed-items/on-demand", "build-index/on-demand"):
+    for name in (
+        "embed-items/on-demand",
+        "build-index/on-demand",
+        "train-models/on-demand",
+        "merge-checkpoints/on-demand",
+    ):
         assert client.get(f"/deployments/name/{name}").status_code == 200
 
 

@@ -1,0 +1,172 @@
+"""The ``train-models`` flow: k-core → split → train each model → evaluate → record → gate → publish.
+
+Orchestration only (logic in :mod:`tasks.train_models`): one task per model so the UI shows
+each model's progress and timing; the best model on validation NDCG@10 is the challenger,
+published only if it is not worse than the live bundle beyond ``tolerance``. With
+``warm_start`` every torch model starts from the live bundle's checkpoint, its ID tables
+grown to today's catalogue.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
+
+from flows.embed import embed_in_process_task
+from flows.nightly import kcore_task, split_task
+from storage.artifacts import ArtifactStore
+from storage.settings import Settings
+from storage.warehouse import open_warehouse
+from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT
+from tasks.train_models import (
+    RunResult,
+    live_warm_sources,
+    model_config,
+    publish_champion,
+    record_config_run,
+    train_run,
+)
+from tasks.training import data_fingerprint, load_split_data, protocol
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What a train-models run did: the runs it recorded and what went live."""
+
+    runs: dict[str, str]
+    """model → run_id in ``model_runs``."""
+    valid_ndcg10: dict[str, float]
+    champion: str
+    version: str | None
+    live: str | None
+    reason: str
+
+
+def _flow_run_id() -> str | None:
+    return str(flow_run.get_id()) if flow_run.get_id() else None
+
+
+def _load(settings: Settings, con: Any) -> tuple[Any, dict[str, Any]]:
+    data = load_split_data(
+        con, LEAVE_LAST_OUT, KCORE_TABLE, restrict_items_to_table=settings.kcore.item_k > 0
+    )
+    return data, protocol(data, list(settings.eval.ks), settings.kcore.model_dump())
+
+
+def _fingerprint(con: Any, settings: Settings, name: str, params: dict[str, Any]) -> str:
+    return data_fingerprint(
+        con,
+        KCORE_TABLE,
+        {"model": name, "params": params, "kcore": settings.kcore.model_dump(), "flow": "train"},
+    )
+
+
+@task(name="train-model", timeout_seconds=3600, persist_result=False, cache_policy=NONE)
+def train_model_task(
+    settings: Settings, name: str, overrides: dict[str, Any] | None, warm_start: bool
+) -> RunResult:
+    """Fit one model on train (warm when asked and possible), evaluate, record in model_runs."""
+    logger = get_run_logger()
+    store = ArtifactStore(settings.bundles_dir, keep=settings.bundles_keep)
+    params = model_config(settings, name, overrides)
+    warm = None
+    if warm_start:
+        warm, _, why = live_warm_sources(store, name)
+        logger.info("%s: warm start %s", name, f"from {why}" if warm else f"not possible ({why}); cold start")
+    started = time.perf_counter()
+    with open_warehouse(settings.warehouse_path) as con:
+        data, proto = _load(settings, con)
+        logger.info("%s: training on %d users × %d items with %s", name, data.n_users, data.n_items, params)
+        result = train_run(data, name, params, list(settings.eval.ks), warm, log=logger.info)
+        record_config_run(
+            con, result, proto, _fingerprint(con, settings, name, result.params), _flow_run_id()
+        )
+    if result.warm_report is not None:
+        logger.info("%s: warm start %s", name, result.warm_report.summary())
+    logger.info(
+        "%s: valid ndcg@10 %.4f, test ndcg@10 %.4f hr@10 %.4f; fit %.1fs, total %.1fs (run %s)",
+        name,
+        result.valid.get("ndcg@10", float("nan")),
+        result.test.get("ndcg@10", float("nan")),
+        result.test.get("hr@10", float("nan")),
+        result.train_seconds,
+        time.perf_counter() - started,
+        result.run_id,
+    )
+    return result
+
+
+@task(name="gate-and-publish", timeout_seconds=3600, persist_result=False, cache_policy=NONE)
+def gate_publish_task(
+    settings: Settings, runs: list[RunResult], tolerance: float, warm_start: bool
+) -> TrainOutcome:
+    """The champion is refit on everything and published if the gate lets it through."""
+    logger = get_run_logger()
+    store = ArtifactStore(settings.bundles_dir, keep=settings.bundles_keep)
+    champion = max(runs, key=lambda r: r.valid.get("ndcg@10", float("-inf")))
+    with open_warehouse(settings.warehouse_path) as con:
+        data, proto = _load(settings, con)
+        outcome = publish_champion(
+            con,
+            store,
+            settings,
+            data,
+            proto,
+            runs,
+            champion,
+            tolerance=tolerance,
+            warm_start=warm_start,
+            source_run=_flow_run_id(),
+            fingerprint=_fingerprint(con, settings, champion.model_name, champion.params),
+            log=logger.info,
+        )
+    create_markdown_artifact(
+        markdown=outcome.gate_markdown, key="train-gate", description="Champion against the live bundle"
+    )
+    create_markdown_artifact(
+        markdown=outcome.report_markdown, key="train-report", description="Evaluation report with plots"
+    )
+    pub = outcome.published
+    return TrainOutcome(
+        runs={r.model_name: r.run_id for r in runs},
+        valid_ndcg10={r.model_name: r.valid.get("ndcg@10", float("nan")) for r in runs},
+        champion=champion.model_name,
+        version=pub.version,
+        live=pub.live,
+        reason=pub.reason,
+    )
+
+
+@flow(name="train-models", log_prints=True)
+def train_models(
+    models: list[str] | None = None,
+    config: dict[str, dict[str, Any]] | None = None,
+    tolerance: float = 0.0,
+    warm_start: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> TrainOutcome:
+    """Train ``models`` (default: the configured one) on the warehouse's data and publish the
+    best if it is not worse than the live bundle by more than ``tolerance`` (valid ndcg@10).
+
+    ``config`` maps a model name to constructor parameters over the settings' defaults;
+    ``overrides`` are settings fields, as in the TOML file.
+    """
+    settings = Settings(**(overrides or {}))
+    names = models or [settings.model.name]
+    if len(set(names)) != len(names):
+        raise ValueError(f"models {names} name a model twice; give each once (parameters go in config)")
+    unknown_config = sorted(set(config or {}) - set(names))
+    if unknown_config:
+        raise ValueError(f"config given for {unknown_config}, which are not among the models {names}")
+    if settings.embedding.enabled:
+        embed_in_process_task(settings)
+    kcore_task(settings)
+    split_task(settings)
+    runs = [train_model_task(settings, name, (config or {}).get(name), warm_start) for name in names]
+    return gate_publish_task(settings, runs, tolerance, warm_start)
