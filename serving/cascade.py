@@ -1,0 +1,324 @@
+"""The recommendation cascade: retrieve → rank → diversify (MMR) → de-duplicate → explore.
+
+Why a cascade: scoring every item with the best model does not scale to a large catalogue
+within milliseconds, and the best-scored list is often ten near-copies of one thing. So:
+
+1. **Retrieve** ``N`` candidates from the item index with the user vector (an ANN search,
+   sub-millisecond at 500,000 items). The user vector is the two-tower model's
+   (``encode_users``, contract C4) when the bundle's model has one, else the mean of the
+   history's item text vectors; a session's private delta moves it (``session_delta``).
+2. **Rank** the candidates with a :class:`RankStage`: the bundle's ``ranker/`` (C5) when it
+   has one, else the bundle model's scores for those columns. The rank score is
+   min-max scaled over the candidates and blended with the user vector's similarity
+   (``retrieval_weight``), so a session's delta changes the order, not only the pool.
+3. **MMR** picks the list greedily by ``λ·relevance − (1−λ)·max similarity to the picks``.
+4. **Near-duplicates** (cosine above ``duplicate_threshold`` to a pick) are dropped.
+5. **Exploration**: the last slot goes to a relevant candidate unlike the list (a random
+   one, seeded per user and day, among the candidates least similar to the picks), so the
+   reader can show a taste the model does not know yet.
+
+Every item says which stage put it in the list: ``ranker`` (it is in the top-k by
+relevance anyway), ``mmr`` (diversity pulled it in from further down), ``exploration``,
+``fresh_popular`` or ``popular`` (fallbacks). A bundle without item vectors cannot retrieve
+or measure similarity, so it is served by the rank stage over all items, as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from models.ann import ItemIndex
+
+logger = logging.getLogger("recflow.serving")
+
+Stage = Literal["ranker", "mmr", "exploration", "fresh_popular", "popular", "similar", "search"]
+Strategy = Literal["personalized", "fresh_popular_fallback", "popularity_fallback"]
+
+
+# The rank stage -----------------------------------------------------------------------------
+@runtime_checkable
+class RankStage(Protocol):
+    """Scores candidate items for one history; higher is better. ``models.ranker.Ranker`` (C5)
+    has exactly this method, so a bundle's ``ranker/`` plugs in without an adapter."""
+
+    def score(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """``history``: item indices, oldest first; ``candidates``: item indices. One score each."""
+        ...
+
+
+class ModelRanker:
+    """The bundle's recommender as a rank stage: ``score(histories, items=...)`` when the model
+    accepts candidate columns (C4), else its full score row, of which the candidates are taken."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        try:
+            self._takes_items = "items" in inspect.signature(model.score).parameters
+        except (TypeError, ValueError):
+            self._takes_items = False
+
+    def score(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        if self._takes_items:
+            return np.asarray(self.model.score([history], items=candidates)[0], dtype=np.float64)
+        return np.asarray(self.model.score([history])[0], dtype=np.float64)[candidates]
+
+
+def load_rank_stage(bundle_dir: Path, model: Any) -> tuple[RankStage, str]:
+    """The bundle's ``ranker/`` (C5) if it has one, else the model; and a name for the stage.
+
+    A bundle that ships a ranker this code cannot load is refused (the caller raises), rather
+    than silently served with a different ranking than the pipeline evaluated.
+    """
+    ranker_dir = bundle_dir / "ranker"
+    if ranker_dir.is_dir():
+        from models.ranker import Ranker  # type: ignore[import-not-found]  # C5, lands with towers
+
+        load = Ranker.load
+        ranker = load(ranker_dir) if _is_classmethod(Ranker, "load") else _load_instance(Ranker, ranker_dir)
+        return ranker, "ranker"
+    return ModelRanker(model), f"model:{getattr(model, 'name', type(model).__name__)}"
+
+
+def _is_classmethod(cls: type, name: str) -> bool:
+    return isinstance(inspect.getattr_static(cls, name), classmethod | staticmethod)
+
+
+def _load_instance(cls: type, directory: Path) -> Any:
+    instance = cls()
+    loaded = instance.load(directory)
+    return loaded if loaded is not None else instance
+
+
+# The retrieval space ------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class RetrievalSpace:
+    """Item vectors, their index, and how a history becomes a user vector in the same space."""
+
+    vectors: np.ndarray
+    """(n_items, d) float32; row i is item index i."""
+    index: ItemIndex
+    source: Literal["two-tower", "text"]
+    model: Any = None
+    """The two-tower model when ``source`` is ``two-tower`` (for ``encode_users``)."""
+
+    def user_vector(self, history: np.ndarray) -> np.ndarray:
+        """(d,) float32; zeros for an empty history."""
+        if len(history) == 0:
+            return np.zeros(self.vectors.shape[1], dtype=np.float32)
+        if self.source == "two-tower":
+            return np.asarray(self.model.encode_users([history])[0], dtype=np.float32)
+        return self.vectors[history].mean(axis=0)
+
+
+def retrieval_space(
+    model: Any, vectors: np.ndarray | None, index: ItemIndex | None, item_ids: Sequence[str]
+) -> RetrievalSpace | None:
+    """Two-tower vectors when the model has them (C4), else the bundle's text vectors and index."""
+    if hasattr(model, "encode_items") and hasattr(model, "encode_users"):
+        from models.ann import build_index
+        from storage.settings import IndexSettings
+
+        item_vecs = np.ascontiguousarray(model.encode_items(), dtype=np.float32)
+        if item_vecs.shape[0] != len(item_ids):
+            raise ValueError(f"model encodes {item_vecs.shape[0]} items, the catalogue has {len(item_ids)}")
+        tower_index = build_index(item_vecs, list(item_ids), IndexSettings())
+        return RetrievalSpace(item_vecs, tower_index, "two-tower", model)
+    if vectors is not None and index is not None:
+        return RetrievalSpace(vectors, index, "text")
+    return None
+
+
+def session_delta(
+    vectors: np.ndarray, weighted_items: Iterable[tuple[int, float]], learning_rate: float
+) -> np.ndarray | None:
+    """The session's private user-vector delta: toward liked/clicked items, away from skipped
+    ones, ``learning_rate`` per unit of event weight. None when the session did nothing."""
+    pairs = list(weighted_items)
+    if not pairs or learning_rate == 0.0:
+        return None
+    rows = np.fromiter((i for i, _ in pairs), dtype=np.int64, count=len(pairs))
+    weights = np.fromiter((w for _, w in pairs), dtype=np.float32, count=len(pairs))
+    return learning_rate * (weights @ vectors[rows])
+
+
+# The cascade --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CascadeParams:
+    """Per-request knobs (defaults come from ``ServingSettings``)."""
+
+    k: int
+    candidates: int
+    mmr_lambda: float
+    retrieval_weight: float
+    duplicate_threshold: float
+    explore: bool
+    seed: int
+
+
+@dataclass
+class CascadeResult:
+    """A list as item indices, best first, each with its score and the stage that placed it."""
+
+    strategy: Strategy
+    indices: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    stages: list[Stage] = field(default_factory=list)
+    reason: str | None = None
+    pipeline: list[str] = field(default_factory=list)
+    """The stages that ran, in order (e.g. ``retrieval``, ``ranker:model:itemknn``, ``mmr``...)."""
+    candidates: int = 0
+    duplicates_removed: int = 0
+
+    def add(self, idx: int, score: float, stage: Stage) -> None:
+        self.indices.append(int(idx))
+        self.scores.append(float(score))
+        self.stages.append(stage)
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed from strings (user, bundle, day...): the same request gets the same exploration."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def retrieve(
+    space: RetrievalSpace, user_vec: np.ndarray, n: int, exclude: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` nearest items to ``user_vec`` not in ``exclude``, and their similarity."""
+    norm = float(np.linalg.norm(user_vec))
+    if norm == 0.0 or not np.isfinite(norm):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    query = (user_vec / norm).astype(np.float32)[None, :]
+    want = min(n + len(exclude), space.index.n)
+    scores, rows = space.index.search(query, want)
+    rows, scores = rows[0], scores[0]
+    keep = rows >= 0
+    if len(exclude):
+        keep &= ~np.isin(rows, exclude)
+    return rows[keep][:n], scores[keep][:n]
+
+
+def minmax(values: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1]; constant (or empty) input becomes zeros. NaN/inf count as the minimum."""
+    v = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(v)
+    if not finite.any():
+        return np.zeros_like(v)
+    lo, hi = v[finite].min(), v[finite].max()
+    out = np.where(finite, v, lo)
+    return (out - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+
+
+def diversify(
+    candidates: np.ndarray,
+    relevance: np.ndarray,
+    vectors: np.ndarray | None,
+    params: CascadeParams,
+    result: CascadeResult,
+    *,
+    base_stage: Stage,
+) -> None:
+    """MMR + near-duplicate removal + exploration over ``candidates`` (any order), into ``result``.
+
+    ``relevance`` is in [0, 1]-ish and higher is better. Without ``vectors`` the list is the
+    top-k by relevance (nothing to measure similarity with).
+    """
+    k = min(params.k, len(candidates))
+    if k == 0:
+        return
+    order = np.argsort(-relevance, kind="stable")
+    cand, rel = candidates[order], relevance[order]
+    if vectors is None:
+        for i in range(k):
+            result.add(cand[i], rel[i], base_stage)
+        return
+    explore = params.explore and k >= 3 and len(cand) > k
+    slots = k - 1 if explore else k
+    d = vectors[cand].astype(np.float32, copy=False)
+    norms = np.linalg.norm(d, axis=1, keepdims=True)
+    d = d / np.maximum(norms, 1e-12)
+    rel01 = minmax(rel)
+    lam = params.mmr_lambda
+    max_sim = np.full(len(cand), -1.0, dtype=np.float32)
+    blocked = np.zeros(len(cand), dtype=bool)
+    duplicate = np.zeros(len(cand), dtype=bool)
+    picks: list[int] = []
+    for _ in range(slots):
+        mmr = lam * rel01 - (1.0 - lam) * np.maximum(max_sim, 0.0) if picks else rel01.copy()
+        mmr[blocked] = -np.inf
+        j = int(np.argmax(mmr))
+        if not np.isfinite(mmr[j]):
+            break
+        picks.append(j)
+        blocked[j] = True
+        sims = d @ d[j]
+        dup = (sims > params.duplicate_threshold) & ~blocked
+        duplicate |= dup
+        blocked |= dup
+        np.maximum(max_sim, sims, out=max_sim)
+    top_by_relevance = set(range(slots))
+    for j in picks:
+        result.add(cand[j], rel[j], base_stage if j in top_by_relevance else "mmr")
+    result.duplicates_removed += int(duplicate.sum())
+    if explore:
+        rest = np.flatnonzero(~blocked)
+        if len(rest):
+            # Unlike the list: the half of the remaining candidates least similar to the picks.
+            novel = rest[max_sim[rest] <= np.median(max_sim[rest])]
+            j = int(np.random.default_rng(params.seed).choice(novel))
+            result.add(cand[j], rel[j], "exploration")
+    result.pipeline.extend(["mmr", "dedup"] + (["exploration"] if explore else []))
+
+
+def personalized(
+    history: np.ndarray,
+    exclude: np.ndarray,
+    space: RetrievalSpace,
+    ranker: RankStage,
+    ranker_name: str,
+    diversity_vectors: np.ndarray | None,
+    params: CascadeParams,
+    *,
+    delta: np.ndarray | None = None,
+    extra_vectors: np.ndarray | None = None,
+    pool: np.ndarray | None = None,
+) -> CascadeResult:
+    """The full cascade for one reader.
+
+    ``history`` feeds the ranker and the user vector; ``extra_vectors`` (e.g. encoded free
+    titles) join the user vector's mean; ``delta`` is the session's private shift. ``pool``
+    restricts candidates to given items (today's feed) instead of searching the index.
+    """
+    result = CascadeResult("personalized")
+    user_vec = space.user_vector(history)
+    if extra_vectors is not None and len(extra_vectors):
+        n_hist = len(history)
+        user_vec = (user_vec * n_hist + extra_vectors.sum(axis=0)) / (n_hist + len(extra_vectors))
+    if delta is not None:
+        norm = float(np.linalg.norm(user_vec))
+        user_vec = (user_vec / norm if norm > 0 else user_vec) + delta
+    if pool is None:
+        cand, sims = retrieve(space, user_vec, params.candidates, exclude)
+        result.pipeline.append(f"retrieval:{space.source}")
+    else:
+        cand = pool[~np.isin(pool, exclude)] if len(exclude) else pool
+        norm = float(np.linalg.norm(user_vec))
+        unit = user_vec / norm if norm > 0 else user_vec
+        sims = space.vectors[cand] @ unit.astype(np.float32)
+        result.pipeline.append("pool")
+    result.candidates = len(cand)
+    if len(cand) == 0:
+        return result
+    rank_scores = ranker.score(history, cand) if len(history) else np.zeros(len(cand))
+    relevance = minmax(rank_scores) + params.retrieval_weight * np.asarray(sims, dtype=np.float64)
+    result.pipeline.append(f"ranker:{ranker_name}")
+    diversify(cand, relevance, diversity_vectors, params, result, base_stage="ranker")
+    return result
