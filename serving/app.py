@@ -352,7 +352,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         p = params(k, mmr_lambda, explore, user_id, session, bundle.version)
         result = await run_in_threadpool(
             bundle.recommend_for,
-            user_id,
+            f"user {user_id!r}",
             history,
             p,
             min_interactions=serving.min_interactions,
@@ -422,7 +422,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         p = params(body.k, body.mmr_lambda, body.explore, *body.item_ids, *body.titles)
         result = await run_in_threadpool(
             bundle.recommend_for,
-            "ad-hoc history",
+            "the ad-hoc history",
             history,
             p,
             min_interactions=serving.min_interactions,
@@ -478,7 +478,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         p = params(k, mmr_lambda, explore, who, session, bundle.version, len(state_))
         result = await run_in_threadpool(
             bundle.recommend_for,
-            who or f"session {session}",
+            f"user {who!r}" if who else f"session {session!r}",
             history,
             p,
             min_interactions=serving.min_interactions,

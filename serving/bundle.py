@@ -171,6 +171,7 @@ class LoadedBundle:
     ) -> CascadeResult:
         """One reader's list through the cascade (or a fallback that says why).
 
+        ``who`` names the reader in a fallback's reason (``user 'u1'``, ``session 'ab12'``).
         ``history``: item indices, oldest first (bundle history + the session's engaged items);
         ``exclude``: items never to show (defaults to ``history``); ``session_weights``: the
         session's (item_id, weight) events for the private delta; ``extra_vectors``: vectors
@@ -220,12 +221,12 @@ class LoadedBundle:
         """Fresh-and-popular items (today's pool, popularity within it) or, without a pool,
         the most popular items; diversified by MMR when the bundle has item vectors."""
         if not known:
-            why = f"user {who!r} has no history in bundle {self.version}"
+            why = f"{who} has no history in bundle {self.version}"
         elif n_interactions == 0:
-            why = f"user {who!r} has no interactions yet"
+            why = f"{who} has no interactions yet"
         else:
             why = (
-                f"user {who!r} has {n_interactions} interaction(s), fewer than the "
+                f"{who} has {n_interactions} interaction(s), fewer than the "
                 f"{min_interactions} needed to personalise"
             )
         if self.pool is not None:
@@ -390,7 +391,7 @@ class LoadedBundle:
             seed=0,
         )
         result = self.recommend_for(
-            user_id,
+            f"user {user_id!r}",
             history if history is not None else np.zeros(0, dtype=np.int64),
             params,
             min_interactions=1,

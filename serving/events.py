@@ -109,7 +109,7 @@ class EventLog:
         n = 0
         while True:
             path = self.directory / (f"{day}.jsonl" if n == 0 else f"{day}.{n}.jsonl")
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             if not _torn_tail(fd):
                 break
             os.close(fd)
