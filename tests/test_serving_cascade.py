@@ -466,7 +466,7 @@ def test_reload_under_concurrent_traffic_fails_nothing(tmp_path: Path) -> None:
                 )
                 i += 1
 
-    with serve(catalogue.settings) as (app, c):
+    with serve(catalogue.settings) as (_app, c):
         v1 = c.get("/health").json()["bundle_version"]
         url = str(c.base_url)
         threads = [threading.Thread(target=hammer, args=(url, i)) for i in range(4)]
