@@ -391,13 +391,18 @@ def main() -> None:
         finally:
             stop_server(proc)
 
+    print(f"load average (1, 5, 15 min): {os.getloadavg()}", flush=True)
     report = evaluate(results)
     print_table(results, report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
             {
-                "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+                "machine": {
+                    "cores": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "load_average_after": os.getloadavg(),
+                },
                 "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                 "results": [asdict(r) for r in results],
                 "targets": TARGETS,

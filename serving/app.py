@@ -34,7 +34,14 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from serving.bundle import BundleHolder, FeatureUnavailableError, LoadedBundle, NoBundleError, Strategy
-from serving.cascade import CascadeParams, CascadeResult, Stage, session_delta, stable_seed
+from serving.cascade import (
+    CascadeParams,
+    CascadeResult,
+    Stage,
+    session_delta,
+    set_search_threads,
+    stable_seed,
+)
 from serving.events import Event, EventLog
 from serving.metrics import CONTENT_TYPE, BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
 from serving.schemas import (
@@ -200,9 +207,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        import faiss
-
-        faiss.omp_set_num_threads(serving.search_threads)
+        set_search_threads(serving.search_threads)
         state["sessions"] = await asyncio.to_thread(SessionStore, sessions_path)
         # The first load runs before the first request is accepted, off the event loop.
         await asyncio.to_thread(holder.start)

@@ -42,6 +42,7 @@ from serving.cascade import (
     personalized,
     retrieval_space,
     session_delta,
+    unit_rows,
 )
 from storage.artifacts import MANIFEST, ArtifactStore, BundleError
 
@@ -134,6 +135,8 @@ class LoadedBundle:
     """(n_categories, d) unit mean text vector per category, row i for ``category_names[i]``."""
     user_order: list[str] = field(default_factory=list)
     """Known user ids, sorted: the stable order of ``GET /users`` pages."""
+    unit_vectors: np.ndarray | None = None
+    """What MMR and de-duplication compare, unit rows: text vectors, else retrieval vectors."""
 
     @property
     def rank_stage(self) -> RankStage:
@@ -145,10 +148,8 @@ class LoadedBundle:
 
     @property
     def diversity_vectors(self) -> np.ndarray | None:
-        """What MMR and de-duplication compare: text vectors, else the retrieval vectors."""
-        if self.vectors is not None:
-            return self.vectors
-        return self.retrieval.vectors if self.retrieval is not None else None
+        """What MMR and de-duplication compare (unit rows), or None without vectors."""
+        return self.unit_vectors
 
     def indices_of(self, item_ids: list[str]) -> np.ndarray:
         """Item indices of the ids the catalogue knows (unknown ones are skipped)."""
@@ -501,7 +502,9 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
     space = retrieval_space(model, vectors, index, item_ids)
     categories = [list(c) if c is not None else [] for c in columns["categories"]]
     names, counts, centroids = _categories(categories, vectors)
+    diversity = vectors if vectors is not None else (space.vectors if space is not None else None)
     bundle = LoadedBundle(
+        unit_vectors=unit_rows(diversity) if diversity is not None else None,
         ranker=ranker,
         ranker_name=ranker_name,
         retrieval=space,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,25 @@ import numpy as np
 from models.ann import ItemIndex
 
 logger = logging.getLogger("recflow.serving")
+
+_search_threads = 1
+_thread_state = threading.local()
+
+
+def set_search_threads(n: int) -> None:
+    """FAISS (OpenMP) threads per query for every request thread from now on."""
+    global _search_threads
+    _search_threads = n
+
+
+def _pin_search_threads() -> None:
+    """OpenMP's thread count is per calling thread: set it once in each request thread, or
+    every pool thread would start its own team and spin on the 2 cores the server has."""
+    if getattr(_thread_state, "threads", None) != _search_threads:
+        import faiss
+
+        faiss.omp_set_num_threads(_search_threads)
+        _thread_state.threads = _search_threads
 
 Stage = Literal["ranker", "mmr", "exploration", "fresh_popular", "popular", "similar", "search"]
 Strategy = Literal["personalized", "fresh_popular_fallback", "popularity_fallback"]
@@ -68,7 +88,7 @@ class ModelRanker:
     def score(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         if self._takes_items:
             return np.asarray(self.model.score([history], items=candidates)[0], dtype=np.float64)
-        return np.asarray(self.model.score([history])[0], dtype=np.float64)[candidates]
+        return np.asarray(self.model.score([history])[0])[candidates].astype(np.float64)
 
 
 def load_rank_stage(bundle_dir: Path, model: Any) -> tuple[RankStage, str]:
@@ -197,6 +217,7 @@ def retrieve(
     if norm == 0.0 or not np.isfinite(norm):
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     query = (user_vec / norm).astype(np.float32)[None, :]
+    _pin_search_threads()
     want = min(n + len(exclude), space.index.n)
     scores, rows = space.index.search(query, want)
     rows, scores = rows[0], scores[0]
@@ -204,6 +225,10 @@ def retrieve(
     if len(exclude):
         keep &= ~np.isin(rows, exclude)
     return rows[keep][:n], scores[keep][:n]
+
+
+MMR_DEPTH_PER_SLOT = 5
+MMR_MIN_DEPTH = 50
 
 
 def minmax(values: np.ndarray) -> np.ndarray:
@@ -228,13 +253,17 @@ def diversify(
 ) -> None:
     """MMR + near-duplicate removal + exploration over ``candidates`` (any order), into ``result``.
 
-    ``relevance`` is in [0, 1]-ish and higher is better. Without ``vectors`` the list is the
-    top-k by relevance (nothing to measure similarity with).
+    ``relevance`` is in [0, 1]-ish and higher is better. ``vectors`` must be unit rows (see
+    :func:`unit_rows`); without them the list is the top-k by relevance.
     """
     k = min(params.k, len(candidates))
     if k == 0:
         return
     order = np.argsort(-relevance, kind="stable")
+    if vectors is not None:
+        # MMR re-ranks the head of the list: beyond a few times k, candidates are too weak to
+        # be picked at any useful λ, and every extra row costs in each greedy step.
+        order = order[: max(MMR_DEPTH_PER_SLOT * k, MMR_MIN_DEPTH)]
     cand, rel = candidates[order], relevance[order]
     if vectors is None:
         for i in range(k):
@@ -242,9 +271,7 @@ def diversify(
         return
     explore = params.explore and k >= 3 and len(cand) > k
     slots = k - 1 if explore else k
-    d = vectors[cand].astype(np.float32, copy=False)
-    norms = np.linalg.norm(d, axis=1, keepdims=True)
-    d = d / np.maximum(norms, 1e-12)
+    d = vectors[cand]
     rel01 = minmax(rel)
     lam = params.mmr_lambda
     max_sim = np.full(len(cand), -1.0, dtype=np.float32)
@@ -271,11 +298,18 @@ def diversify(
     if explore:
         rest = np.flatnonzero(~blocked)
         if len(rest):
-            # Unlike the list: the half of the remaining candidates least similar to the picks.
-            novel = rest[max_sim[rest] <= np.median(max_sim[rest])]
-            j = int(np.random.default_rng(params.seed).choice(novel))
+            # Unlike the list: a remaining candidate no more similar to the picks than average,
+            # chosen by the request's seed (the same reader gets the same one all day).
+            novel = rest[max_sim[rest] <= max_sim[rest].mean()]
+            j = int(novel[params.seed % len(novel)])
             result.add(cand[j], rel[j], "exploration")
     result.pipeline.extend(["mmr", "dedup"] + (["exploration"] if explore else []))
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32), so similarity is one dot product per pair."""
+    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
 def personalized(
