@@ -209,6 +209,9 @@ class Measured:
     p90_ms: float
     p99_ms: float
     max_ms: float
+    server_cpu_ms: float = 0.0
+    """Server process CPU time (user + system) per request: what a request costs whatever the
+    machine's other load, so ``1000 / server_cpu_ms`` is one idle core's capacity."""
 
 
 def summarise(
@@ -232,17 +235,19 @@ def summarise(
 
 async def raw_load(
     port: int, paths: list[str], concurrency: int, warmup: float, seconds: float
-) -> tuple[list[float], int, float]:
-    """Closed-loop keep-alive HTTP/1.1 GETs over ``concurrency`` connections; latencies (s)."""
+) -> tuple[list[float], int, float, int]:
+    """Closed-loop keep-alive HTTP/1.1 GETs over ``concurrency`` connections: latencies (s) of
+    the measured window, its errors and length, and every request sent (warm-up included)."""
     requests = [f"GET {p} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode() for p in paths]
     latencies: list[float] = []
     errors = 0
+    sent = 0
     start = time.perf_counter()
     measure_from = start + warmup
     stop_at = measure_from + seconds
 
     async def worker(offset: int) -> None:
-        nonlocal errors
+        nonlocal errors, sent
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         i = offset
         while True:
@@ -259,6 +264,7 @@ async def raw_load(
                     length = int(line[15:])
             await reader.readexactly(length)
             t1 = time.perf_counter()
+            sent += 1
             if t0 >= measure_from:
                 if status == 200:
                     latencies.append(t1 - t0)
@@ -267,16 +273,17 @@ async def raw_load(
         writer.close()
 
     await asyncio.gather(*(worker(c * 7919) for c in range(concurrency)))
-    return latencies, errors, time.perf_counter() - measure_from
+    return latencies, errors, time.perf_counter() - measure_from, sent
 
 
 async def httpx_load(
     port: int, paths: list[str], concurrency: int, warmup: float, seconds: float
-) -> tuple[list[float], int, float]:
+) -> tuple[list[float], int, float, int]:
     import httpx
 
     latencies: list[float] = []
     errors = 0
+    sent = 0
     start = time.perf_counter()
     measure_from = start + warmup
     stop_at = measure_from + seconds
@@ -284,7 +291,7 @@ async def httpx_load(
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30) as client:
 
         async def worker(offset: int) -> None:
-            nonlocal errors
+            nonlocal errors, sent
             i = offset
             while True:
                 t0 = time.perf_counter()
@@ -293,6 +300,7 @@ async def httpx_load(
                 response = await client.get(paths[i % len(paths)])
                 i += 1
                 t1 = time.perf_counter()
+                sent += 1
                 if t0 >= measure_from:
                     if response.status_code == 200:
                         latencies.append(t1 - t0)
@@ -300,18 +308,31 @@ async def httpx_load(
                         errors += 1
 
         await asyncio.gather(*(worker(c * 7919) for c in range(concurrency)))
-    return latencies, errors, time.perf_counter() - measure_from
+    return latencies, errors, time.perf_counter() - measure_from, sent
 
 
-def run_clients(scenario: str, port: int, paths: list[str], args: argparse.Namespace) -> list[Measured]:
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its threads so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_clients(
+    scenario: str, proc: subprocess.Popen[bytes], port: int, paths: list[str], args: argparse.Namespace
+) -> list[Measured]:
     out = []
     for client in args.clients:
         load = raw_load if client == "raw" else httpx_load
-        lat, errors, seconds = asyncio.run(load(port, paths, args.concurrency, args.warmup, args.seconds))
+        cpu_before = process_cpu_s(proc.pid)
+        lat, errors, seconds, sent = asyncio.run(
+            load(port, paths, args.concurrency, args.warmup, args.seconds)
+        )
+        cpu = process_cpu_s(proc.pid) - cpu_before  # warm-up included, as are its requests
         m = summarise(scenario, client, args.concurrency, seconds, lat, errors)
+        m.server_cpu_ms = round(cpu * 1e3 / sent, 3) if sent else 0.0
         print(
             f"  {scenario:<15} {client:<6} p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms  "
-            f"{m.rps:8.1f} req/s  errors {m.errors}",
+            f"{m.rps:8.1f} req/s  errors {m.errors}  server CPU {m.server_cpu_ms:.2f} ms/req",
             flush=True,
         )
         out.append(m)
@@ -387,7 +408,7 @@ def main() -> None:
         proc = start_server(target, port, {**base_env, **env})
         try:
             wait_ready(port, ready)
-            results.extend(run_clients(name, port, paths, args))
+            results.extend(run_clients(name, proc, port, paths, args))
         finally:
             stop_server(proc)
 
@@ -439,11 +460,13 @@ def print_table(results: list[Measured], checks: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("scenario", "client", "p50 ms", "p90 ms", "p99 ms", "req/s", "requests", "errors")
+    table = Table(
+        "scenario", "client", "p50 ms", "p90 ms", "p99 ms", "req/s", "requests", "errors", "server CPU ms/req"
+    )  # fmt: skip
     for r in results:
         table.add_row(
             r.scenario, r.client, f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
-            f"{r.rps:,.0f}", f"{r.requests:,}", str(r.errors),
+            f"{r.rps:,.0f}", f"{r.requests:,}", str(r.errors), f"{r.server_cpu_ms:.2f}",
         )  # fmt: skip
     console = Console()
     console.print(table)

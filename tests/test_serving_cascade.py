@@ -491,6 +491,25 @@ def test_reload_under_concurrent_traffic_fails_nothing(tmp_path: Path) -> None:
         assert c.get("/feed").json()["pool_date"] is None  # v2 has no pool: the fallback serves
 
 
+@pytest.mark.parametrize("name", ["itemknn", "itemknn-recency"])
+def test_neighbourhood_ranker_agrees_with_the_models_own_scores(name: str) -> None:
+    from models.registry import build_model
+    from serving.cascade import ModelRanker, NeighbourhoodRanker
+    from tasks.training import fit_for_serving
+
+    params = {"neighbors": 20, **({"decay": 0.6} if name == "itemknn-recency" else {})}
+    model = fit_for_serving(make_split(), name, params)
+    assert type(model) is type(build_model(name, **params))
+    fast, full = NeighbourhoodRanker(model), ModelRanker(model)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        history = rng.integers(0, 37, rng.integers(1, 12))  # repeats included
+        candidates = rng.permutation(37)[: rng.integers(1, 37)]
+        np.testing.assert_allclose(
+            fast.score(history, candidates), full.score(history, candidates), rtol=1e-5, atol=1e-6
+        )
+
+
 def test_settings_reject_a_bad_update_mode() -> None:
     with pytest.raises(ValueError, match="update_mode"):
         Settings(serving={"update_mode": "global"})
