@@ -370,6 +370,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--clients", nargs="+", default=["raw", "httpx"], choices=["raw", "httpx"])
     parser.add_argument("--items", type=int, default=SYNTH_N, help="size of the synthetic catalogue")
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="run only these scenarios (floor, movielens, synthetic-500k)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "serve.json")
     args = parser.parse_args()
 
@@ -404,6 +407,8 @@ def main() -> None:
         flush=True,
     )
     for name, target, env, paths, ready in scenarios:
+        if args.only and name not in args.only:
+            continue
         port = free_port()
         proc = start_server(target, port, {**base_env, **env})
         try:

@@ -322,36 +322,45 @@ def diversify(
     explore = params.explore and k >= 3 and len(cand) > k
     slots = k - 1 if explore else k
     d = vectors[cand]
-    rel01 = minmax(rel)
-    lam = params.mmr_lambda
-    max_sim = np.full(len(cand), -1.0, dtype=np.float32)
-    blocked = np.zeros(len(cand), dtype=bool)
-    duplicate = np.zeros(len(cand), dtype=bool)
+    # The greedy loop runs on Python lists: with a head of ~50 candidates, per-call numpy
+    # overhead would cost more than the arithmetic (one similarity matrix product up front).
+    rel01 = minmax(rel).tolist()
+    sim = (d @ d.T).tolist()
+    lam, threshold, size = params.mmr_lambda, params.duplicate_threshold, len(cand)
+    max_sim = [-1.0] * size
+    blocked = [False] * size
+    duplicates = 0
     picks: list[int] = []
     for _ in range(slots):
-        mmr = lam * rel01 - (1.0 - lam) * np.maximum(max_sim, 0.0) if picks else rel01.copy()
-        mmr[blocked] = -np.inf
-        j = int(np.argmax(mmr))
-        if not np.isfinite(mmr[j]):
+        best, j = -np.inf, -1
+        for i in range(size):
+            if not blocked[i]:
+                value = lam * rel01[i] - (1.0 - lam) * max(max_sim[i], 0.0) if picks else rel01[i]
+                if value > best:
+                    best, j = value, i
+        if j < 0:
             break
         picks.append(j)
         blocked[j] = True
-        sims = d @ d[j]
-        dup = (sims > params.duplicate_threshold) & ~blocked
-        duplicate |= dup
-        blocked |= dup
-        np.maximum(max_sim, sims, out=max_sim)
-    top_by_relevance = set(range(slots))
+        row = sim[j]
+        for i in range(size):
+            s_ij = row[i]
+            if s_ij > threshold and not blocked[i]:
+                blocked[i] = True
+                duplicates += 1
+            if s_ij > max_sim[i]:
+                max_sim[i] = s_ij
     for j in picks:
-        result.add(cand[j], rel[j], base_stage if j in top_by_relevance else "mmr")
-    result.duplicates_removed += int(duplicate.sum())
+        result.add(cand[j], rel[j], base_stage if j < slots else "mmr")
+    result.duplicates_removed += duplicates
     if explore:
-        rest = np.flatnonzero(~blocked)
-        if len(rest):
+        rest = [i for i in range(size) if not blocked[i]]
+        if rest:
             # Unlike the list: a remaining candidate no more similar to the picks than average,
             # chosen by the request's seed (the same reader gets the same one all day).
-            novel = rest[max_sim[rest] <= max_sim[rest].mean()]
-            j = int(novel[params.seed % len(novel)])
+            mean = sum(max_sim[i] for i in rest) / len(rest)
+            novel = [i for i in rest if max_sim[i] <= mean]
+            j = novel[params.seed % len(novel)]
             result.add(cand[j], rel[j], "exploration")
     result.pipeline.extend(["mmr", "dedup"] + (["exploration"] if explore else []))
 
