@@ -8,7 +8,8 @@ Three servers, one after the other, each a separate uvicorn process with one wor
   vectors in 5,000 clusters (neighbours at cosine ~0.7–0.9, like text embeddings), an HNSW
   index built through ``models.ann.build_index`` (its recall is measured and must pass the
   floor), 20,000 users and an ItemKNN-recency model whose neighbours are cluster mates.
-  Built once and cached under ``var/bench/synthetic-500k``.
+  Built once and cached under ``var/bench/synthetic-500k``. Served twice: with the default
+  N = 200 candidates, and with N = 100 (``synthetic-500k-n100``).
 
 Load comes from a separate process (this one), so it does not share the server's interpreter:
 ``raw`` is a small wrk-like client (asyncio streams, keep-alive, pre-built requests, minimal
@@ -399,6 +400,19 @@ def main() -> None:
             user_paths(args.bench_home, SYNTH_CATALOGUE, args.k),
             "/health",
         ),
+        (
+            # N = 100 candidates: the search asks the HNSW graph for ~120 rows, within the
+            # efSearch = 128 beam its recall@100 was measured at (N = 200 widens it to ~220).
+            "synthetic-500k-n100",
+            "serving.app:create_app",
+            {
+                "RECFLOW_HOME": str(args.bench_home),
+                "RECFLOW_CATALOGUE": SYNTH_CATALOGUE,
+                "RECFLOW_SERVING__CANDIDATES": "100",
+            },
+            user_paths(args.bench_home, SYNTH_CATALOGUE, args.k),
+            "/health",
+        ),
     ]
     results: list[Measured] = []
     print(
@@ -445,20 +459,26 @@ def evaluate(results: list[Measured]) -> dict[str, Any]:
     checks: dict[str, Any] = {}
     for client in {r.client for r in results}:
         floor = next((r for r in results if r.client == client and r.scenario == "floor"), None)
-        big = next((r for r in results if r.client == client and r.scenario == "synthetic-500k"), None)
-        if floor is None or big is None:
-            continue
-        ratio = big.p50_ms / floor.p50_ms if floor.p50_ms else float("inf")
-        checks[client] = {
-            "p99_ms": big.p99_ms,
-            "p99_ok": big.p99_ms <= TARGETS["p99_ms_max"],
-            "rps": big.rps,
-            "rps_ok": big.rps >= TARGETS["rps_min"],
-            "p50_vs_floor": round(ratio, 2),
-            "p50_vs_floor_ok": ratio <= TARGETS["p50_vs_floor_max"],
-            "errors": big.errors,
-        }
+        for scenario in ("synthetic-500k", "synthetic-500k-n100"):
+            big = next((r for r in results if r.client == client and r.scenario == scenario), None)
+            if floor is None or big is None:
+                continue
+            checks[f"{scenario}/{client}"] = _check(big, floor)
     return checks
+
+
+def _check(big: Measured, floor: Measured) -> dict[str, Any]:
+    ratio = big.p50_ms / floor.p50_ms if floor.p50_ms else float("inf")
+    return {
+        "p99_ms": big.p99_ms,
+        "p99_ok": big.p99_ms <= TARGETS["p99_ms_max"],
+        "rps": big.rps,
+        "rps_ok": big.rps >= TARGETS["rps_min"],
+        "p50_vs_floor": round(ratio, 2),
+        "p50_vs_floor_ok": ratio <= TARGETS["p50_vs_floor_max"],
+        "errors": big.errors,
+        "idle_core_capacity_rps": round(1000 / big.server_cpu_ms) if big.server_cpu_ms else None,
+    }
 
 
 def print_table(results: list[Measured], checks: dict[str, Any]) -> None:
@@ -475,9 +495,9 @@ def print_table(results: list[Measured], checks: dict[str, Any]) -> None:
         )  # fmt: skip
     console = Console()
     console.print(table)
-    for client, c in checks.items():
+    for name, c in checks.items():
         console.print(
-            f"500k targets ({client} client): p99 {c['p99_ms']:.2f} ms ≤ 20 → {c['p99_ok']}; "
+            f"targets, {name}: p99 {c['p99_ms']:.2f} ms ≤ 20 → {c['p99_ok']}; "
             f"{c['rps']:,.0f} req/s ≥ 400 → {c['rps_ok']}; p50 = {c['p50_vs_floor']}× floor ≤ 3 → "
             f"{c['p50_vs_floor_ok']}"
         )

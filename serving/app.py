@@ -38,6 +38,7 @@ from serving.cascade import (
     CascadeParams,
     CascadeResult,
     Stage,
+    pin_threads,
     session_delta,
     set_search_threads,
     stable_seed,
@@ -208,6 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         set_search_threads(serving.search_threads)
+        pin_threads()
         state["sessions"] = await asyncio.to_thread(SessionStore, sessions_path)
         # The first load runs before the first request is accepted, off the event loop.
         await asyncio.to_thread(holder.start)

@@ -40,6 +40,7 @@ from serving.cascade import (
     diversify,
     load_rank_stage,
     personalized,
+    pin_threads,
     retrieval_space,
     session_delta,
     unit_rows,
@@ -178,6 +179,7 @@ class LoadedBundle:
         session's (item_id, weight) events for the private delta; ``extra_vectors``: vectors
         of free titles that count as history; ``use_pool``: candidates are today's pool.
         """
+        pin_threads()
         exclude = np.unique(history) if exclude is None else exclude
         n_interactions = len(history) + (0 if extra_vectors is None else len(extra_vectors))
         if n_interactions < max(min_interactions, 1):
@@ -270,6 +272,7 @@ class LoadedBundle:
 
     def similar(self, idx: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` items whose text vectors are nearest to item ``idx`` (itself excluded)."""
+        pin_threads()
         vectors, index = self._require_index()
         scores, rows = index.search(vectors[idx : idx + 1], k + 1)
         keep = (rows[0] >= 0) & (rows[0] != idx)
@@ -288,6 +291,7 @@ class LoadedBundle:
         return rows[0][keep], scores[0][keep]
 
     def _encode(self, texts: list[str]) -> np.ndarray:
+        pin_threads()
         self._require_index()
         if self.text_model is None:
             raise FeatureUnavailableError(f"bundle {self.version} does not name its text model")
