@@ -493,7 +493,7 @@ def print_table(results: list[Measured], checks: dict[str, Any]) -> None:
             r.scenario, r.client, f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
             f"{r.rps:,.0f}", f"{r.requests:,}", str(r.errors), f"{r.server_cpu_ms:.2f}",
         )  # fmt: skip
-    console = Console()
+    console = Console(width=150)
     console.print(table)
     for name, c in checks.items():
         console.print(

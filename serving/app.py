@@ -5,6 +5,12 @@ The service never opens the warehouse: it reads published bundles only (see
 ``serving.bundle``), so the pipeline can publish while it runs and the service switches to
 the new bundle within ``settings.serving.reload_check_s`` seconds, without a restart.
 
+Besides recommendations for known users, the service runs the retrieve → rank → MMR →
+de-duplicate → explore cascade (``serving.cascade``), today's feed (``/feed``, from the
+bundle's ``daily_pool``), ad-hoc histories (``POST /recommend``), interactions that are
+logged durably (``serving.events``) and change the session's next answers
+(``serving.sessions``), steered text search, browsing, Prometheus metrics and a feed page.
+
 Endpoints are ``async``: health, item and history answers are dictionary lookups, and a
 sync endpoint would cost FastAPI three thread-pool hops (dependency, endpoint, response
 validation). Only model scoring, which grows with the catalogue and with heavier models, is

@@ -184,6 +184,12 @@ class LoadedBundle:
         n_interactions = len(history) + (0 if extra_vectors is None else len(extra_vectors))
         if n_interactions < max(min_interactions, 1):
             return self.fallback(who, n_interactions, params, exclude, min_interactions, known=known)
+        if self.retrieval is None and use_pool and self.pool is not None:
+            cand = self.pool.indices[~np.isin(self.pool.indices, exclude)]
+            result = CascadeResult("personalized", pipeline=["pool", f"ranker:{self.ranker_name}"])
+            result.candidates = len(cand)
+            diversify(cand, self.rank_stage.score(history, cand), None, params, result, base_stage="ranker")
+            return result
         if self.retrieval is None:
             scores = np.array(self.model.score([history])[0], dtype=np.float64)
             top = rank_unseen(scores, exclude, params.k, self.popular_rank)
