@@ -7,7 +7,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup data demo test lint eval bench-embed bench-index ui ui-screenshot clean bench-scrape
+.PHONY: setup data demo test lint eval bench-embed bench-index ui ui-screenshot clean bench-scrape bench-serve
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,8 @@ demo: setup
 
 test: setup
 	$(BIN)/recflow data demo
+	# The feed page is tested in Debian's headless chromium (driven over CDP, nothing downloaded).
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest
 
 lint: setup
@@ -74,3 +76,9 @@ train: setup
 
 export: setup
 	$(BIN)/recflow recommend --all-users --k 100 --out var/export/top100.parquet
+# /recommend on MovieLens and on a synthetic 500k-item bundle vs a bare FastAPI endpoint;
+# prints p50/p99/req/s and writes var/bench/serve.json (the 500k bundle is built once, ~5 min).
+bench-serve: setup
+	$(BIN)/recflow data demo
+	test -f var/movielens-100k/bundles/CURRENT || $(BIN)/recflow run nightly
+	$(BIN)/python -m benchmarks.bench_serve

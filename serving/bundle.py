@@ -32,6 +32,19 @@ import pyarrow.compute as pc
 from models.ann import ItemIndex
 from models.base import Recommender
 from models.registry import load_model
+from serving.cascade import (
+    CascadeParams,
+    CascadeResult,
+    RankStage,
+    RetrievalSpace,
+    diversify,
+    load_rank_stage,
+    personalized,
+    pin_threads,
+    retrieval_space,
+    session_delta,
+    unit_rows,
+)
 from storage.artifacts import MANIFEST, ArtifactStore, BundleError
 
 logger = logging.getLogger("recflow.serving")
@@ -40,7 +53,7 @@ CATALOG = "catalog.duckdb"
 MODEL_DIR = "model"
 RUN_NIGHTLY_HINT = "run `recflow run nightly` to build and publish one"
 
-Strategy = Literal["personalized", "popularity_fallback"]
+Strategy = Literal["personalized", "fresh_popular_fallback", "popularity_fallback"]
 
 
 class NoBundleError(RuntimeError):
@@ -59,6 +72,19 @@ class Ranked:
     indices: np.ndarray
     scores: np.ndarray
     reason: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class DailyPool:
+    """Today's pool (contract C2) as item indices in the pipeline's rank order."""
+
+    pool_date: str
+    indices: np.ndarray
+    """Item indices, best first."""
+    topics: list[str | None]
+    reasons: list[str | None]
+    dropped: int = 0
+    """Pool rows naming items the catalogue does not hold (skipped, logged at load)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,6 +122,152 @@ class LoadedBundle:
     """FAISS index over ``vectors``; its rows are item indices."""
     text_model: str | None = None
     """The text model that made ``vectors``; queries must be encoded with the same one."""
+    ranker: RankStage | None = None
+    """The cascade's rank stage (the bundle's ``ranker/`` or its model); None: the model."""
+    ranker_name: str = "model"
+    retrieval: RetrievalSpace | None = None
+    """Where candidates come from; None when the bundle has no vectors (rank all items)."""
+    pool: DailyPool | None = None
+    """Today's pool (C2) when the bundle's catalog has a ``daily_pool`` table."""
+    category_names: list[str] = field(default_factory=list)
+    """Categories by number of items, most first."""
+    category_counts: list[int] = field(default_factory=list)
+    category_centroids: np.ndarray | None = None
+    """(n_categories, d) unit mean text vector per category, row i for ``category_names[i]``."""
+    user_order: list[str] = field(default_factory=list)
+    """Known user ids, sorted: the stable order of ``GET /users`` pages."""
+    unit_vectors: np.ndarray | None = None
+    """What MMR and de-duplication compare, unit rows: text vectors, else retrieval vectors."""
+
+    @property
+    def rank_stage(self) -> RankStage:
+        if self.ranker is not None:
+            return self.ranker
+        from serving.cascade import ModelRanker
+
+        return ModelRanker(self.model)
+
+    @property
+    def diversity_vectors(self) -> np.ndarray | None:
+        """What MMR and de-duplication compare (unit rows), or None without vectors."""
+        return self.unit_vectors
+
+    def indices_of(self, item_ids: list[str]) -> np.ndarray:
+        """Item indices of the ids the catalogue knows (unknown ones are skipped)."""
+        index = self.item_index
+        return np.fromiter((index[i] for i in item_ids if i in index), dtype=np.int64)
+
+    def recommend_for(
+        self,
+        who: str,
+        history: np.ndarray,
+        params: CascadeParams,
+        *,
+        min_interactions: int,
+        exclude: np.ndarray | None = None,
+        session_weights: list[tuple[str, float]] | None = None,
+        learning_rate: float = 0.0,
+        extra_vectors: np.ndarray | None = None,
+        use_pool: bool = False,
+        known: bool = True,
+    ) -> CascadeResult:
+        """One reader's list through the cascade (or a fallback that says why).
+
+        ``who`` names the reader in a fallback's reason (``user 'u1'``, ``session 'ab12'``).
+        ``history``: item indices, oldest first (bundle history + the session's engaged items);
+        ``exclude``: items never to show (defaults to ``history``); ``session_weights``: the
+        session's (item_id, weight) events for the private delta; ``extra_vectors``: vectors
+        of free titles that count as history; ``use_pool``: candidates are today's pool.
+        """
+        pin_threads()
+        exclude = np.unique(history) if exclude is None else exclude
+        n_interactions = len(history) + (0 if extra_vectors is None else len(extra_vectors))
+        if n_interactions < max(min_interactions, 1):
+            return self.fallback(who, n_interactions, params, exclude, min_interactions, known=known)
+        if self.retrieval is None and use_pool and self.pool is not None:
+            cand = self.pool.indices[~np.isin(self.pool.indices, exclude)]
+            result = CascadeResult("personalized", pipeline=["pool", f"ranker:{self.ranker_name}"])
+            result.candidates = len(cand)
+            diversify(cand, self.rank_stage.score(history, cand), None, params, result, base_stage="ranker")
+            return result
+        if self.retrieval is None:
+            scores = np.array(self.model.score([history])[0], dtype=np.float64)
+            top = rank_unseen(scores, exclude, params.k, self.popular_rank)
+            result = CascadeResult("personalized", pipeline=[f"ranker:{self.ranker_name}"])
+            result.candidates = self.n_items
+            for idx in top.tolist():
+                result.add(idx, scores[idx], "ranker")
+            return result
+        delta = None
+        if session_weights:
+            index = self.item_index
+            pairs = [(index[i], w) for i, w in session_weights if i in index]
+            delta = session_delta(self.retrieval.vectors, pairs, learning_rate)
+        pool = self.pool.indices if (use_pool and self.pool is not None) else None
+        return personalized(
+            history,
+            exclude,
+            self.retrieval,
+            self.rank_stage,
+            self.ranker_name,
+            self.diversity_vectors,
+            params,
+            delta=delta,
+            extra_vectors=extra_vectors,
+            pool=pool,
+        )
+
+    def fallback(
+        self,
+        who: str,
+        n_interactions: int,
+        params: CascadeParams,
+        exclude: np.ndarray,
+        min_interactions: int,
+        *,
+        known: bool = True,
+    ) -> CascadeResult:
+        """Fresh-and-popular items (today's pool, popularity within it) or, without a pool,
+        the most popular items; diversified by MMR when the bundle has item vectors."""
+        if not known:
+            why = f"{who} has no history in bundle {self.version}"
+        elif n_interactions == 0:
+            why = f"{who} has no interactions yet"
+        else:
+            why = (
+                f"{who} has {n_interactions} interaction(s), fewer than the "
+                f"{min_interactions} needed to personalise"
+            )
+        if self.pool is not None:
+            cand = self.pool.indices
+            if len(exclude):
+                cand = cand[~np.isin(cand, exclude)]
+            freshness = 1.0 - np.arange(len(cand)) / max(len(self.pool.indices), 1)
+            pop = np.log1p(self.popularity[cand].astype(np.float64))
+            relevance = freshness + 0.25 * (pop / pop.max() if len(pop) and pop.max() > 0 else pop)
+            result = CascadeResult(
+                "fresh_popular_fallback",
+                reason=f"{why}; showing today's pool ({self.pool.pool_date}), fresh and popular first",
+                pipeline=["pool"],
+            )
+            stage = "fresh_popular"
+        else:
+            cand = self.popular_order
+            if len(exclude):
+                keep = np.ones(self.n_items, dtype=bool)
+                keep[exclude] = False
+                cand = cand[keep[cand]]
+            # Diversity needs some depth to choose from; without vectors the top k is the list.
+            depth = params.k if self.diversity_vectors is None else max(params.candidates, params.k)
+            cand = cand[:depth]
+            relevance = self.popularity[cand].astype(np.float64)
+            result = CascadeResult(
+                "popularity_fallback", reason=f"{why}; showing the most popular items", pipeline=["popular"]
+            )
+            stage = "popular"
+        result.candidates = len(cand)
+        diversify(cand, relevance, self.diversity_vectors, params, result, base_stage=stage)
+        return result
 
     def _require_index(self) -> tuple[np.ndarray, ItemIndex]:
         if self.vectors is None or self.index is None:
@@ -106,6 +278,7 @@ class LoadedBundle:
 
     def similar(self, idx: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` items whose text vectors are nearest to item ``idx`` (itself excluded)."""
+        pin_threads()
         vectors, index = self._require_index()
         scores, rows = index.search(vectors[idx : idx + 1], k + 1)
         keep = (rows[0] >= 0) & (rows[0] != idx)
@@ -122,6 +295,57 @@ class LoadedBundle:
         scores, rows = index.search(query_vec, k)
         keep = rows[0] >= 0
         return rows[0][keep], scores[0][keep]
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        pin_threads()
+        self._require_index()
+        if self.text_model is None:
+            raise FeatureUnavailableError(f"bundle {self.version} does not name its text model")
+        from models.text_encoder import encode
+
+        return encode(texts, self.text_model, "cpu", 32, progress=False)
+
+    def match_titles(self, titles: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Each free title's nearest catalogue item in text space, and the cosine of the match."""
+        _, index = self._require_index()
+        scores, rows = index.search(self._encode(titles), 1)
+        return rows[:, 0], scores[:, 0]
+
+    def search_steered(
+        self,
+        query: str,
+        k: int,
+        category_weight: float,
+        taste: np.ndarray | None = None,
+        taste_weight: float = 0.0,
+        top_categories: int = 3,
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, float]]]:
+        """Items nearest to the query's intent, and the categories that steered it.
+
+        The query vector is moved toward the centroids of the ``top_categories`` categories it
+        resembles most (weights: softmax of cosine / 0.05, so a clear match dominates), by
+        ``category_weight``; then blended with ``taste`` (a user vector) by ``taste_weight``.
+        Scores are cosines to the final query vector.
+        """
+        _, index = self._require_index()
+        q = self._encode([query])[0]
+        matched: list[tuple[str, float]] = []
+        if category_weight > 0 and self.category_centroids is not None:
+            sims = self.category_centroids @ q
+            top = np.argsort(-sims)[:top_categories]
+            logits = (sims[top] - sims[top].max()) / 0.05
+            weights = np.exp(logits) / np.exp(logits).sum()
+            steer = weights @ self.category_centroids[top]
+            q = (1.0 - category_weight) * q + category_weight * steer
+            matched = [(self.category_names[i], float(w)) for i, w in zip(top, weights, strict=True)]
+        if taste is not None and taste_weight > 0:
+            q = q / max(float(np.linalg.norm(q)), 1e-12)
+            t = taste / max(float(np.linalg.norm(taste)), 1e-12)
+            q = (1.0 - taste_weight) * q + taste_weight * t
+        q = (q / max(float(np.linalg.norm(q)), 1e-12)).astype(np.float32)
+        scores, rows = index.search(q[None, :], k)
+        keep = rows[0] >= 0
+        return rows[0][keep], scores[0][keep], matched
 
     @property
     def n_items(self) -> int:
@@ -164,24 +388,32 @@ class LoadedBundle:
         top = order[:k]
         return top, self.popularity[top].astype(np.float64)
 
-    def recommend(self, user_id: str, k: int) -> Ranked:
-        """Top ``k`` unseen items for ``user_id``: the model's scores, or popularity when the
-        user has no history to personalise from (unknown user, or an empty history)."""
+    def recommend(self, user_id: str, k: int, params: CascadeParams | None = None) -> Ranked:
+        """Top ``k`` unseen items for a user of the bundle through the cascade (with default
+        knobs unless ``params``): the model's choice, or the fallback for too short histories."""
         history = self.histories.get(user_id)
-        if history is None:
-            top, scores = self.popular(k)
-            reason = (
-                f"user {user_id!r} has no history in bundle {self.version}; showing the most popular items"
-            )
-            return Ranked("popularity_fallback", top, scores, reason)
-        if len(history) == 0:
-            top, scores = self.popular(k)
-            reason = f"user {user_id!r} has no interactions yet; showing the most popular items"
-            return Ranked("popularity_fallback", top, scores, reason)
-        # A copy: ranking writes into it, and a model may hand out a view of its own state.
-        scores = np.array(self.model.score([history])[0], dtype=np.float64)
-        top = rank_unseen(scores, history, k, self.popular_rank)
-        return Ranked("personalized", top, scores[top])
+        params = params or CascadeParams(
+            k=k,
+            candidates=200,
+            mmr_lambda=0.7,
+            retrieval_weight=0.3,
+            duplicate_threshold=0.95,
+            explore=False,
+            seed=0,
+        )
+        result = self.recommend_for(
+            f"user {user_id!r}",
+            history if history is not None else np.zeros(0, dtype=np.int64),
+            params,
+            min_interactions=1,
+            known=history is not None,
+        )
+        return Ranked(
+            result.strategy,
+            np.asarray(result.indices, dtype=np.int64),
+            np.asarray(result.scores, dtype=np.float64),
+            result.reason,
+        )
 
 
 def rank_unseen(scores: np.ndarray, seen: np.ndarray, k: int, tiebreak: np.ndarray) -> np.ndarray:
@@ -228,6 +460,17 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
             "SELECT item_idx, item_id, title, categories, year, popularity FROM items ORDER BY item_idx"
         ).to_arrow_table()
         hist_table = con.sql("SELECT user_id, items FROM user_histories").to_arrow_table()
+        has_pool = bool(
+            con.sql("SELECT 1 FROM information_schema.tables WHERE table_name = 'daily_pool'").fetchall()
+        )
+        pool_table = (
+            con.sql(
+                "SELECT CAST(pool_date AS VARCHAR) AS pool_date, rank, item_id, topic, reason FROM daily_pool"
+                " WHERE pool_date = (SELECT max(pool_date) FROM daily_pool) ORDER BY rank, item_id"
+            ).to_arrow_table()
+            if has_pool
+            else None
+        )
     finally:
         con.close()
 
@@ -265,7 +508,21 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
 
             load_text_model(text_model)  # warm, off the request path; cached across bundles
 
+    ranker, ranker_name = load_rank_stage(path, model)
+    space = retrieval_space(model, vectors, index, item_ids)
+    categories = [list(c) if c is not None else [] for c in columns["categories"]]
+    names, counts, centroids = _categories(categories, vectors)
+    diversity = vectors if vectors is not None else (space.vectors if space is not None else None)
     bundle = LoadedBundle(
+        unit_vectors=unit_rows(diversity) if diversity is not None else None,
+        ranker=ranker,
+        ranker_name=ranker_name,
+        retrieval=space,
+        pool=_pool(pool_table, item_index, version) if pool_table is not None else None,
+        category_names=names,
+        category_counts=counts,
+        category_centroids=centroids,
+        user_order=sorted(histories),
         vectors=vectors,
         index=index,
         text_model=text_model,
@@ -281,7 +538,7 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
         model=model,
         item_ids=item_ids,
         titles=columns["title"],
-        categories=[list(c) if c is not None else [] for c in columns["categories"]],
+        categories=categories,
         years=[int(y) if y is not None else None for y in columns["year"]],
     )
     logger.info(
@@ -293,6 +550,43 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
         time.perf_counter() - started,
     )
     return bundle
+
+
+def _pool(table: pa.Table, item_index: dict[str, int], version: str) -> DailyPool | None:
+    """The latest day's pool rows as item indices; rows naming unknown items are dropped."""
+    if table.num_rows == 0:
+        return None
+    cols = table.to_pydict()
+    keep = [i for i, item in enumerate(cols["item_id"]) if str(item) in item_index]
+    dropped = table.num_rows - len(keep)
+    if dropped:
+        logger.warning("bundle %s: %d daily_pool rows name items not in the catalogue", version, dropped)
+    if not keep:
+        return None
+    return DailyPool(
+        pool_date=str(cols["pool_date"][0]),
+        indices=np.array([item_index[str(cols["item_id"][i])] for i in keep], dtype=np.int64),
+        topics=[cols["topic"][i] for i in keep],
+        reasons=[cols["reason"][i] for i in keep],
+        dropped=dropped,
+    )
+
+
+def _categories(
+    categories: list[list[str]], vectors: np.ndarray | None
+) -> tuple[list[str], list[int], np.ndarray | None]:
+    """Category names by size, their item counts and unit mean vectors (None without vectors)."""
+    members: dict[str, list[int]] = {}
+    for idx, cats in enumerate(categories):
+        for cat in cats:
+            members.setdefault(cat, []).append(idx)
+    names = sorted(members, key=lambda c: (-len(members[c]), c))
+    counts = [len(members[c]) for c in names]
+    if vectors is None or not names:
+        return names, counts, None
+    centroids = np.stack([vectors[members[c]].mean(axis=0) for c in names]).astype(np.float32)
+    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    return names, counts, centroids
 
 
 def _histories(table: pa.Table, n_items: int, version: str) -> dict[str, np.ndarray]:

@@ -102,6 +102,34 @@ class ServingSettings(BaseModel):
     """How often the service looks at ``CURRENT`` for a newly published bundle."""
     max_k: PositiveInt = 500
     """Largest ``k`` a request may ask for."""
+    # The recommendation cascade and online learning (serving/cascade.py, serving/sessions.py).
+    candidates: PositiveInt = 200
+    """N: candidates retrieved from the item index per request, before ranking and diversity."""
+    min_interactions: int = Field(3, ge=0)
+    """M: users with fewer interactions (bundle history + session) get the fresh-and-popular fallback."""
+    mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)
+    """MMR trade-off (1 = relevance only, 0 = diversity only); a request may override it."""
+    retrieval_weight: float = Field(0.3, ge=0.0)
+    """Weight of the (session-updated) user vector's similarity in the rank stage's score."""
+    duplicate_threshold: float = Field(0.95, gt=0.0, le=1.0)
+    """Cosine above which a candidate counts as a near-duplicate of an item already chosen."""
+    exploration: bool = True
+    """Reserve the last slot of a list for a relevant item unlike the rest (k >= 3)."""
+    update_mode: Literal["private", "none"] = "private"
+    """``private``: each session learns its own user-vector delta (shared weights frozen);
+    ``none``: interactions are logged but never change answers."""
+    session_learning_rate: float = Field(0.5, ge=0.0)
+    """Step of the private delta per unit of event weight (like = 1, skip = -0.5...)."""
+    session_cookie: str = Field("recflow_session", pattern=r"^[A-Za-z0-9_-]+$")
+    """Cookie naming an anonymous reader's session."""
+    admin_api_key: str | None = None
+    """Key required in ``X-API-Key`` by ``/admin/*``; None leaves them open (loopback demo only)."""
+    max_body_bytes: PositiveInt = 65_536
+    """Largest request body accepted; bigger ones get 413."""
+    max_history: PositiveInt = 1_000
+    """Most item ids or titles a ``POST /recommend`` history may hold."""
+    search_threads: PositiveInt = 1
+    """FAISS threads per query: concurrency comes from requests, not from splitting one query."""
 
 
 class EmbeddingSettings(BaseModel):

@@ -1,0 +1,507 @@
+"""``make bench-serve``: /recommend latency and throughput on 127.0.0.1 under concurrent clients.
+
+Three servers, one after the other, each a separate uvicorn process with one worker:
+
+* ``floor`` — a bare FastAPI endpoint that returns a constant: what the framework costs;
+* ``movielens`` — ``/recommend/{user}`` on the live MovieLens-100K bundle (``make demo``'s);
+* ``synthetic-500k`` — ``/recommend/{user}`` on a synthetic 500,000-item bundle: 64-d unit
+  vectors in 5,000 clusters (neighbours at cosine ~0.7–0.9, like text embeddings), an HNSW
+  index built through ``models.ann.build_index`` (its recall is measured and must pass the
+  floor), 20,000 users and an ItemKNN-recency model whose neighbours are cluster mates.
+  Built once and cached under ``var/bench/synthetic-500k``. Served twice: with the default
+  N = 200 candidates, and with N = 100 (``synthetic-500k-n100``).
+
+Load comes from a separate process (this one), so it does not share the server's interpreter:
+``raw`` is a small wrk-like client (asyncio streams, keep-alive, pre-built requests, minimal
+parsing) that leaves the server as much CPU as possible; ``httpx`` is an ``AsyncClient`` as a
+Python caller would use it (it costs more CPU per request, which the 2-core machine then
+lacks on the server side). Each run: ``--warmup`` seconds discarded, then ``--seconds``
+measured with ``--concurrency`` connections in a closed loop. Prints the table and writes
+``var/bench/serve.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SYNTH_N = 500_000
+SYNTH_DIM = 64
+SYNTH_CLUSTERS = 5_000
+SYNTH_USERS = 20_000
+SYNTH_CATALOGUE = "synthetic-500k"
+TARGETS = {"p99_ms_max": 20.0, "rps_min": 400.0, "p50_vs_floor_max": 3.0}
+
+
+# The synthetic bundle -------------------------------------------------------------------------
+def synthetic_vectors(n: int, dim: int, clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around ``clusters`` random centres, and each row's cluster."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = rng.integers(0, clusters, n)
+    x = centres[labels] + (0.35 / np.sqrt(dim)) * rng.standard_normal((n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, labels
+
+
+def build_synthetic_bundle(home: Path, n: int = SYNTH_N, seed: int = 7) -> str:
+    """Publish the synthetic bundle under ``home/synthetic-500k`` unless it is already there."""
+    import duckdb
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from models.ann import build_index
+    from models.baselines import RecencyItemKNNModel
+    from storage.artifacts import ArtifactStore
+    from storage.settings import IndexSettings
+    from tasks.publish import write_catalog
+    from tasks.training import SplitData
+
+    store = ArtifactStore(home / SYNTH_CATALOGUE / "bundles")
+    recipe = {"n": n, "dim": SYNTH_DIM, "clusters": SYNTH_CLUSTERS, "users": SYNTH_USERS, "seed": seed}
+    live = store.current_version()
+    if live is not None and store.manifest(live).get("synthetic") == recipe:
+        print(f"synthetic bundle {live} is cached under {store.root}", flush=True)
+        return live
+    started = time.perf_counter()
+    print(f"building the synthetic {n:,}-item bundle (once; HNSW build takes a few minutes)", flush=True)
+    vectors, labels = synthetic_vectors(n, SYNTH_DIM, SYNTH_CLUSTERS, seed)
+    rng = np.random.default_rng(seed + 1)
+    item_ids = np.array([f"i{i}" for i in range(n)], dtype=object)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(SYNTH_CLUSTERS + 1))
+    members = [order[bounds[c] : bounds[c + 1]] for c in range(SYNTH_CLUSTERS)]
+
+    # Users: 20 items each from one or two clusters, as tastes are.
+    histories = []
+    for _ in range(SYNTH_USERS):
+        cs = rng.choice(SYNTH_CLUSTERS, 2, replace=False)
+        pool = np.concatenate([members[cs[0]], members[cs[1]][: len(members[cs[1]]) // 3]])
+        histories.append(rng.choice(pool, min(20, len(pool)), replace=False).astype(np.int64))
+    data = SplitData(
+        "leave_last_out",
+        np.array([f"user{u}" for u in range(SYNTH_USERS)], dtype=object),
+        item_ids,
+        [h[:-2] for h in histories],
+        [h[-2:-1] for h in histories],
+        [h[-1:] for h in histories],
+    )
+    # ItemKNN neighbours: 20 cluster mates per item, weighted by cosine.
+    neighbours = 20
+    rows, cols = [], []
+    for m in members:
+        if len(m) < 2:
+            continue
+        picks = m[rng.integers(0, len(m), (len(m), neighbours))]
+        rows.append(np.repeat(m, neighbours))
+        cols.append(picks.ravel())
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    keep = r != c
+    r, c = r[keep], c[keep]
+    sims = np.einsum("ij,ij->i", vectors[r], vectors[c]).astype(np.float32)
+    model = RecencyItemKNNModel(neighbors=neighbours, decay=0.6)
+    model.similarity = sp.csr_matrix((sims, (r, c)), shape=(n, n), dtype=np.float32)
+    model.similarity.sum_duplicates()
+
+    index_settings = IndexSettings(hnsw_m=16, hnsw_ef_construction=40, hnsw_ef_search=128, recall_k=100)
+    index = build_index(vectors, [str(i) for i in item_ids], index_settings)
+    print(f"HNSW over {n:,} items: measured recall@100 = {index.recall:.4f}", flush=True)
+
+    warehouse = duckdb.connect()
+    categories = [[f"topic-{int(lbl) % 40}"] for lbl in labels]
+    warehouse.register(
+        "items_df",
+        pd.DataFrame(
+            {
+                "item_id": item_ids.astype(str),
+                "title": [f"Synthetic item {i}" for i in range(n)],
+                "categories": categories,
+                "year": pd.array([None] * n, dtype="Int64"),
+            }
+        ),
+    )
+    warehouse.execute("CREATE TABLE items AS SELECT * FROM items_df")
+    with store.staging() as staged:
+        write_catalog(staged / "catalog.duckdb", warehouse, data)
+        model.save(staged / "model")
+        np.save(staged / "item_vectors.npy", vectors)
+        index.save(staged / "index")
+        version = store.commit(
+            staged,
+            {
+                "model": {"name": model.name, "params": model.params()},
+                "index": index.metadata(),
+                "synthetic": recipe,
+                "counts": {"users": SYNTH_USERS, "items": n, "interactions": SYNTH_USERS * 20},
+            },
+        )
+    warehouse.close()
+    print(f"published {version} in {time.perf_counter() - started:.0f} s", flush=True)
+    return version
+
+
+# Servers ------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(target: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """uvicorn in its own process (one worker), started the way ``recflow serve`` starts it."""
+    cmd = [
+        sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port),
+        "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    if target.endswith("create_app"):
+        cmd.append("--factory")
+    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, start_new_session=True)
+
+
+def wait_ready(port: int, path: str, timeout: float = 300.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the server on port {port} did not answer {path} within {timeout} s")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+# Load generators ------------------------------------------------------------------------------
+@dataclass
+class Measured:
+    scenario: str
+    client: str
+    concurrency: int
+    seconds: float
+    requests: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    server_cpu_ms: float = 0.0
+    """Server process CPU time (user + system) per request: what a request costs whatever the
+    machine's other load, so ``1000 / server_cpu_ms`` is one idle core's capacity."""
+
+
+def summarise(
+    scenario: str, client: str, concurrency: int, seconds: float, lat: list[float], errors: int
+) -> Measured:
+    arr = np.asarray(lat) * 1e3 if lat else np.zeros(1)
+    return Measured(
+        scenario,
+        client,
+        concurrency,
+        round(seconds, 2),
+        len(lat),
+        errors,
+        round(len(lat) / seconds, 1),
+        round(float(np.percentile(arr, 50)), 3),
+        round(float(np.percentile(arr, 90)), 3),
+        round(float(np.percentile(arr, 99)), 3),
+        round(float(arr.max()), 3),
+    )
+
+
+async def raw_load(
+    port: int, paths: list[str], concurrency: int, warmup: float, seconds: float
+) -> tuple[list[float], int, float, int]:
+    """Closed-loop keep-alive HTTP/1.1 GETs over ``concurrency`` connections: latencies (s) of
+    the measured window, its errors and length, and every request sent (warm-up included)."""
+    requests = [f"GET {p} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode() for p in paths]
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop_at = measure_from + seconds
+
+    async def worker(offset: int) -> None:
+        nonlocal errors, sent
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        i = offset
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                break
+            writer.write(requests[i % len(requests)])
+            i += 1
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            t1 = time.perf_counter()
+            sent += 1
+            if t0 >= measure_from:
+                if status == 200:
+                    latencies.append(t1 - t0)
+                else:
+                    errors += 1
+        writer.close()
+
+    await asyncio.gather(*(worker(c * 7919) for c in range(concurrency)))
+    return latencies, errors, time.perf_counter() - measure_from, sent
+
+
+async def httpx_load(
+    port: int, paths: list[str], concurrency: int, warmup: float, seconds: float
+) -> tuple[list[float], int, float, int]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop_at = measure_from + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30) as client:
+
+        async def worker(offset: int) -> None:
+            nonlocal errors, sent
+            i = offset
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= stop_at:
+                    break
+                response = await client.get(paths[i % len(paths)])
+                i += 1
+                t1 = time.perf_counter()
+                sent += 1
+                if t0 >= measure_from:
+                    if response.status_code == 200:
+                        latencies.append(t1 - t0)
+                    else:
+                        errors += 1
+
+        await asyncio.gather(*(worker(c * 7919) for c in range(concurrency)))
+    return latencies, errors, time.perf_counter() - measure_from, sent
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its threads so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_clients(
+    scenario: str, proc: subprocess.Popen[bytes], port: int, paths: list[str], args: argparse.Namespace
+) -> list[Measured]:
+    out = []
+    for client in args.clients:
+        load = raw_load if client == "raw" else httpx_load
+        cpu_before = process_cpu_s(proc.pid)
+        lat, errors, seconds, sent = asyncio.run(
+            load(port, paths, args.concurrency, args.warmup, args.seconds)
+        )
+        cpu = process_cpu_s(proc.pid) - cpu_before  # warm-up included, as are its requests
+        m = summarise(scenario, client, args.concurrency, seconds, lat, errors)
+        m.server_cpu_ms = round(cpu * 1e3 / sent, 3) if sent else 0.0
+        print(
+            f"  {scenario:<15} {client:<6} p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms  "
+            f"{m.rps:8.1f} req/s  errors {m.errors}  server CPU {m.server_cpu_ms:.2f} ms/req",
+            flush=True,
+        )
+        out.append(m)
+    return out
+
+
+def user_paths(home: Path, catalogue: str, k: int, limit: int = 2000) -> list[str]:
+    """``/recommend/{user}?k=`` for up to ``limit`` users of the live bundle, shuffled."""
+    import duckdb
+
+    from storage.artifacts import ArtifactStore
+
+    store = ArtifactStore(home / catalogue / "bundles")
+    version = store.current_version()
+    if version is None:
+        raise SystemExit(
+            f"no live bundle under {store.root}; run `recflow run nightly` (make bench-serve does)"
+        )
+    with duckdb.connect(str(store.root / version / "catalog.duckdb"), read_only=True) as con:
+        users = [r[0] for r in con.execute("SELECT user_id FROM user_histories").fetchall()]
+    rng = np.random.default_rng(0)
+    chosen = rng.permutation(users)[:limit]
+    return [f"/recommend/{u}?k={k}" for u in chosen]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--home", type=Path, default=REPO / "var")
+    parser.add_argument("--bench-home", type=Path, default=REPO / "var" / "bench")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--clients", nargs="+", default=["raw", "httpx"], choices=["raw", "httpx"])
+    parser.add_argument("--items", type=int, default=SYNTH_N, help="size of the synthetic catalogue")
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="run only these scenarios (floor, movielens, synthetic-500k)"
+    )
+    parser.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "serve.json")
+    args = parser.parse_args()
+
+    build_synthetic_bundle(args.bench_home, n=args.items)
+    base_env = {
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "RECFLOW_SERVING__RELOAD_CHECK_S": "5",
+    }
+    scenarios: list[tuple[str, str, dict[str, str], list[str], str]] = [
+        ("floor", "benchmarks.floor_app:app", {}, ["/constant"], "/constant"),
+        (
+            "movielens",
+            "serving.app:create_app",
+            {"RECFLOW_HOME": str(args.home), "RECFLOW_CATALOGUE": "movielens-100k"},
+            user_paths(args.home, "movielens-100k", args.k),
+            "/health",
+        ),
+        (
+            "synthetic-500k",
+            "serving.app:create_app",
+            {"RECFLOW_HOME": str(args.bench_home), "RECFLOW_CATALOGUE": SYNTH_CATALOGUE},
+            user_paths(args.bench_home, SYNTH_CATALOGUE, args.k),
+            "/health",
+        ),
+        (
+            # N = 100 candidates: the search asks the HNSW graph for ~120 rows, within the
+            # efSearch = 128 beam its recall@100 was measured at (N = 200 widens it to ~220).
+            "synthetic-500k-n100",
+            "serving.app:create_app",
+            {
+                "RECFLOW_HOME": str(args.bench_home),
+                "RECFLOW_CATALOGUE": SYNTH_CATALOGUE,
+                "RECFLOW_SERVING__CANDIDATES": "100",
+            },
+            user_paths(args.bench_home, SYNTH_CATALOGUE, args.k),
+            "/health",
+        ),
+    ]
+    results: list[Measured] = []
+    print(
+        f"{os.cpu_count()} cores; {args.concurrency} connections; {args.warmup:g} s warm-up, "
+        f"{args.seconds:g} s measured per client",
+        flush=True,
+    )
+    for name, target, env, paths, ready in scenarios:
+        if args.only and name not in args.only:
+            continue
+        port = free_port()
+        proc = start_server(target, port, {**base_env, **env})
+        try:
+            wait_ready(port, ready)
+            results.extend(run_clients(name, proc, port, paths, args))
+        finally:
+            stop_server(proc)
+
+    print(f"load average (1, 5, 15 min): {os.getloadavg()}", flush=True)
+    report = evaluate(results)
+    print_table(results, report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "cores": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "load_average_after": os.getloadavg(),
+                },
+                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                "results": [asdict(r) for r in results],
+                "targets": TARGETS,
+                "checks": report,
+            },
+            indent=2,
+        )
+    )
+    print(f"written to {args.out}")
+
+
+def evaluate(results: list[Measured]) -> dict[str, Any]:
+    """The issue's targets for the 500k bundle, per client, against the same client's floor."""
+    checks: dict[str, Any] = {}
+    for client in {r.client for r in results}:
+        floor = next((r for r in results if r.client == client and r.scenario == "floor"), None)
+        for scenario in ("synthetic-500k", "synthetic-500k-n100"):
+            big = next((r for r in results if r.client == client and r.scenario == scenario), None)
+            if floor is None or big is None:
+                continue
+            checks[f"{scenario}/{client}"] = _check(big, floor)
+    return checks
+
+
+def _check(big: Measured, floor: Measured) -> dict[str, Any]:
+    ratio = big.p50_ms / floor.p50_ms if floor.p50_ms else float("inf")
+    return {
+        "p99_ms": big.p99_ms,
+        "p99_ok": big.p99_ms <= TARGETS["p99_ms_max"],
+        "rps": big.rps,
+        "rps_ok": big.rps >= TARGETS["rps_min"],
+        "p50_vs_floor": round(ratio, 2),
+        "p50_vs_floor_ok": ratio <= TARGETS["p50_vs_floor_max"],
+        "errors": big.errors,
+        "idle_core_capacity_rps": round(1000 / big.server_cpu_ms) if big.server_cpu_ms else None,
+    }
+
+
+def print_table(results: list[Measured], checks: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        "scenario", "client", "p50 ms", "p90 ms", "p99 ms", "req/s", "requests", "errors", "server CPU ms/req"
+    )  # fmt: skip
+    for r in results:
+        table.add_row(
+            r.scenario, r.client, f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
+            f"{r.rps:,.0f}", f"{r.requests:,}", str(r.errors), f"{r.server_cpu_ms:.2f}",
+        )  # fmt: skip
+    console = Console(width=150)
+    console.print(table)
+    for name, c in checks.items():
+        console.print(
+            f"targets, {name}: p99 {c['p99_ms']:.2f} ms ≤ 20 → {c['p99_ok']}; "
+            f"{c['rps']:,.0f} req/s ≥ 400 → {c['rps_ok']}; p50 = {c['p50_vs_floor']}× floor ≤ 3 → "
+            f"{c['p50_vs_floor_ok']}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,424 @@
+"""The recommendation cascade: retrieve → rank → diversify (MMR) → de-duplicate → explore.
+
+Why a cascade: scoring every item with the best model does not scale to a large catalogue
+within milliseconds, and the best-scored list is often ten near-copies of one thing. So:
+
+1. **Retrieve** ``N`` candidates from the item index with the user vector (an ANN search,
+   sub-millisecond at 500,000 items). The user vector is the two-tower model's
+   (``encode_users``, contract C4) when the bundle's model has one, else the mean of the
+   history's item text vectors; a session's private delta moves it (``session_delta``).
+2. **Rank** the candidates with a :class:`RankStage`: the bundle's ``ranker/`` (C5) when it
+   has one, else the bundle model's scores for those columns. The rank score is
+   min-max scaled over the candidates and blended with the user vector's similarity
+   (``retrieval_weight``), so a session's delta changes the order, not only the pool.
+3. **MMR** picks the list greedily by ``λ·relevance − (1−λ)·max similarity to the picks``.
+4. **Near-duplicates** (cosine above ``duplicate_threshold`` to a pick) are dropped.
+5. **Exploration**: the last slot goes to a relevant candidate unlike the list (a random
+   one, seeded per user and day, among the candidates least similar to the picks), so the
+   reader can show a taste the model does not know yet.
+
+Every item says which stage put it in the list: ``ranker`` (it is in the top-k by
+relevance anyway), ``mmr`` (diversity pulled it in from further down), ``exploration``,
+``fresh_popular`` or ``popular`` (fallbacks). A bundle without item vectors cannot retrieve
+or measure similarity, so it is served by the rank stage over all items, as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from models.ann import ItemIndex
+
+logger = logging.getLogger("recflow.serving")
+
+_search_threads = 1
+_thread_state = threading.local()
+
+
+def set_search_threads(n: int) -> None:
+    """FAISS (OpenMP) threads per query for every request thread from now on."""
+    global _search_threads
+    _search_threads = n
+
+
+def pin_threads() -> None:
+    """Limit BLAS and OpenMP (FAISS, numpy's BLAS, torch) to ``search_threads`` in this thread.
+
+    Concurrency comes from requests, not from splitting one small product over cores: left
+    at their defaults, each request thread's BLAS/OpenMP teams spin-wait after every call and
+    a MovieLens request cost 8.4 ms of CPU instead of 2.0 (measured, ``make bench-serve``).
+    OpenMP's count is per calling thread, so this runs once in each thread that serves.
+    """
+    if getattr(_thread_state, "threads", None) != _search_threads:
+        import faiss
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=_search_threads)
+        faiss.omp_set_num_threads(_search_threads)
+        _thread_state.threads = _search_threads
+
+
+Stage = Literal["ranker", "mmr", "exploration", "fresh_popular", "popular", "similar", "search"]
+Strategy = Literal["personalized", "fresh_popular_fallback", "popularity_fallback"]
+
+
+# The rank stage -----------------------------------------------------------------------------
+@runtime_checkable
+class RankStage(Protocol):
+    """Scores candidate items for one history; higher is better. ``models.ranker.Ranker`` (C5)
+    has exactly this method, so a bundle's ``ranker/`` plugs in without an adapter."""
+
+    def score(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """``history``: item indices, oldest first; ``candidates``: item indices. One score each."""
+        ...
+
+
+class ModelRanker:
+    """The bundle's recommender as a rank stage: ``score(histories, items=...)`` when the model
+    accepts candidate columns (C4), else its full score row, of which the candidates are taken."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        try:
+            self._takes_items = "items" in inspect.signature(model.score).parameters
+        except (TypeError, ValueError):
+            self._takes_items = False
+
+    def score(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        if self._takes_items:
+            return np.asarray(self.model.score([history], items=candidates)[0], dtype=np.float64)
+        return np.asarray(self.model.score([history])[0])[candidates].astype(np.float64)
+
+
+NEIGHBOURHOOD_ABOVE = 50_000
+"""Catalogue size above which ItemKNN candidates are scored column-wise; below it a full score
+row is cheaper than matching long histories' neighbour lists against the candidates."""
+
+
+class NeighbourhoodRanker:
+    """ItemKNN-family scores for the candidate columns only.
+
+    ``model.score`` builds the whole score row (O(n_items) memory and time per request:
+    0.4 ms at 500,000 items); the cascade needs ~200 columns. A score is
+    ``Σ_t w_t · S[h_t, c]`` over the history's rows of the item-item matrix ``S``, with
+    ``w_t = decay^age`` (itemknn-recency, repeats summed) or 1 per distinct item (itemknn),
+    exactly as the models weigh a profile; ``tests/test_serving_cascade.py`` checks the two
+    agree. Only used for models that do not accept candidate columns themselves (C4).
+    """
+
+    MODELS = ("itemknn", "itemknn-recency")
+
+    def __init__(self, model: Any) -> None:
+        self.similarity = model.similarity.tocsr()
+        self.decay = float(getattr(model, "decay", 1.0)) if model.name == "itemknn-recency" else None
+
+    def score(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        history = np.asarray(history, dtype=np.int64)
+        if len(history) == 0 or len(candidates) == 0:
+            return np.zeros(len(candidates), dtype=np.float64)
+        if self.decay is None:
+            history = np.unique(history)
+            weights = np.ones(len(history), dtype=np.float64)
+        else:
+            weights = np.power(self.decay, np.arange(len(history) - 1, -1, -1), dtype=np.float64)
+        rows = self.similarity[history]
+        cols = rows.indices
+        vals = rows.data.astype(np.float64) * np.repeat(weights, np.diff(rows.indptr))
+        order = np.argsort(candidates, kind="stable")
+        sorted_cands = np.asarray(candidates)[order]
+        pos = np.minimum(np.searchsorted(sorted_cands, cols), len(sorted_cands) - 1)
+        hit = sorted_cands[pos] == cols
+        summed = np.bincount(pos[hit], weights=vals[hit], minlength=len(sorted_cands))
+        out = np.empty(len(candidates), dtype=np.float64)
+        out[order] = summed
+        return out
+
+
+def load_rank_stage(bundle_dir: Path, model: Any) -> tuple[RankStage, str]:
+    """The bundle's ``ranker/`` (C5) if it has one, else the model; and a name for the stage.
+
+    A bundle that ships a ranker this code cannot load is refused (the caller raises), rather
+    than silently served with a different ranking than the pipeline evaluated.
+    """
+    ranker_dir = bundle_dir / "ranker"
+    if ranker_dir.is_dir():
+        from models.ranker import Ranker  # type: ignore[import-not-found]  # C5, lands with towers
+
+        load = Ranker.load
+        ranker = load(ranker_dir) if _is_classmethod(Ranker, "load") else _load_instance(Ranker, ranker_dir)
+        return ranker, "ranker"
+    name = getattr(model, "name", type(model).__name__)
+    plain = ModelRanker(model)
+    big = getattr(getattr(model, "similarity", None), "shape", (0,))[0] > NEIGHBOURHOOD_ABOVE
+    if big and not plain._takes_items and name in NeighbourhoodRanker.MODELS:
+        return NeighbourhoodRanker(model), f"model:{name}"
+    return plain, f"model:{name}"
+
+
+def _is_classmethod(cls: type, name: str) -> bool:
+    return isinstance(inspect.getattr_static(cls, name), classmethod | staticmethod)
+
+
+def _load_instance(cls: type, directory: Path) -> Any:
+    instance = cls()
+    loaded = instance.load(directory)
+    return loaded if loaded is not None else instance
+
+
+# The retrieval space ------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class RetrievalSpace:
+    """Item vectors, their index, and how a history becomes a user vector in the same space."""
+
+    vectors: np.ndarray
+    """(n_items, d) float32; row i is item index i."""
+    index: ItemIndex
+    source: Literal["two-tower", "text"]
+    model: Any = None
+    """The two-tower model when ``source`` is ``two-tower`` (for ``encode_users``)."""
+
+    def user_vector(self, history: np.ndarray) -> np.ndarray:
+        """(d,) float32; zeros for an empty history."""
+        if len(history) == 0:
+            return np.zeros(self.vectors.shape[1], dtype=np.float32)
+        if self.source == "two-tower":
+            return np.asarray(self.model.encode_users([history])[0], dtype=np.float32)
+        return self.vectors[history].mean(axis=0)
+
+
+def retrieval_space(
+    model: Any, vectors: np.ndarray | None, index: ItemIndex | None, item_ids: Sequence[str]
+) -> RetrievalSpace | None:
+    """Two-tower vectors when the model has them (C4), else the bundle's text vectors and index."""
+    if hasattr(model, "encode_items") and hasattr(model, "encode_users"):
+        from models.ann import build_index
+        from storage.settings import IndexSettings
+
+        item_vecs = np.ascontiguousarray(model.encode_items(), dtype=np.float32)
+        if item_vecs.shape[0] != len(item_ids):
+            raise ValueError(f"model encodes {item_vecs.shape[0]} items, the catalogue has {len(item_ids)}")
+        tower_index = build_index(item_vecs, list(item_ids), IndexSettings())
+        return RetrievalSpace(item_vecs, tower_index, "two-tower", model)
+    if vectors is not None and index is not None:
+        return RetrievalSpace(vectors, index, "text")
+    return None
+
+
+def session_delta(
+    vectors: np.ndarray, weighted_items: Iterable[tuple[int, float]], learning_rate: float
+) -> np.ndarray | None:
+    """The session's private user-vector delta: toward liked/clicked items, away from skipped
+    ones, ``learning_rate`` per unit of event weight. None when the session did nothing."""
+    pairs = list(weighted_items)
+    if not pairs or learning_rate == 0.0:
+        return None
+    rows = np.fromiter((i for i, _ in pairs), dtype=np.int64, count=len(pairs))
+    weights = np.fromiter((w for _, w in pairs), dtype=np.float32, count=len(pairs))
+    return learning_rate * (weights @ vectors[rows])
+
+
+# The cascade --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CascadeParams:
+    """Per-request knobs (defaults come from ``ServingSettings``)."""
+
+    k: int
+    candidates: int
+    mmr_lambda: float
+    retrieval_weight: float
+    duplicate_threshold: float
+    explore: bool
+    seed: int
+
+
+@dataclass
+class CascadeResult:
+    """A list as item indices, best first, each with its score and the stage that placed it."""
+
+    strategy: Strategy
+    indices: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    stages: list[Stage] = field(default_factory=list)
+    reason: str | None = None
+    pipeline: list[str] = field(default_factory=list)
+    """The stages that ran, in order (e.g. ``retrieval``, ``ranker:model:itemknn``, ``mmr``...)."""
+    candidates: int = 0
+    duplicates_removed: int = 0
+
+    def add(self, idx: int, score: float, stage: Stage) -> None:
+        self.indices.append(int(idx))
+        self.scores.append(float(score))
+        self.stages.append(stage)
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed from strings (user, bundle, day...): the same request gets the same exploration."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def retrieve(
+    space: RetrievalSpace, user_vec: np.ndarray, n: int, exclude: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` nearest items to ``user_vec`` not in ``exclude``, and their similarity."""
+    norm = float(np.linalg.norm(user_vec))
+    if norm == 0.0 or not np.isfinite(norm):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    query = (user_vec / norm).astype(np.float32)[None, :]
+    pin_threads()
+    want = min(n + len(exclude), space.index.n)
+    scores, rows = space.index.search(query, want)
+    rows, scores = rows[0], scores[0]
+    keep = rows >= 0
+    if len(exclude):
+        keep &= ~np.isin(rows, exclude)
+    return rows[keep][:n], scores[keep][:n]
+
+
+MMR_DEPTH_PER_SLOT = 5
+MMR_MIN_DEPTH = 50
+
+
+def minmax(values: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1]; constant (or empty) input becomes zeros. NaN/inf count as the minimum."""
+    v = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(v)
+    if not finite.any():
+        return np.zeros_like(v)
+    lo, hi = v[finite].min(), v[finite].max()
+    out = np.where(finite, v, lo)
+    return (out - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+
+
+def diversify(
+    candidates: np.ndarray,
+    relevance: np.ndarray,
+    vectors: np.ndarray | None,
+    params: CascadeParams,
+    result: CascadeResult,
+    *,
+    base_stage: Stage,
+) -> None:
+    """MMR + near-duplicate removal + exploration over ``candidates`` (any order), into ``result``.
+
+    ``relevance`` is in [0, 1]-ish and higher is better. ``vectors`` must be unit rows (see
+    :func:`unit_rows`); without them the list is the top-k by relevance.
+    """
+    k = min(params.k, len(candidates))
+    if k == 0:
+        return
+    order = np.argsort(-relevance, kind="stable")
+    if vectors is not None:
+        # MMR re-ranks the head of the list: beyond a few times k, candidates are too weak to
+        # be picked at any useful λ, and every extra row costs in each greedy step.
+        order = order[: max(MMR_DEPTH_PER_SLOT * k, MMR_MIN_DEPTH)]
+    cand, rel = candidates[order], relevance[order]
+    if vectors is None:
+        for i in range(k):
+            result.add(cand[i], rel[i], base_stage)
+        return
+    explore = params.explore and k >= 3 and len(cand) > k
+    slots = k - 1 if explore else k
+    d = vectors[cand]
+    # The greedy loop runs on Python lists: with a head of ~50 candidates, per-call numpy
+    # overhead would cost more than the arithmetic (one similarity matrix product up front).
+    rel01 = minmax(rel).tolist()
+    sim = (d @ d.T).tolist()
+    lam, threshold, size = params.mmr_lambda, params.duplicate_threshold, len(cand)
+    max_sim = [-1.0] * size
+    blocked = [False] * size
+    duplicates = 0
+    picks: list[int] = []
+    for _ in range(slots):
+        best, j = -np.inf, -1
+        for i in range(size):
+            if not blocked[i]:
+                value = lam * rel01[i] - (1.0 - lam) * max(max_sim[i], 0.0) if picks else rel01[i]
+                if value > best:
+                    best, j = value, i
+        if j < 0:
+            break
+        picks.append(j)
+        blocked[j] = True
+        row = sim[j]
+        for i in range(size):
+            s_ij = row[i]
+            if s_ij > threshold and not blocked[i]:
+                blocked[i] = True
+                duplicates += 1
+            if s_ij > max_sim[i]:
+                max_sim[i] = s_ij
+    for j in picks:
+        result.add(cand[j], rel[j], base_stage if j < slots else "mmr")
+    result.duplicates_removed += duplicates
+    if explore:
+        rest = [i for i in range(size) if not blocked[i]]
+        if rest:
+            # Unlike the list: a remaining candidate no more similar to the picks than average,
+            # chosen by the request's seed (the same reader gets the same one all day).
+            mean = sum(max_sim[i] for i in rest) / len(rest)
+            novel = [i for i in rest if max_sim[i] <= mean]
+            j = novel[params.seed % len(novel)]
+            result.add(cand[j], rel[j], "exploration")
+    result.pipeline.extend(["mmr", "dedup"] + (["exploration"] if explore else []))
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32), so similarity is one dot product per pair."""
+    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def personalized(
+    history: np.ndarray,
+    exclude: np.ndarray,
+    space: RetrievalSpace,
+    ranker: RankStage,
+    ranker_name: str,
+    diversity_vectors: np.ndarray | None,
+    params: CascadeParams,
+    *,
+    delta: np.ndarray | None = None,
+    extra_vectors: np.ndarray | None = None,
+    pool: np.ndarray | None = None,
+) -> CascadeResult:
+    """The full cascade for one reader.
+
+    ``history`` feeds the ranker and the user vector; ``extra_vectors`` (e.g. encoded free
+    titles) join the user vector's mean; ``delta`` is the session's private shift. ``pool``
+    restricts candidates to given items (today's feed) instead of searching the index.
+    """
+    result = CascadeResult("personalized")
+    user_vec = space.user_vector(history)
+    if extra_vectors is not None and len(extra_vectors):
+        n_hist = len(history)
+        user_vec = (user_vec * n_hist + extra_vectors.sum(axis=0)) / (n_hist + len(extra_vectors))
+    if delta is not None:
+        norm = float(np.linalg.norm(user_vec))
+        user_vec = (user_vec / norm if norm > 0 else user_vec) + delta
+    if pool is None:
+        cand, sims = retrieve(space, user_vec, params.candidates, exclude)
+        result.pipeline.append(f"retrieval:{space.source}")
+    else:
+        cand = pool[~np.isin(pool, exclude)] if len(exclude) else pool
+        norm = float(np.linalg.norm(user_vec))
+        unit = user_vec / norm if norm > 0 else user_vec
+        sims = space.vectors[cand] @ unit.astype(np.float32)
+        result.pipeline.append("pool")
+    result.candidates = len(cand)
+    if len(cand) == 0:
+        return result
+    rank_scores = ranker.score(history, cand) if len(history) else np.zeros(len(cand))
+    relevance = minmax(rank_scores) + params.retrieval_weight * np.asarray(sims, dtype=np.float64)
+    result.pipeline.append(f"ranker:{ranker_name}")
+    diversify(cand, relevance, diversity_vectors, params, result, base_stage="ranker")
+    return result

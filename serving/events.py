@@ -1,0 +1,160 @@
+"""The serving event log (contract C1): every accepted interaction, durable before the reply.
+
+Why it looks like this:
+
+* **One line, one ``os.write``, on an ``O_APPEND`` descriptor.** The kernel places each
+  append at the current end of file atomically, so several uvicorn workers (processes) can
+  share one file without a lock and lines never interleave.
+* **``fsync`` before the 2xx.** An event the caller was told is accepted survives a crash
+  or a power cut; the nightly flow ingests the files idempotently by ``event_id``.
+* **A torn tail starts a new file.** A crash in the middle of a write can leave a last line
+  without its newline; readers skip such a line (C1). Appending after it would glue the next
+  event onto it, so a process that finds a torn tail writes to the next file name instead.
+* **One file per UTC day** (``YYYYMMDD.jsonl``, then ``YYYYMMDD.1.jsonl``... after a torn
+  tail), so ingestion can skip days it has fully read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+EventType = Literal["click", "skip", "like", "share", "dwell"]
+EVENT_TYPES: tuple[str, ...] = ("click", "skip", "like", "share", "dwell")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of the log, with exactly the fields of contract C1."""
+
+    event_id: str
+    ts: float
+    session: str
+    user_id: str | None
+    item_id: str
+    event: EventType
+    dwell_s: float | None
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        session: str,
+        item_id: str,
+        event: EventType,
+        user_id: str | None = None,
+        dwell_s: float | None = None,
+        ts: float | None = None,
+    ) -> Event:
+        """A fresh event with a uuid4 id and the current time (UTC Unix seconds)."""
+        return cls(
+            event_id=uuid.uuid4().hex,
+            ts=time.time() if ts is None else ts,
+            session=session,
+            user_id=user_id,
+            item_id=item_id,
+            event=event,
+            dwell_s=dwell_s,
+        )
+
+    def to_line(self) -> bytes:
+        """The event as one JSON line, newline included."""
+        return (json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+class EventLog:
+    """Appends events to ``directory/<UTC day>[.<n>].jsonl``; one descriptor per process and day."""
+
+    def __init__(self, directory: Path, *, fsync: bool = True) -> None:
+        self.directory = Path(directory)
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._day: str | None = None
+        self._path: Path | None = None
+
+    @property
+    def path(self) -> Path | None:
+        """The file the last event went to."""
+        return self._path
+
+    def append(self, event: Event) -> Path:
+        """Write ``event`` durably; returns the file it went to. Raises ``OSError`` on failure,
+        in which case the caller must not report the event as accepted."""
+        line = event.to_line()
+        day = datetime.fromtimestamp(event.ts, UTC).strftime("%Y%m%d")
+        with self._lock:
+            fd = self._descriptor(day)
+            written = os.write(fd, line)
+            if written != len(line):  # a full disk: never leave a half line for the next one
+                self._close()
+                raise OSError(f"short write to the event log {self._path}: {written} of {len(line)} bytes")
+            if self.fsync:
+                os.fsync(fd)
+            assert self._path is not None
+            return self._path
+
+    def _descriptor(self, day: str) -> int:
+        if self._fd is not None and self._day == day:
+            return self._fd
+        self._close()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        n = 0
+        while True:
+            path = self.directory / (f"{day}.jsonl" if n == 0 else f"{day}.{n}.jsonl")
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            if not _torn_tail(fd):
+                break
+            os.close(fd)
+            n += 1
+        _fsync_dir(self.directory)  # a newly created file's name must be durable too
+        self._fd, self._day, self._path = fd, day, path
+        return fd
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = self._day = self._path = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+
+def _torn_tail(fd: int) -> bool:
+    """True when the file's last byte is not a newline (a crash cut its last write short)."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return False
+    return os.pread(fd, 1, size - 1) != b"\n"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_events(directory: Path) -> list[Event]:
+    """Every complete event under ``directory`` in file then line order (torn lines skipped).
+
+    A reference reader for tests and tools; the pipeline's ingestion follows the same rules.
+    """
+    events: list[Event] = []
+    for path in sorted(Path(directory).glob("*.jsonl")):
+        data = path.read_bytes()
+        for raw in data.split(b"\n")[:-1]:  # the part after the last newline is torn or empty
+            try:
+                events.append(Event(**json.loads(raw)))
+            except (ValueError, TypeError):
+                continue
+    return events
