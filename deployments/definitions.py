@@ -14,8 +14,10 @@ from prefect.schedules import Cron
 
 from flows.build_index import build_index_flow
 from flows.embed import embed_items_flow
+from flows.harvest import morning_harvest
 from flows.merge import merge_checkpoints
 from flows.nightly import nightly_refresh
+from flows.scrape import scrape_feeds
 from flows.train import train_models
 from storage.settings import Settings
 
@@ -24,6 +26,8 @@ EMBED = "embed-items/on-demand"
 BUILD_INDEX = "build-index/on-demand"
 TRAIN = "train-models/on-demand"
 MERGE = "merge-checkpoints/on-demand"
+SCRAPE = "scrape-feeds/hourly"
+HARVEST = "morning-harvest/morning"
 
 
 def build_deployments(settings: Settings, overrides: dict[str, Any] | None = None) -> list[RunnerDeployment]:
@@ -52,6 +56,20 @@ def build_deployments(settings: Settings, overrides: dict[str, Any] | None = Non
             "nightly",
             "Load, validate, embed, k-core, split, train, evaluate, index and publish.",
             settings.schedule.nightly_cron,
+        ),
+        deployment(
+            scrape_feeds,
+            "hourly",
+            "feeds",
+            "Fetch every configured feed (conditional GET) into the news catalogue; bad feeds reported.",
+            settings.schedule.scrape_cron,
+        ),
+        deployment(
+            morning_harvest,
+            "morning",
+            "feeds",
+            "Recompute the wishlist and pick today's pool of fresh, diverse stories for /feed.",
+            settings.schedule.harvest_cron,
         ),
         deployment(
             embed_items_flow,

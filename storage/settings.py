@@ -184,6 +184,10 @@ class ScheduleSettings(BaseModel):
     """The nightly refresh: load, validate, embed, train, evaluate, index, publish."""
     embed_cron: str | None = None
     """Optional extra embedding runs (the nightly refresh embeds anyway)."""
+    scrape_cron: str = "0 * * * *"
+    """The scrape-feeds flow: every configured feed, hourly by default."""
+    harvest_cron: str = "0 6 * * *"
+    """The morning harvest of today's pool of stories."""
 
 
 class FeedSettings(BaseModel):

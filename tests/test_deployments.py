@@ -136,6 +136,15 @@ def test_deployments_are_registered_with_their_schedules(stack: tuple[httpx.Clie
     assert schedule["schedule"]["timezone"] == "Europe/Berlin"
     assert nightly["concurrency_limit"] == 1 or nightly.get("global_concurrency_limit")
     assert "nightly" in nightly["tags"]
+    for name, cron in (
+        ("scrape-feeds/hourly", Settings().schedule.scrape_cron),
+        ("morning-harvest/morning", Settings().schedule.harvest_cron),
+    ):
+        (schedule,) = client.get(f"/deployments/name/{name}").json()["schedules"]
+        assert schedule["schedule"]["cron"] == cron
+        assert schedule["schedule"]["timezone"] == "Europe/Berlin"
+    assert Settings().schedule.scrape_cron == "0 * * * *"
+    assert Settings().schedule.harvest_cron == "0 6 * * *"
     for name in (
         "embed-items/on-demand",
         "build-index/on-demand",
