@@ -16,8 +16,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
+from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 
+from flows.caching import cache_storage, content_key
 from flows.embed import embed_in_process_task
 from flows.nightly import kcore_task, split_task
 from storage.artifacts import ArtifactStore
@@ -67,7 +69,32 @@ def _fingerprint(con: Any, settings: Settings, name: str, params: dict[str, Any]
     )
 
 
-@task(name="train-model", timeout_seconds=3600, persist_result=False, cache_policy=NONE)
+def train_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    """The content a trained model depends on: the k-core data's fingerprint, the model and
+    its parameters, the evaluation cut-offs, the warm-start source and the code. The same key
+    means the same run, so a retried or re-triggered flow reuses it instead of training again.
+    Returns None (no caching) when the config is invalid: the task then fails with the reason."""
+    settings: Settings = parameters["settings"]
+    name: str = parameters["name"]
+    try:
+        params = model_config(settings, name, parameters.get("overrides"))
+    except (ValueError, TypeError):
+        return None
+    warm_from = None
+    if parameters.get("warm_start"):
+        warm_from = ArtifactStore(settings.bundles_dir, keep=settings.bundles_keep).current_version()
+    with open_warehouse(settings.warehouse_path) as con:
+        fingerprint = _fingerprint(con, settings, name, params)
+    return content_key("train-model", fingerprint, list(settings.eval.ks), warm_from)
+
+
+@task(
+    name="train-model",
+    timeout_seconds=3600,
+    persist_result=True,
+    cache_key_fn=train_cache_key,
+    log_prints=True,
+)
 def train_model_task(
     settings: Settings, name: str, overrides: dict[str, Any] | None, warm_start: bool
 ) -> RunResult:
@@ -168,5 +195,7 @@ def train_models(
         embed_in_process_task(settings)
     kcore_task(settings)
     split_task(settings)
-    runs = [train_model_task(settings, name, (config or {}).get(name), warm_start) for name in names]
+    # Keyed on content: a retry or a re-run on unchanged data reuses finished trainings.
+    train = train_model_task.with_options(result_storage=cache_storage(settings))
+    runs = [train(settings, name, (config or {}).get(name), warm_start) for name in names]
     return gate_publish_task(settings, runs, tolerance, warm_start)

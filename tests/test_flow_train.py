@@ -100,13 +100,9 @@ def test_gate_refuses_a_worse_challenger_and_publishes_an_equal_one(
         rows = con.execute(
             "SELECT model, config FROM model_runs JOIN model_run_configs USING (run_id) ORDER BY finished_at"
         ).fetchall()
-    assert sorted(r[0] for r in rows) == [
-        "itemknn",
-        "itemknn-recency",
-        "popularity",
-        "popularity",
-        "popularity",
-    ]
+    # The three popularity challengers trained once: the later runs hit the content-keyed cache.
+    assert worse.runs == tolerated.runs == equal.runs
+    assert sorted(r[0] for r in rows) == ["itemknn", "itemknn-recency", "popularity"]
     config = json.loads(next(r[1] for r in rows if r[0] == "itemknn-recency"))
     assert config["params"] == {"neighbors": 300, "shrink": 0.0, "decay": 0.6}
     assert config["split"] == LEAVE_LAST_OUT and config["warm_start"] is None
@@ -254,3 +250,34 @@ def test_merge_two_seeded_fits_evaluates_gates_and_publishes_the_average(
         merge_checkpoints(bundles=[a.version], overrides=overrides)
     with pytest.raises(Exception, match="bundle 'nope' not found"):
         merge_checkpoints(bundles=[a.version, "nope"], overrides=overrides)
+
+
+def test_training_is_cached_on_content_not_time(
+    prefect_api: None, ml100k_slice: Path, tmp_path: Path
+) -> None:
+    """Same data, model and parameters: the finished training is reused (a retry redoes
+    nothing); other parameters or changed data train again."""
+    from flows.train import train_models
+
+    overrides = base_overrides(tmp_path / "var", ml100k_slice)
+    load(overrides)
+    first = train_models(models=["popularity", "itemknn"], overrides=overrides, tolerance=1.0)
+    again = train_models(models=["popularity", "itemknn"], overrides=overrides, tolerance=1.0)
+    assert again.runs == first.runs
+    other = train_models(
+        models=["itemknn"], config={"itemknn": {"neighbors": 50}}, overrides=overrides, tolerance=1.0
+    )
+    assert other.runs["itemknn"] != first.runs["itemknn"]
+
+    settings = Settings(**overrides)
+    with duckdb.connect(str(settings.warehouse_path)) as con:
+        con.execute(
+            "INSERT INTO interactions (event_id, user_id, item_id, event_type, value, ts, seq) "
+            "SELECT 'extra-' || item_id, (SELECT min(user_id) FROM interactions), item_id, 'rating', 5, "
+            "(SELECT max(ts) + 1 FROM interactions), 10**9 FROM items "
+            "WHERE item_id NOT IN (SELECT item_id FROM interactions WHERE user_id = "
+            "(SELECT min(user_id) FROM interactions)) LIMIT 1"
+        )
+    changed = train_models(models=["popularity"], overrides=overrides, tolerance=1.0)
+    assert changed.runs["popularity"] != first.runs["popularity"]
+    assert (settings.catalogue_dir / "task-cache").is_dir()
