@@ -7,7 +7,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup data demo test lint eval bench-embed bench-index ui ui-screenshot clean bench-scrape
+.PHONY: setup data demo test lint eval bench-embed bench-index ui ui-screenshot clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -60,5 +60,6 @@ ui-screenshot: setup
 clean:
 	rm -rf var .pytest_cache
 
+.PHONY: bench-scrape
 bench-scrape: setup
 	$(BIN)/python -m benchmarks.bench_scrape
