@@ -62,6 +62,7 @@ ui-screenshot: setup
 clean:
 	rm -rf var .pytest_cache
 
+.PHONY: bench-scrape
 bench-scrape: setup
 	$(BIN)/python -m benchmarks.bench_scrape
 # NRMS vs popularity vs text similarity on simulated readers of the demo feeds (a few minutes).

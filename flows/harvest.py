@@ -18,7 +18,7 @@ from tasks.demand import Wish, compute_wishlist, wishlist_markdown
 from tasks.harvest import Pool, harvest
 
 
-@task(name="demand-analysis", retries=1, retry_delay_seconds=5)
+@task(name="demand-analysis", retries=3, retry_delay_seconds=[5, 15, 45])
 def demand_task(settings: Settings) -> list[Wish]:
     h = settings.harvest
     with open_warehouse(settings.warehouse_path) as con:
@@ -34,7 +34,7 @@ def demand_task(settings: Settings) -> list[Wish]:
     return wishes
 
 
-@task(name="pick-pool", retries=1, retry_delay_seconds=5)
+@task(name="pick-pool", retries=3, retry_delay_seconds=[5, 15, 45])
 def pool_task(settings: Settings) -> Pool:
     with open_warehouse(settings.warehouse_path) as con:
         pool = harvest(con, settings.harvest, settings.embedding)

@@ -19,7 +19,7 @@ from storage.warehouse import open_warehouse
 from tasks.scrape import ScrapeSummary, ensure_demo_server, scrape
 
 
-@task(name="fetch-parse-store", retries=1, retry_delay_seconds=5)
+@task(name="fetch-parse-store", retries=3, retry_delay_seconds=[5, 15, 45])
 def scrape_task(settings: Settings, only_due: bool) -> ScrapeSummary:
     logger = get_run_logger()
     with open_warehouse(settings.warehouse_path) as con:

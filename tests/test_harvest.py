@@ -206,10 +206,14 @@ def test_demand_fills_the_wishlist_and_steers_scraping_and_harvest(
 def test_only_due_runs_fetch_wished_feeds_more_often(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("INSERT INTO wishlist VALUES ('topic', 'sports', 0.5, 0.1, 5.0, now())")
     with DemoFeedServer(port=0, clock=lambda: NOW, days=1) as srv:
-        settings = FeedsSettings(feeds=srv.feed_configs(), refresh_minutes=60, wishlist_boost=2.0)
+        settings = FeedsSettings(
+            feeds=srv.feed_configs(), refresh_minutes=60, wishlist_boost=2.0, max_per_host=1
+        )
         scrape(con, settings, now=NOW)
+        first_requested = list(srv.stats.by_path)[:2]  # one connection: requests in queue order
         half_hour = scrape(con, settings, only_due=True, now=NOW + timedelta(minutes=31))
         hour = scrape(con, settings, only_due=True, now=NOW + timedelta(minutes=62))
+    assert set(first_requested) == {"/feeds/full-time.xml", "/feeds/the-touchline.xml"}  # wished first
     fetched = {f.name for f in half_hour.feeds if f.status != "not-due"}
     assert {"Full Time", "The Touchline"} <= fetched and "Capitol Brief" not in fetched
     assert all(f.wished for f in half_hour.feeds if f.status != "not-due")

@@ -11,6 +11,11 @@ from tasks.sources.tabular import read_tabular
 
 def read_source(source: SourceSettings) -> SourceData:
     """Read the configured source into the one schema."""
+    if source.kind == "feeds":
+        raise SourceFormatError(
+            "source kind 'feeds' has no file to read: its items come from `recflow run scrape` "
+            "and its interactions from the serving event log"
+        )
     if source.kind == "movielens":
         if not source.path.exists():
             raise SourceFormatError(
