@@ -77,6 +77,7 @@ train: setup
 
 export: setup
 	$(BIN)/recflow recommend --all-users --k 100 --out var/export/top100.parquet
+
 # /recommend on MovieLens and on a synthetic 500k-item bundle vs a bare FastAPI endpoint;
 # prints p50/p99/req/s and writes var/bench/serve.json (the 500k bundle is built once, ~5 min).
 bench-serve: setup
