@@ -162,11 +162,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(target: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """uvicorn in its own process (one worker), started the way ``recflow serve`` starts it."""
+def start_server(target: str, port: int, env: dict[str, str], workers: int = 1) -> subprocess.Popen[bytes]:
+    """uvicorn in its own process (``workers`` worker processes), started the way
+    ``recflow serve`` starts it."""
     cmd = [
         sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port),
-        "--log-level", "warning", "--no-access-log",
+        "--log-level", "warning", "--no-access-log", "--workers", str(workers),
     ]  # fmt: skip
     if target.endswith("create_app"):
         cmd.append("--factory")
@@ -313,7 +314,21 @@ async def httpx_load(
 
 
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its threads so far (Linux /proc)."""
+    """User + system CPU seconds of a process, its threads and its worker processes so far."""
+    import psutil
+
+    parent = psutil.Process(pid)
+    total = 0.0
+    for proc in [parent, *parent.children(recursive=True)]:
+        try:
+            total += _own_cpu_s(proc.pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def _own_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process and its threads so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -366,6 +381,9 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=REPO / "var")
     parser.add_argument("--bench-home", type=Path, default=REPO / "var" / "bench")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes per server (2 measured worse here)"
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--k", type=int, default=10)
@@ -424,7 +442,7 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         port = free_port()
-        proc = start_server(target, port, {**base_env, **env})
+        proc = start_server(target, port, {**base_env, **env}, args.workers)
         try:
             wait_ready(port, ready)
             results.extend(run_clients(name, proc, port, paths, args))
