@@ -21,6 +21,7 @@ from storage.artifacts import ArtifactStore
 from storage.settings import Settings
 from storage.warehouse import open_warehouse
 from tasks.embedding import item_vectors
+from tasks.features import load_item_features
 from tasks.indexing import build_index
 from tasks.load import LoadSummary, load_source
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, KCoreSummary, kcore_filter, make_splits
@@ -48,6 +49,10 @@ def model_params(settings: Settings) -> dict[str, Any]:
         return {"neighbors": m.knn_neighbors, "shrink": m.knn_shrink}
     if m.name == "itemknn-recency":
         return {"neighbors": m.knn_neighbors, "shrink": m.knn_shrink, "decay": m.recency_decay}
+    if m.name == "two-tower":
+        return {**settings.two_tower.model_dump(), "seed": m.seed}
+    if m.name == "neumf":
+        return {**settings.neumf.model_dump(), "seed": m.seed}
     return {}
 
 
@@ -140,6 +145,10 @@ def train_publish_task(settings: Settings, run_id: str | None) -> PublishResult:
             con, LEAVE_LAST_OUT, KCORE_TABLE, restrict_items_to_table=settings.kcore.item_k > 0
         )
         proto = protocol(data, list(settings.eval.ks), settings.kcore.model_dump())
+        if settings.model.name in ("two-tower", "neumf"):  # hybrid models read item features
+            data.item_features = load_item_features(
+                con, data, settings.embedding if settings.embedding.enabled else None
+            )
         result = train_and_evaluate(data, settings.model.name, params, list(settings.eval.ks))
         record_run(con, result, proto, fingerprint, run_id)
         logger.info(

@@ -8,11 +8,15 @@ from typing import Any
 
 from models.base import Recommender
 from models.baselines import ItemKNNModel, PopularityModel, RecencyItemKNNModel
+from models.neumf import NeuMFModel
+from models.two_tower import TwoTowerModel
 
 MODELS: dict[str, type] = {
     PopularityModel.name: PopularityModel,
     ItemKNNModel.name: ItemKNNModel,
     RecencyItemKNNModel.name: RecencyItemKNNModel,
+    TwoTowerModel.name: TwoTowerModel,
+    NeuMFModel.name: NeuMFModel,
 }
 
 
