@@ -146,7 +146,7 @@ class NeuMFModel:
         return {k: v for k, v in self.p.items() if k not in ("device", "progress")}
 
     def fit(self, train: sp.csr_matrix, histories: list[np.ndarray]) -> None:
-        from models.two_tower import load_matching
+        from models.two_tower import grow_to_fit, load_matching
 
         seed_everything(self.p["seed"])
         n_items = train.shape[1]
@@ -162,7 +162,8 @@ class NeuMFModel:
             norm = cats / np.maximum(cats.sum(axis=1, keepdims=True), 1.0)
             self.net.categories.copy_(torch.from_numpy(norm.astype(np.float32)))
         if self._initial_state is not None:
-            load_matching(self.net, self._initial_state, skip=("categories",))
+            state = grow_to_fit(self._initial_state, self.id_tables(), {"item": n_items}, self.p["seed"])
+            load_matching(self.net, state, skip=("categories",))
         bags = _bags(fit_hist, n_items)
         bag_t = _sparse_bag(bags).to(self.device)
         lengths = torch.from_numpy(np.diff(bags.indptr).astype(np.float32)).to(self.device)

@@ -224,14 +224,14 @@ DEFAULTS: dict[str, Any] = {
     "encoder": "attention",
     "fusion": "gate",
     "dim": 64,
-    "max_len": 50,
+    "max_len": 20,
     "layers": 2,
     "heads": 2,
-    "dropout": 0.2,
+    "dropout": 0.3,
     "id_dropout": 0.1,
     "mimic_k": 10.0,
     "mimic_weight": 0.1,
-    "temperature": 0.07,
+    "temperature": 0.1,
     "negatives": "auto",
     "full_softmax_max": 20_000,
     "sampled_negatives": 1024,
@@ -240,11 +240,11 @@ DEFAULTS: dict[str, Any] = {
     "item_bias": True,
     "windows": "random",
     "batch_size": 128,
-    "epochs": 60,
+    "epochs": 80,
     "lr": 2e-3,
     "weight_decay": 1e-4,
     "clip_norm": 1.0,
-    "patience": 6,
+    "patience": 10,
     "warmup_epochs": 1.0,
     "seed": 42,
     "device": "auto",
@@ -296,7 +296,7 @@ class TwoTowerModel:
         self._initial_state = state
 
     def id_tables(self) -> dict[str, tuple[Literal["item", "user"], int]]:
-        return {"items.id_emb.weight": ("item", SPECIAL_ROWS)}
+        return {"items.id_emb.weight": ("item", SPECIAL_ROWS), "items.id_bias.weight": ("item", SPECIAL_ROWS)}
 
     def training_curve(self) -> list[dict[str, Any]]:
         return list(self.report.curve)
@@ -329,7 +329,8 @@ class TwoTowerModel:
             items.counts.copy_(torch.from_numpy(counts.astype(np.float32)))
             items.warm.copy_(torch.from_numpy(counts > 0))
         if self._initial_state is not None:
-            load_matching(self.net, self._initial_state, skip=DATA_BUFFERS)
+            state = grow_to_fit(self._initial_state, self.id_tables(), {"item": n_items}, self.p["seed"])
+            load_matching(self.net, state, skip=DATA_BUFFERS)
         if self.p["windows"] not in ("random", "all"):
             raise ValueError(f"two-tower: windows must be random or all, got {self.p['windows']!r}")
         windows = make_windows(fit_hist, self.p["max_len"])
@@ -512,6 +513,16 @@ def grow_id_tables(
         ]
         out[key] = grown
     return out
+
+
+def grow_to_fit(
+    state: dict[str, torch.Tensor], tables: dict[str, tuple[str, int]], sizes: dict[str, int], seed: int
+) -> dict[str, torch.Tensor]:
+    """Grow ID tables that are shorter than the current id space (rows keep their index), so a
+    state from a smaller catalogue still keeps its learned rows; a table of the right size or
+    an already remapped one (``grow_id_tables`` with index maps) passes unchanged."""
+    short = {k: t for k, t in tables.items() if k in state and state[k].shape[0] - t[1] < sizes[t[0]]}
+    return grow_id_tables(state, short, sizes, seed=seed) if short else state
 
 
 def make_windows(histories: list[np.ndarray], max_len: int) -> np.ndarray:

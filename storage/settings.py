@@ -101,7 +101,7 @@ class TwoTowerSettings(BaseModel):
     use_text: bool = True
     """Feed the item text vectors (needs ``embedding.enabled``); off: ID-only."""
     dim: PositiveInt = 64
-    max_len: PositiveInt = 50
+    max_len: PositiveInt = 20
     """History items the user tower reads (the most recent ones)."""
     layers: PositiveInt = 2
     heads: PositiveInt = 2

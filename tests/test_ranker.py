@@ -82,20 +82,21 @@ def test_one_head_per_event_and_a_weighted_final_score(data: SplitData, retrieve
     ranker = Ranker(
         events=["click", "like", "skip"],
         weights={"click": 1.0, "like": 0.5, "skip": -1.0},
-        epochs=8,
+        epochs=30,
+        batch_size=256,
         progress=False,
     )
     ranker.fit(retriever, data.train, labels, data.item_features, _popularity(data))
     h = data.train[0]
-    cand = np.arange(200)
+    cand = np.argsort(-scores[0])[:100]
     probs = ranker.head_probabilities(h, cand)
-    assert probs.shape == (200, 3)
+    assert probs.shape == (100, 3)
     assert np.allclose(ranker.score(h, cand), probs @ np.array([1.0, 0.5, -1.0]), atol=1e-5)
-    # each head learned its own event: the like head prefers dramas, the click head does not care as much
-    like, click = probs[:, 1], probs[:, 0]
-    gap_like = like[is_drama[cand]].mean() / like[~is_drama[cand]].mean()
-    gap_click = click[is_drama[cand]].mean() / click[~is_drama[cand]].mean()
-    assert gap_like > 1.5 * gap_click
+    # each head learned its own event: a like follows a click on dramas only
+    share = probs[:, 1] / probs[:, 0]
+    drama_cand = is_drama[cand]
+    assert drama_cand.any() and (~drama_cand).any()
+    assert share[drama_cand].mean() > 2 * share[~drama_cand].mean()
     # weights are configuration: making skips free changes the order
     ranker.weights = {"click": 1.0, "like": 0.5, "skip": 0.0}
     assert np.allclose(ranker.score(h, cand), probs @ np.array([1.0, 0.5, 0.0]), atol=1e-5)
