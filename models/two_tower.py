@@ -221,7 +221,7 @@ def info_nce(
 
 
 DEFAULTS: dict[str, Any] = {
-    "encoder": "attention",
+    "encoder": "gru",
     "fusion": "gate",
     "dim": 64,
     "max_len": 20,
@@ -240,8 +240,8 @@ DEFAULTS: dict[str, Any] = {
     "item_bias": True,
     "windows": "random",
     "batch_size": 128,
-    "epochs": 80,
-    "lr": 2e-3,
+    "epochs": 60,
+    "lr": 4e-3,
     "weight_decay": 1e-4,
     "clip_norm": 1.0,
     "patience": 10,

@@ -217,3 +217,25 @@ def test_bad_parameters_name_the_choices() -> None:
         TwoTowerModel(hidden=3)
     with pytest.raises(ValueError, match="negatives must be"):
         TwoTowerModel(negatives="some")
+
+
+@pytest.mark.parametrize("name", ["two-tower", "neumf"])
+def test_the_nightly_path_fits_for_serving_and_reloads(data: SplitData, name: str, tmp_path: Path) -> None:
+    """What the nightly flow does with a torch model: fit on everything, save into the
+    bundle, load by name, score and encode."""
+    from flows.nightly import model_params
+    from storage.settings import Settings
+    from tasks.training import fit_for_serving
+
+    settings = Settings(
+        model={"name": name}, two_tower={"epochs": 2, "dim": 16}, neumf={"epochs": 2, "dim": 8}
+    )
+    params = model_params(settings)
+    assert params["epochs"] == 2 and params["seed"] == settings.model.seed
+    model = fit_for_serving(data, name, {**params, "progress": False})
+    model.save(tmp_path / "model")
+    loaded = load_model(tmp_path / "model")
+    h = data.histories(("train", "valid", "test"))[:5]
+    assert np.allclose(loaded.score(h), model.score(h), atol=1e-4)
+    assert loaded.encode_users(h).shape[0] == 5 and loaded.encode_items().shape[0] == data.n_items
+    assert len(loaded.training_curve()) == 2  # type: ignore[attr-defined]
