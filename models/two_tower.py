@@ -240,7 +240,7 @@ DEFAULTS: dict[str, Any] = {
     "item_bias": True,
     "windows": "random",
     "batch_size": 128,
-    "epochs": 60,
+    "epochs": 80,
     "lr": 4e-3,
     "weight_decay": 1e-4,
     "clip_norm": 1.0,

@@ -117,7 +117,7 @@ class TwoTowerSettings(BaseModel):
     sampled_negatives: PositiveInt = 1024
     logq: bool = True
     batch_size: PositiveInt = 128
-    epochs: PositiveInt = 60
+    epochs: PositiveInt = 80
     lr: float = Field(4e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     patience: PositiveInt = 10

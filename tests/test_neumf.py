@@ -15,7 +15,7 @@ from tests.slice_data import load_slice
 
 torch.set_num_threads(1)
 
-FAST = {"dim": 16, "mlp_layers": [32, 16], "epochs": 5, "patience": 5, "progress": False}
+FAST = {"dim": 16, "mlp_layers": [32, 16], "epochs": 5, "patience": 5, "batch_size": 1024, "progress": False}
 
 
 @pytest.fixture(scope="module")
