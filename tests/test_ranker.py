@@ -23,7 +23,15 @@ def data(ml100k_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> SplitD
 
 @pytest.fixture(scope="module")
 def retriever(data: SplitData) -> TwoTowerModel:
-    params = {"dim": 32, "max_len": 20, "layers": 1, "epochs": 6, "progress": False, "encoder": "gru"}
+    params = {
+        "dim": 32,
+        "max_len": 20,
+        "layers": 1,
+        "epochs": 6,
+        "lr": 3e-3,
+        "progress": False,
+        "encoder": "gru",
+    }
     model = train_and_evaluate(data, "two-tower", params, [10]).model
     assert isinstance(model, TwoTowerModel)
     return model
@@ -52,8 +60,15 @@ def test_ranker_learns_to_put_the_next_item_first(
     data: SplitData, retriever: TwoTowerModel, tmp_path: Path
 ) -> None:
     assert data.item_features is not None
-    ranker = Ranker(events=["click"], epochs=6, progress=False)
-    ranker.fit(retriever, data.train, {"click": data.valid}, data.item_features, _popularity(data))
+    # what each user did next at the last five points of their training history, and in valid
+    contexts, clicks = [], []
+    for u in range(data.n_users):
+        h = np.concatenate([data.train[u], data.valid[u]])
+        for cut in range(len(h) - 5, len(h)):
+            contexts.append(h[:cut])
+            clicks.append(h[cut : cut + 1])
+    ranker = Ranker(events=["click"], epochs=8, progress=False)
+    ranker.fit(retriever, contexts, {"click": clicks}, data.item_features, _popularity(data))
     curve = ranker.training_curve()
     assert curve[-1]["loss"] < curve[0]["loss"]
     assert _target_percentile(ranker, retriever, data) < 0.4  # random ordering would give ≈ 0.5
