@@ -325,7 +325,7 @@ class TwoTowerModel:
         items = self.net.items
         with torch.no_grad():
             if text is not None:
-                items.text.copy_(torch.from_numpy(text))
+                items.text.copy_(torch.tensor(text))
             items.counts.copy_(torch.from_numpy(counts.astype(np.float32)))
             items.warm.copy_(torch.from_numpy(counts > 0))
         if self._initial_state is not None:
