@@ -23,6 +23,7 @@ from storage.warehouse import open_warehouse
 from tasks.cold_start import cold_start_reason, cold_start_result
 from tasks.eval_report import report_for_models
 from tasks.events import EventIngestSummary, ingest_events
+from tasks.features import FEATURE_MODELS, load_item_features
 from tasks.harvest import ensure_pool, pool_fingerprint
 from tasks.load import LoadSummary, load_source
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, KCoreSummary, kcore_filter, make_splits
@@ -144,6 +145,10 @@ def train_publish_task(settings: Settings, run_id: str | None) -> PublishResult:
             logger.info("cold start: %s", cold)
             result = cold_start_result(data)
         else:
+            if settings.model.name in FEATURE_MODELS:  # hybrid models read item features
+                data.item_features = load_item_features(
+                    con, data, settings.embedding if settings.embedding.enabled else None
+                )
             result = train_and_evaluate(data, settings.model.name, params, list(settings.eval.ks))
         record_run(con, result, proto, fingerprint, run_id)
         logger.info(

@@ -25,6 +25,7 @@ from flows.nightly import kcore_task, split_task
 from storage.artifacts import ArtifactStore
 from storage.settings import Settings
 from storage.warehouse import open_warehouse
+from tasks.features import FEATURE_MODELS, load_item_features
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT
 from tasks.train_models import (
     RunResult,
@@ -54,10 +55,14 @@ def _flow_run_id() -> str | None:
     return str(flow_run.get_id()) if flow_run.get_id() else None
 
 
-def _load(settings: Settings, con: Any) -> tuple[Any, dict[str, Any]]:
+def _load(settings: Settings, con: Any, names: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
     data = load_split_data(
         con, LEAVE_LAST_OUT, KCORE_TABLE, restrict_items_to_table=settings.kcore.item_k > 0
     )
+    if FEATURE_MODELS & set(names or []):  # hybrid models read text vectors and categories
+        data.item_features = load_item_features(
+            con, data, settings.embedding if settings.embedding.enabled else None
+        )
     return data, protocol(data, list(settings.eval.ks), settings.kcore.model_dump())
 
 
@@ -108,7 +113,7 @@ def train_model_task(
         logger.info("%s: warm start %s", name, f"from {why}" if warm else f"not possible ({why}); cold start")
     started = time.perf_counter()
     with open_warehouse(settings.warehouse_path) as con:
-        data, proto = _load(settings, con)
+        data, proto = _load(settings, con, [name])
         logger.info("%s: training on %d users × %d items with %s", name, data.n_users, data.n_items, params)
         result = train_run(data, name, params, list(settings.eval.ks), warm, log=logger.info)
         record_config_run(
@@ -138,7 +143,7 @@ def gate_publish_task(
     store = ArtifactStore(settings.bundles_dir, keep=settings.bundles_keep)
     champion = max(runs, key=lambda r: r.valid.get("ndcg@10", float("-inf")))
     with open_warehouse(settings.warehouse_path) as con:
-        data, proto = _load(settings, con)
+        data, proto = _load(settings, con, [champion.model_name])
         outcome = publish_champion(
             con,
             store,

@@ -26,8 +26,9 @@ class Recommender(Protocol):
         also given as time-ordered ``histories`` for models that care about order."""
         ...
 
-    def score(self, histories: list[np.ndarray]) -> np.ndarray:
-        """Scores of shape ``(len(histories), n_items)``; higher is better."""
+    def score(self, histories: list[np.ndarray], items: np.ndarray | None = None) -> np.ndarray:
+        """Scores of shape ``(len(histories), n_items)``, or ``(len(histories), len(items))``
+        for the given item indices only (a ranker's candidates); higher is better."""
         ...
 
     def params(self) -> dict[str, Any]:
@@ -60,3 +61,11 @@ def histories_to_csr(histories: list[np.ndarray], n_items: int) -> sp.csr_matrix
     matrix.sum_duplicates()
     matrix.data[:] = 1.0
     return matrix
+
+
+def select_items(scores: np.ndarray, items: np.ndarray | None) -> np.ndarray:
+    """The columns of ``items`` (all when None): how models that always score the whole
+    catalogue answer a request for a few candidates."""
+    if items is None:
+        return scores
+    return np.ascontiguousarray(scores[:, np.asarray(items, dtype=np.int64)])

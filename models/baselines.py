@@ -23,8 +23,9 @@ class PopularityModel:
     def fit(self, train: sp.csr_matrix, histories: list[np.ndarray]) -> None:
         self.counts = np.asarray(train.sum(axis=0), dtype=np.float32).ravel()
 
-    def score(self, histories: list[np.ndarray]) -> np.ndarray:
-        return np.broadcast_to(self.counts, (len(histories), self.counts.shape[0])).copy()
+    def score(self, histories: list[np.ndarray], items: np.ndarray | None = None) -> np.ndarray:
+        counts = self.counts if items is None else self.counts[np.asarray(items, dtype=np.int64)]
+        return np.broadcast_to(counts, (len(histories), counts.shape[0])).copy()
 
     def params(self) -> dict[str, Any]:
         return {}
@@ -93,9 +94,10 @@ class ItemKNNModel:
             dtype=np.float32,
         )
 
-    def score(self, histories: list[np.ndarray]) -> np.ndarray:
+    def score(self, histories: list[np.ndarray], items: np.ndarray | None = None) -> np.ndarray:
         h = histories_to_csr(histories, self.n_items)
-        return np.asarray((h @ self.similarity).toarray(), dtype=np.float32)
+        sim = self.similarity if items is None else self.similarity[:, np.asarray(items, dtype=np.int64)]
+        return np.asarray((h @ sim).toarray(), dtype=np.float32)
 
     def params(self) -> dict[str, Any]:
         return {"neighbors": self.neighbors, "shrink": self.shrink}
@@ -132,7 +134,7 @@ class RecencyItemKNNModel(ItemKNNModel):
         super().__init__(neighbors=neighbors, shrink=shrink, chunk=chunk)
         self.decay = decay
 
-    def score(self, histories: list[np.ndarray]) -> np.ndarray:
+    def score(self, histories: list[np.ndarray], items: np.ndarray | None = None) -> np.ndarray:
         lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
         indptr = np.concatenate([[0], np.cumsum(lengths)])
         indices = (
@@ -144,7 +146,8 @@ class RecencyItemKNNModel(ItemKNNModel):
         weights = np.power(self.decay, ages, dtype=np.float64).astype(np.float32)
         profile = sp.csr_matrix((weights, indices, indptr), shape=(len(histories), self.n_items))
         profile.sum_duplicates()
-        return np.asarray((profile @ self.similarity).toarray(), dtype=np.float32)
+        sim = self.similarity if items is None else self.similarity[:, np.asarray(items, dtype=np.int64)]
+        return np.asarray((profile @ sim).toarray(), dtype=np.float32)
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "decay": self.decay}

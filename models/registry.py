@@ -8,8 +8,10 @@ from typing import Any
 
 from models.base import Recommender
 from models.baselines import ItemKNNModel, PopularityModel, RecencyItemKNNModel
+from models.neumf import NeuMFModel
 from models.nextitem import NextItemMFModel
 from models.nrms import NRMSModel
+from models.two_tower import TwoTowerModel
 
 MODELS: dict[str, type] = {
     PopularityModel.name: PopularityModel,
@@ -17,6 +19,8 @@ MODELS: dict[str, type] = {
     RecencyItemKNNModel.name: RecencyItemKNNModel,
     NRMSModel.name: NRMSModel,
     NextItemMFModel.name: NextItemMFModel,
+    TwoTowerModel.name: TwoTowerModel,
+    NeuMFModel.name: NeuMFModel,
 }
 
 

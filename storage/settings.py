@@ -80,7 +80,7 @@ class EvalSettings(BaseModel):
 class ModelSettings(BaseModel):
     """Which model the nightly refresh trains and publishes."""
 
-    name: Literal["itemknn-recency", "itemknn", "popularity"] = "itemknn-recency"
+    name: Literal["itemknn-recency", "itemknn", "popularity", "two-tower", "neumf"] = "itemknn-recency"
     """Model served from the bundle."""
     knn_neighbors: PositiveInt = 300
     """Neighbours kept per item by ItemKNN (300 was best on MovieLens-100K validation)."""
@@ -91,6 +91,55 @@ class ModelSettings(BaseModel):
     MovieLens-100K validation, see ``make eval``; 1 = plain ItemKNN)."""
     seed: int = 42
     """Seed for everything random in training."""
+
+
+class TwoTowerSettings(BaseModel):
+    """The hybrid two-tower retriever (``model.name = "two-tower"``); see models/two_tower.py."""
+
+    encoder: Literal["attention", "gru", "lstm"] = "gru"
+    """User tower over the history: GRU (best on MovieLens-100K, see ``make eval``), LSTM or
+    causal self-attention (SASRec-style)."""
+    fusion: Literal["gate", "sum", "concat", "adaptive-mimic"] = "gate"
+    """How the item tower fuses the ID embedding with the projected text vector."""
+    use_text: bool = True
+    """Feed the item text vectors (needs ``embedding.enabled``); off: ID-only."""
+    dim: PositiveInt = 64
+    max_len: PositiveInt = 20
+    """History items the user tower reads (the most recent ones)."""
+    layers: PositiveInt = 2
+    heads: PositiveInt = 2
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    id_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of items per step served by the cold-start row, so the text path learns to stand alone."""
+    temperature: float = Field(0.1, gt=0.0)
+    negatives: Literal["auto", "full", "sampled"] = "auto"
+    """``full``: every item is a negative; ``sampled``: in-batch + sampled with log-Q; ``auto``:
+    full below ``full_softmax_max`` items."""
+    full_softmax_max: PositiveInt = 20_000
+    sampled_negatives: PositiveInt = 1024
+    logq: bool = True
+    batch_size: PositiveInt = 128
+    epochs: PositiveInt = 80
+    lr: float = Field(4e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    patience: PositiveInt = 10
+    """Epochs without a better validation NDCG@10 before training stops (best epoch kept)."""
+    threads: int = Field(1, ge=0)
+    """torch CPU threads (0: torch's default); 1 is fastest on a shared 2-core machine."""
+
+
+class NeuMFSettings(BaseModel):
+    """NeuMF (``model.name = "neumf"``); see models/neumf.py."""
+
+    dim: PositiveInt = 32
+    mlp_layers: list[PositiveInt] = Field(default_factory=lambda: [64, 32, 16])
+    negatives: PositiveInt = 4
+    """Sampled negatives per positive for the BCE loss."""
+    use_categories: bool = True
+    epochs: PositiveInt = 30
+    lr: float = Field(3e-3, gt=0.0)
+    patience: PositiveInt = 4
+    threads: int = Field(1, ge=0)
 
 
 class ServingSettings(BaseModel):
@@ -321,6 +370,8 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    two_tower: TwoTowerSettings = Field(default_factory=TwoTowerSettings)
+    neumf: NeuMFSettings = Field(default_factory=NeuMFSettings)
     bundles_keep: PositiveInt = 5
     """Number of published bundles kept on disk (the live one is never deleted)."""
     feeds: FeedsSettings = Field(default_factory=FeedsSettings)

@@ -15,12 +15,16 @@ from rich.table import Table
 
 from storage.settings import Settings
 from storage.warehouse import open_warehouse
+from tasks.eval_report import report_for_models
+from tasks.features import load_item_features
 from tasks.load import load_source
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, kcore_filter, make_splits
 from tasks.training import TrainResult, load_split_data, protocol, record_run, train_and_evaluate
 
 # Each model's candidate parameters; the one with the best validation NDCG@10 is reported
-# on test (selection never looks at test).
+# on test (selection never looks at test). A label other than a registered model name
+# names its model with a "model" entry (two user towers of the same two-tower model).
+TORCH = {"threads": 1, "progress": True}
 CANDIDATES: dict[str, list[dict[str, Any]]] = {
     "popularity": [{}],
     "itemknn": [{"neighbors": 100, "shrink": 0.0}],
@@ -28,6 +32,12 @@ CANDIDATES: dict[str, list[dict[str, Any]]] = {
         {"neighbors": n, "shrink": 0.0, "decay": d}
         for n in (100, 300)
         for d in (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+    ],
+    "neumf": [{**TORCH, "epochs": 30}],
+    "two-tower-gru": [{**TORCH, "model": "two-tower", "encoder": "gru", "lr": 4e-3, "epochs": 80}],
+    # self-attention learns slower here (still improving after 60 epochs at 2e-3)
+    "two-tower-attention": [
+        {**TORCH, "model": "two-tower", "encoder": "attention", "lr": 2e-3, "epochs": 100}
     ],
 }
 
@@ -46,34 +56,66 @@ def run_evaluation(
         data = load_split_data(
             con, LEAVE_LAST_OUT, KCORE_TABLE, restrict_items_to_table=settings.kcore.item_k > 0
         )
+        data.item_features = load_item_features(
+            con, data, settings.embedding if settings.embedding.enabled else None
+        )
         proto = protocol(data, ks, settings.kcore.model_dump())
         tuning: dict[str, float] = {}
-        for name, grid in models.items():
-            tried = [train_and_evaluate(data, name, params, ks) for params in grid]
+        labels: dict[int, str] = {}
+        for label, grid in models.items():
+            tried = [
+                train_and_evaluate(
+                    data, p.get("model", label), {k: v for k, v in p.items() if k != "model"}, ks
+                )
+                for p in grid
+            ]
             for result in tried:
                 record_run(con, result, proto, "evaluation", None)
-            results.append(max(tried, key=lambda r: r.valid["ndcg@10"]))
-            tuning[name] = round(sum(r.train_seconds for r in tried), 3)
+            best = max(tried, key=lambda r: r.valid["ndcg@10"])
+            labels[id(best)] = label
+            results.append(best)
+            tuning[label] = round(sum(r.train_seconds for r in tried), 3)
     report = {
         "dataset": settings.catalogue,
         "protocol": proto,
         "models": {
-            r.model_name: {
+            labels[id(r)]: {
                 **r.test,
                 "train_seconds": r.train_seconds,
-                "tuning_train_seconds": tuning[r.model_name],
-                "candidates": len(models[r.model_name]),
+                "tuning_train_seconds": tuning[labels[id(r)]],
+                "candidates": len(models[labels[id(r)]]),
+                "model": r.model_name,
                 "params": r.params,
+                **_curve(r.model),
             }
             for r in results
         },
-        "valid": {r.model_name: r.valid for r in results},
+        "valid": {labels[id(r)]: r.valid for r in results},
         "selection": "per model, the candidate parameters with the best validation ndcg@10",
     }
     out = out or settings.eval_dir / f"{settings.catalogue}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
+    # Plots people would rather see than read: metric by K, popularity, coverage, curves.
+    report_for_models(
+        report,
+        data,
+        {labels[id(r)]: r.model for r in results},
+        out.parent / "report",
+        title=f"recflow eval: {settings.catalogue}",
+    )
     return report
+
+
+def _curve(model: Any) -> dict[str, Any]:
+    """Torch models' training curves (epoch, loss, validation NDCG@10, seconds)."""
+    if not hasattr(model, "training_curve"):
+        return {}
+    curve = model.training_curve()
+    best = max(
+        (c for c in curve if c.get("val_ndcg10") is not None), key=lambda c: c["val_ndcg10"], default=None
+    )
+    return {"training_curve": curve, "best_epoch": best["epoch"] if best else None, "epochs_run": len(curve)}
 
 
 def print_report(report: dict[str, Any], console: Console | None = None) -> None:

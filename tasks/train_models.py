@@ -38,6 +38,7 @@ from models.checkpoint import (
     load_meta,
     load_state,
 )
+from models.features import ItemFeatures
 from models.registry import MODELS, build_model
 from storage.artifacts import ArtifactStore, file_sha256
 from storage.settings import Settings
@@ -56,6 +57,10 @@ def settings_params(settings: Settings, name: str) -> dict[str, Any]:
         params = {"neighbors": m.knn_neighbors, "shrink": m.knn_shrink}
     elif name == "itemknn-recency":
         params = {"neighbors": m.knn_neighbors, "shrink": m.knn_shrink, "decay": m.recency_decay}
+    elif name == "two-tower":
+        params = settings.two_tower.model_dump()
+    elif name == "neumf":
+        params = settings.neumf.model_dump()
     if name in MODELS and "seed" in inspect.signature(MODELS[name].__init__).parameters:
         params["seed"] = m.seed
     return params
@@ -171,6 +176,8 @@ def fit_model(
 ) -> tuple[Recommender, float, GrowReport | None]:
     """Build, optionally warm-start, and fit on ``parts``; returns the model and fit seconds."""
     model = build_model(name, **params)
+    if hasattr(model, "set_item_features"):  # hybrid models: text vectors, categories, recency
+        model.set_item_features(data.item_features or ItemFeatures.empty(data.n_items))
     report = apply_warm_start(model, warm, data, int(params.get("seed", 0))) if warm is not None else None
     histories = data.histories(parts)
     started = time.perf_counter()

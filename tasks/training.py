@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.base import Recommender, histories_to_csr
+from models.features import ItemFeatures
 from models.metrics import coverage, mask_seen, novelty, rank_metrics, top_k
 from models.registry import build_model
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT
@@ -38,6 +39,8 @@ class SplitData:
     valid: list[np.ndarray]
     test: list[np.ndarray]
     protocol: dict[str, Any] = field(default_factory=dict)
+    item_features: ItemFeatures | None = None
+    """Side information for hybrid models (``tasks/features.py::load_item_features``)."""
 
     @property
     def n_users(self) -> int:
@@ -173,6 +176,9 @@ def train_and_evaluate(
 ) -> TrainResult:
     """Fit on train, evaluate on valid and test. Returns the fitted model too."""
     model = build_model(model_name, **params)
+    prepare_model(model, data)
+    if hasattr(model, "set_validation"):  # early stopping on the same validation NDCG@10
+        model.set_validation(data.train, data.valid)
     started = time.perf_counter()
     model.fit(data.matrix(("train",)), data.train)
     seconds = time.perf_counter() - started
@@ -190,9 +196,16 @@ def train_and_evaluate(
 def fit_for_serving(data: SplitData, model_name: str, params: dict[str, Any]) -> Recommender:
     """Refit on every interaction (train + valid + test): what the live bundle serves."""
     model = build_model(model_name, **params)
+    prepare_model(model, data)
     everything = data.histories(("train", "valid", "test"))
     model.fit(histories_to_csr(everything, data.n_items), everything)
     return model
+
+
+def prepare_model(model: Recommender, data: SplitData) -> None:
+    """Hand item side information to the models that use it (text, categories, recency)."""
+    if hasattr(model, "set_item_features"):
+        model.set_item_features(data.item_features or ItemFeatures.empty(data.n_items))
 
 
 def record_run(
