@@ -199,7 +199,9 @@ def retrieval_space(
     model: Any, vectors: np.ndarray | None, index: ItemIndex | None, item_ids: Sequence[str]
 ) -> RetrievalSpace | None:
     """Two-tower vectors when the model has them (C4), else the bundle's text vectors and index."""
-    if hasattr(model, "encode_items") and hasattr(model, "encode_users"):
+    # NeuMF-like models encode users and items but do not score by their dot product.
+    dot_space = getattr(model, "retrieval", True)
+    if dot_space and hasattr(model, "encode_items") and hasattr(model, "encode_users"):
         from models.ann import build_index
         from storage.settings import IndexSettings
 

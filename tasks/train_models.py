@@ -58,9 +58,9 @@ def settings_params(settings: Settings, name: str) -> dict[str, Any]:
     elif name == "itemknn-recency":
         params = {"neighbors": m.knn_neighbors, "shrink": m.knn_shrink, "decay": m.recency_decay}
     elif name == "two-tower":
-        params = settings.two_tower.model_dump()
+        params = {**settings.two_tower.model_dump(), "seed": m.seed}
     elif name == "neumf":
-        params = settings.neumf.model_dump()
+        params = {**settings.neumf.model_dump(), "seed": m.seed}
     if name in MODELS and "seed" in inspect.signature(MODELS[name].__init__).parameters:
         params["seed"] = m.seed
     return params
@@ -72,6 +72,8 @@ def model_config(settings: Settings, name: str, overrides: dict[str, Any] | None
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
     params = {**settings_params(settings, name), **(overrides or {})}
     accepted = inspect.signature(MODELS[name].__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return params  # the model checks its own keyword parameters and names unknown ones
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(
