@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -179,11 +180,9 @@ def wait_ready(port: int, path: str, timeout: float = 300.0) -> None:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(httpx.TransportError):  # not listening yet
             if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).status_code == 200:
                 return
-        except httpx.TransportError:
-            pass
         time.sleep(0.2)
     raise RuntimeError(f"the server on port {port} did not answer {path} within {timeout} s")
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
-
-if TYPE_CHECKING:
-    pass
 
 # Prefect reads these at import: keep telemetry off and its state under ./var by default.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -11,7 +11,6 @@ history?", which the evaluator masks anyway). Trained with BCE on each positive 
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -27,9 +26,12 @@ from models.trainer import (
     FitReport,
     fit_module,
     holdout_last,
+    load_weights,
     ndcg_at_10,
     pick_device,
+    read_meta,
     seed_everything,
+    write_checkpoint,
 )
 
 DEFAULTS: dict[str, Any] = {
@@ -264,8 +266,6 @@ class NeuMFModel:
 
     def save(self, directory: Path) -> None:
         net = self._net()
-        directory.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, directory / "state.pt")
         meta = {
             "name": self.name,
             "params": self.params(),
@@ -273,16 +273,14 @@ class NeuMFModel:
             "n_categories": int(net.categories.shape[1]),
             "training_curve": self.report.curve,
         }
-        (directory / "model.json").write_text(json.dumps(meta, indent=2))
+        write_checkpoint(directory, net, meta)
 
     @classmethod
     def load(cls, directory: Path) -> NeuMFModel:
-        meta = json.loads((directory / "model.json").read_text())
+        meta = read_meta(directory)
         model = cls(**{**meta["params"], "progress": False})
         model.net = NeuMFNet(meta["n_items"], meta["n_categories"], model.p).to(model.device)
-        state = torch.load(directory / "state.pt", map_location=model.device, weights_only=True)
-        model.net.load_state_dict(state, strict=True)
-        model.net.eval()
+        load_weights(directory, model.net, model.device)
         model.report = FitReport(curve=meta.get("training_curve", []))
         return model
 

@@ -9,11 +9,13 @@ metric with the best weights restored, a tqdm bar per epoch and the training cur
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -204,3 +206,23 @@ def holdout_last(
 def batches_of(indices: np.ndarray, batch_size: int) -> Iterable[np.ndarray]:
     for start in range(0, len(indices), batch_size):
         yield indices[start : start + batch_size]
+
+
+def write_checkpoint(directory: Path, net: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """``state.pt`` (CPU tensors, loadable anywhere) and ``model.json`` with ``meta``: the
+    checkpoint layout every torch model shares, so merging and warm start read any of them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, directory / "state.pt")
+    (directory / "model.json").write_text(json.dumps(meta, indent=2))
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    """The ``model.json`` written by :func:`write_checkpoint`."""
+    return json.loads((directory / "model.json").read_text())
+
+
+def load_weights(directory: Path, net: torch.nn.Module, device: torch.device) -> None:
+    """Load ``state.pt`` into ``net`` (strict: a checkpoint must fit its own module) for inference."""
+    state = torch.load(directory / "state.pt", map_location=device, weights_only=True)
+    net.load_state_dict(state, strict=True)
+    net.eval()

@@ -22,7 +22,6 @@ Scores are dot products of ``encode_users`` and ``encode_items`` (C4).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -39,9 +38,12 @@ from models.trainer import (
     FitReport,
     fit_module,
     holdout_last,
+    load_weights,
     ndcg_at_10,
     pick_device,
+    read_meta,
     seed_everything,
+    write_checkpoint,
 )
 
 PAD, COLD = 0, 1
@@ -433,8 +435,6 @@ class TwoTowerModel:
 
     def save(self, directory: Path) -> None:
         net = self._net()
-        directory.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, directory / "state.pt")
         meta = {
             "name": self.name,
             "params": self.params(),
@@ -442,16 +442,14 @@ class TwoTowerModel:
             "text_dim": net.items.text_dim,
             "training_curve": self.report.curve,
         }
-        (directory / "model.json").write_text(json.dumps(meta, indent=2))
+        write_checkpoint(directory, net, meta)
 
     @classmethod
     def load(cls, directory: Path) -> TwoTowerModel:
-        meta = json.loads((directory / "model.json").read_text())
+        meta = read_meta(directory)
         model = cls(**{**meta["params"], "progress": False})
         model.net = TwoTowerNet(meta["n_items"], meta["text_dim"], model.p).to(model.device)
-        state = torch.load(directory / "state.pt", map_location=model.device, weights_only=True)
-        model.net.load_state_dict(state, strict=True)
-        model.net.eval()
+        load_weights(directory, model.net, model.device)
         model.report = FitReport(curve=meta.get("training_curve", []))
         return model
 
