@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from flows.nightly import kcore_task, split_task
-from flows.train import TrainOutcome, _flow_run_id, _load
+from flows.train import TrainOutcome, _flow_run_id, _load, announce
 from storage.artifacts import ArtifactStore
 from storage.settings import Settings
 from storage.warehouse import open_warehouse
@@ -91,21 +90,7 @@ def merge_task(
             serving=load_model(served.directory),
             title=f"merge-checkpoints: {', '.join(i.label for i in inputs)}",
         )
-    create_markdown_artifact(
-        markdown=outcome.gate_markdown, key="merge-gate", description="Merged model against the live bundle"
-    )
-    create_markdown_artifact(
-        markdown=outcome.report_markdown, key="merge-report", description="Evaluation report of the merge"
-    )
-    pub = outcome.published
-    return TrainOutcome(
-        runs={run.model_name: run.run_id},
-        valid_ndcg10={run.model_name: run.valid.get("ndcg@10", float("nan"))},
-        champion=run.model_name,
-        version=pub.version,
-        live=pub.live,
-        reason=pub.reason,
-    )
+    return announce(outcome, [run], run, "merge", "Merged model")
 
 
 @flow(name="merge-checkpoints", log_prints=True)

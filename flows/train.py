@@ -51,6 +51,26 @@ class TrainOutcome:
     reason: str
 
 
+def announce(outcome: Any, runs: list[Any], champion: Any, prefix: str, what: str) -> TrainOutcome:
+    """Show the gate and the report of a publish attempt as Prefect artifacts
+    (``<prefix>-gate``, ``<prefix>-report``) and summarise it; train and merge share this."""
+    create_markdown_artifact(
+        markdown=outcome.gate_markdown, key=f"{prefix}-gate", description=f"{what} against the live bundle"
+    )
+    create_markdown_artifact(
+        markdown=outcome.report_markdown, key=f"{prefix}-report", description="Evaluation report with plots"
+    )
+    pub = outcome.published
+    return TrainOutcome(
+        runs={r.model_name: r.run_id for r in runs},
+        valid_ndcg10={r.model_name: r.valid.get("ndcg@10", float("nan")) for r in runs},
+        champion=champion.model_name,
+        version=pub.version,
+        live=pub.live,
+        reason=pub.reason,
+    )
+
+
 def _flow_run_id() -> str | None:
     return str(flow_run.get_id()) if flow_run.get_id() else None
 
@@ -158,21 +178,7 @@ def gate_publish_task(
             fingerprint=_fingerprint(con, settings, champion.model_name, champion.params),
             log=logger.info,
         )
-    create_markdown_artifact(
-        markdown=outcome.gate_markdown, key="train-gate", description="Champion against the live bundle"
-    )
-    create_markdown_artifact(
-        markdown=outcome.report_markdown, key="train-report", description="Evaluation report with plots"
-    )
-    pub = outcome.published
-    return TrainOutcome(
-        runs={r.model_name: r.run_id for r in runs},
-        valid_ndcg10={r.model_name: r.valid.get("ndcg@10", float("nan")) for r in runs},
-        champion=champion.model_name,
-        version=pub.version,
-        live=pub.live,
-        reason=pub.reason,
-    )
+    return announce(outcome, runs, champion, "train", "Champion")
 
 
 @flow(name="train-models", log_prints=True)
