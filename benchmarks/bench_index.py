@@ -144,6 +144,7 @@ def bench_size(n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
 
     settings = IndexSettings(
         exact_below=1,
+        approximate="hnsw",  # this benchmark sweeps efSearch; make bench-serve measures IVF
         hnsw_m=args.hnsw_m,
         hnsw_ef_construction=args.ef_construction,
         recall_floor=0.0,  # report the recall, never refuse: this is a measurement

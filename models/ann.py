@@ -2,15 +2,20 @@
 
 Why it looks like this:
 
-* **Exact below a size, HNSW above it.** An exact inner-product scan (``IndexFlatIP``) is
-  cheap to build, needs no tuning and is always right; below ``exact_below`` items a query
-  costs a few milliseconds, so approximation buys nothing. Above it, an HNSW graph answers
-  in well under a millisecond.
-* **Recall is measured, not assumed.** HNSW quality depends on the data (random high-dim
-  vectors are its hardest case) and on ``M`` / ``efConstruction`` / ``efSearch``. Every
-  HNSW build is checked against exact search on sampled items; below ``recall_floor`` the
-  build fails with :class:`IndexQualityError`, so a bad index never reaches a bundle
-  (a failed run never moves ``CURRENT``).
+* **Exact below a size, approximate above it.** An exact inner-product scan (``IndexFlatIP``)
+  is cheap to build, needs no tuning and is always right; below ``exact_below`` items a query
+  costs a few milliseconds, so approximation buys nothing. Above it, an IVF index (the
+  default: k-means cells, a query scans the ``nprobe`` nearest cells' vectors in memory
+  order) or an HNSW graph answers in well under a millisecond. IVF builds in seconds where
+  HNSW takes minutes, and at 500,000 items it answered 3× faster at higher recall here,
+  because its scans stream memory while a graph walk misses the cache at every hop.
+* **Recall is measured, not assumed.** Approximate quality depends on the data (random
+  high-dim vectors are the hardest case) and on the parameters. Every approximate build is
+  checked against exact search on sampled items and sums of item pairs (user vectors lie
+  between items); below ``recall_floor`` the build fails with :class:`IndexQualityError`, so
+  a bad index never reaches a bundle (a failed run never moves ``CURRENT``). IVF's ``nprobe``
+  is tuned at build time to the smallest power of two that reaches the floor, on a different
+  sample than the one the reported recall is measured on.
 * **Shards by item range.** One index per contiguous range of rows lets a catalogue beyond
   one machine's memory be built (and later served) in pieces; :meth:`ItemIndex.search`
   merges the shards' answers by score, so callers never see the split.
@@ -43,7 +48,7 @@ from storage.settings import IndexSettings
 
 logger = logging.getLogger(__name__)
 
-IndexKind = Literal["flat", "hnsw"]
+IndexKind = Literal["flat", "ivf", "hnsw"]
 
 FORMAT_VERSION = 1
 """Version of the on-disk layout written by :meth:`ItemIndex.save`; bumped on incompatible change."""
@@ -70,8 +75,8 @@ class IndexQualityError(RuntimeError):
         self.n = n
         super().__init__(
             f"{kind} index over {n} items: measured recall@{k} = {recall:.4f} on {sample} sampled "
-            f"queries is below the floor {floor:.4f} ({detail}); raise hnsw_ef_search or hnsw_m, "
-            "or lower recall_floor"
+            f"queries is below the floor {floor:.4f} ({detail}); raise hnsw_ef_search or hnsw_m "
+            "(hnsw) or ivf_nprobe (ivf), or lower recall_floor"
         )
 
 
@@ -80,7 +85,7 @@ class ItemIndex:
     """A built (or loaded) item index: one or more FAISS shards over contiguous row ranges."""
 
     kind: IndexKind
-    """``flat`` (exact inner product) or ``hnsw`` (approximate)."""
+    """``flat`` (exact inner product), ``ivf`` or ``hnsw`` (approximate)."""
     item_ids: np.ndarray
     """Unicode array; row ``i`` of the indexed vectors is the vector of ``item_ids[i]``."""
     shards: list[faiss.Index]
@@ -95,13 +100,17 @@ class ItemIndex:
     """Wall time spent adding vectors to the shards (recall measurement not included)."""
     settings: IndexSettings = field(default_factory=IndexSettings)
     """The settings it was built with: recorded in the metadata, and the default efSearch."""
+    nprobe: int = 0
+    """IVF cells scanned per query (tuned or set at build); 0 for other kinds."""
 
     def __post_init__(self) -> None:
         """Reject an inconsistent index at construction, so a corrupt bundle fails at load, not per query."""
         self.offsets = np.asarray(self.offsets, dtype=np.int64)
         self.item_ids = np.asarray(self.item_ids)
-        if self.kind not in ("flat", "hnsw"):
-            raise ValueError(f"index kind must be 'flat' or 'hnsw', got {self.kind!r}")
+        if self.kind not in ("flat", "ivf", "hnsw"):
+            raise ValueError(f"index kind must be 'flat', 'ivf' or 'hnsw', got {self.kind!r}")
+        if self.kind == "ivf" and self.nprobe < 1:
+            raise ValueError(f"an ivf index needs nprobe >= 1, got {self.nprobe}")
         if self.item_ids.ndim != 1:
             raise ValueError(f"item_ids must be 1-D, got shape {self.item_ids.shape}")
         if not self.shards:
@@ -134,7 +143,7 @@ class ItemIndex:
         return len(self.item_ids)
 
     def search(
-        self, queries: np.ndarray, k: int, *, ef_search: int | None = None
+        self, queries: np.ndarray, k: int, *, ef_search: int | None = None, nprobe: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` highest inner-product rows per query, best first, merged over all shards.
 
@@ -145,7 +154,8 @@ class ItemIndex:
         For HNSW the beam width is ``max(ef_search, k)``: FAISS does not widen it itself, and a
         beam narrower than ``k`` returns fewer than ``k`` results. ``ef_search`` overrides the
         built default for this call only, through per-call search parameters, so concurrent
-        requests never race on shared index state. It is ignored by flat indexes.
+        requests never race on shared index state. ``nprobe`` does the same for IVF. Both
+        are ignored by the other kinds.
         """
         if k < 1:
             raise ValueError(f"k must be a positive number of results, got {k}")
@@ -156,6 +166,11 @@ class ItemIndex:
             if ef < 1:
                 raise ValueError(f"ef_search must be positive, got {ef}")
             params = faiss.SearchParametersHNSW(efSearch=max(ef, k))
+        elif self.kind == "ivf":
+            probe = nprobe if nprobe is not None else self.nprobe
+            if probe < 1:
+                raise ValueError(f"nprobe must be positive, got {probe}")
+            params = faiss.SearchParametersIVF(nprobe=probe)
 
         all_scores, all_rows = [], []
         for shard, start in zip(self.shards, self.offsets[:-1], strict=True):
@@ -190,7 +205,9 @@ class ItemIndex:
             "shards": len(self.shards),
             "offsets": self.offsets.tolist(),
             "recall": self.recall,
-            "recall_k": self.settings.recall_k if self.kind == "hnsw" else None,
+            "recall_k": self.settings.recall_k if self.kind != "flat" else None,
+            "nprobe": self.nprobe if self.kind == "ivf" else None,
+            "nlist": [faiss.extract_index_ivf(s).nlist for s in self.shards] if self.kind == "ivf" else None,
             "build_seconds": round(self.build_seconds, 4),
             "params": self.settings.model_dump(),
             "faiss_version": faiss.__version__,
@@ -242,6 +259,7 @@ class ItemIndex:
             recall=meta["recall"],
             build_seconds=float(meta["build_seconds"]),
             settings=settings,
+            nprobe=int(meta.get("nprobe") or 0),
         )
         if index.n != meta["n"]:
             raise ValueError(
@@ -253,10 +271,11 @@ class ItemIndex:
 def build_index(vectors: np.ndarray, item_ids: Sequence[str], settings: IndexSettings) -> ItemIndex:
     """Index ``vectors`` (row ``i`` belongs to ``item_ids[i]``) the way ``settings`` asks.
 
-    Fewer than ``exact_below`` items give an exact flat index (recall 1.0). Otherwise one HNSW
-    graph per shard is built and its recall@k measured against exact search on sampled items;
-    below ``recall_floor`` this raises :class:`IndexQualityError` rather than return an index
-    that would silently lose good candidates.
+    Fewer than ``exact_below`` items give an exact flat index (recall 1.0). Otherwise one
+    ``settings.approximate`` index (IVF or HNSW) per shard is built, IVF's ``nprobe`` tuned
+    unless set, and its recall@k measured against exact search on sampled queries; below
+    ``recall_floor`` this raises :class:`IndexQualityError` rather than return an index that
+    would silently lose good candidates.
 
     Raises ValueError for input that cannot be indexed meaningfully: not 2-D, not real numbers,
     empty, NaN/inf anywhere, ids not one per row, or duplicate ids.
@@ -264,7 +283,7 @@ def build_index(vectors: np.ndarray, item_ids: Sequence[str], settings: IndexSet
     x = _as_matrix(vectors, "vectors", check_finite=True)
     ids = _as_item_ids(item_ids, x.shape[0])
     n, dim = x.shape
-    kind: IndexKind = "flat" if n < settings.exact_below else "hnsw"
+    kind: IndexKind = "flat" if n < settings.exact_below else settings.approximate
     offsets = _shard_offsets(n, settings.shard_size)
 
     started = time.perf_counter()
@@ -282,15 +301,19 @@ def build_index(vectors: np.ndarray, item_ids: Sequence[str], settings: IndexSet
         recall=1.0 if kind == "flat" else None,
         build_seconds=build_seconds,
         settings=settings,
+        nprobe=(settings.ivf_nprobe or 1) if kind == "ivf" else 0,
     )
     logger.info("built %s index: %d × %d, %d shard(s), %.2f s", kind, n, dim, len(shards), build_seconds)
     if kind == "flat":
         return index
 
     started = time.perf_counter()
+    if kind == "ivf" and settings.ivf_nprobe == 0:
+        index.nprobe = _tune_nprobe(index, x, settings)
     index.recall = _measure_recall(index, x, settings.recall_sample, settings.recall_k, settings.seed)
     logger.info(
-        "hnsw recall@%d = %.4f on %d sampled items (floor %.4f), measured in %.2f s",
+        "%s recall@%d = %.4f on %d sampled queries (floor %.4f), measured in %.2f s",
+        kind,
         min(settings.recall_k, n),
         index.recall,
         min(settings.recall_sample, n),
@@ -309,17 +332,42 @@ def build_index(vectors: np.ndarray, item_ids: Sequence[str], settings: IndexSet
                 f"dim={dim}, shards={len(shards)}, M={settings.hnsw_m}, "
                 f"efConstruction={settings.hnsw_ef_construction}, "
                 f"efSearch={settings.hnsw_ef_search} (at least k per query)"
+                if kind == "hnsw"
+                else f"dim={dim}, shards={len(shards)}, nlist={index.metadata()['nlist']}, "
+                f"nprobe={index.nprobe}"
             ),
         )
     return index
 
 
-def measure_recall(index: ItemIndex, vectors: np.ndarray, sample: int, k: int, seed: int) -> float:
-    """Recall@k of ``index`` against exact search, with ``sample`` of its own rows as queries.
+def _tune_nprobe(index: ItemIndex, x: np.ndarray, settings: IndexSettings) -> int:
+    """The smallest power-of-two ``nprobe`` whose recall@k reaches the floor, on a sample drawn
+    with ``seed + 1`` (so the recall reported afterwards is measured on other queries).
 
-    ``vectors`` must be the vectors the index was built from (same rows). The queries are rows
-    drawn without replacement with ``seed``, so a rebuild over the same data is measured on the
-    same queries. See :func:`recall_at_k` for how near-ties are counted.
+    Scanning every cell is exact, so the search always ends with an answer.
+    """
+    nlist = max(faiss.extract_index_ivf(s).nlist for s in index.shards)
+    k = min(settings.recall_k, x.shape[0])
+    queries = recall_queries(x, settings.recall_sample, settings.seed + 1)
+    exact_scores, _ = exact_search(x, queries, k)
+    nprobe = 1
+    while nprobe < nlist:
+        _, found = index.search(queries, k, nprobe=nprobe)
+        recall = recall_at_k(found, queries, x, exact_scores)
+        logger.info("ivf nprobe=%d: recall@%d = %.4f (floor %.4f)", nprobe, k, recall, settings.recall_floor)
+        if recall >= settings.recall_floor:
+            return nprobe
+        nprobe *= 2
+    return nlist
+
+
+def measure_recall(index: ItemIndex, vectors: np.ndarray, sample: int, k: int, seed: int) -> float:
+    """Recall@k of ``index`` against exact search on ``sample`` queries made from its own rows.
+
+    ``vectors`` must be the vectors the index was built from (same rows). Half the queries are
+    rows, half the sum of two rows (see :func:`recall_queries`), all drawn with ``seed``, so a
+    rebuild over the same data is measured on the same queries. See :func:`recall_at_k` for
+    how near-ties are counted.
     """
     x = _as_matrix(vectors, "vectors", expected_dim=index.dim)
     if x.shape[0] != index.n:
@@ -374,14 +422,28 @@ def _measure_recall(index: ItemIndex, x: np.ndarray, sample: int, k: int, seed: 
     """:func:`measure_recall` on already validated float32 vectors."""
     if sample < 1 or k < 1:
         raise ValueError(f"sample and k must be positive, got sample={sample}, k={k}")
-    n = x.shape[0]
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(n, size=min(sample, n), replace=False))
-    queries = np.ascontiguousarray(x[rows])
-    k_eff = min(k, n)
+    queries = recall_queries(x, sample, seed)
+    k_eff = min(k, x.shape[0])
     exact_scores, _ = exact_search(x, queries, k_eff)
     _, found = index.search(queries, k_eff)
     return recall_at_k(found, queries, x, exact_scores)
+
+
+def recall_queries(x: np.ndarray, sample: int, seed: int) -> np.ndarray:
+    """``sample`` queries drawn with ``seed``: half are item rows, half the sum of two random rows.
+
+    An item's own vector is the easiest query an index can get: it sits in its own cell or
+    graph neighbourhood. The service queries with user vectors, means of several items that
+    often lie between two tastes, which is where IVF's cell boundaries and a graph's local
+    links lose most. Measuring on both keeps the recall floor honest for what is served.
+    """
+    n = x.shape[0]
+    rng = np.random.default_rng(seed)
+    size = min(sample, n)
+    rows = np.sort(rng.choice(n, size=size, replace=False))
+    pairs = size // 2
+    mixed = x[rows[:pairs]] + x[rng.integers(0, n, pairs)]
+    return np.ascontiguousarray(np.concatenate([mixed, x[rows[pairs:]]]), dtype=np.float32)
 
 
 def _build_shard(x: np.ndarray, kind: IndexKind, settings: IndexSettings, *, name: str) -> faiss.Index:
@@ -391,6 +453,8 @@ def _build_shard(x: np.ndarray, kind: IndexKind, settings: IndexSettings, *, nam
         flat = faiss.IndexFlatIP(dim)
         flat.add(x)
         return flat
+    if kind == "ivf":
+        return _build_ivf(x, settings, name=name)
     hnsw = faiss.IndexHNSWFlat(dim, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = settings.hnsw_ef_construction
     hnsw.hnsw.efSearch = settings.hnsw_ef_search
@@ -401,6 +465,41 @@ def _build_shard(x: np.ndarray, kind: IndexKind, settings: IndexSettings, *, nam
             elapsed = time.perf_counter() - started
             logger.info("hnsw %s: %d/%d rows added, %.1f s", name, hnsw.ntotal, len(x), elapsed)
     return hnsw
+
+
+IVF_MIN_PER_CELL = 39
+"""FAISS's k-means wants at least 39 training points per centroid; fewer cells below that."""
+IVF_TRAIN_PER_CELL = 64
+"""Training sample per cell: k-means on more rows costs time and moves the centroids little."""
+
+
+def ivf_nlist(n: int, settings: IndexSettings) -> int:
+    """Cells for ``n`` rows: ``settings.ivf_nlist``, else the power of two nearest ``8·√n``,
+    capped so each cell has ``IVF_MIN_PER_CELL`` training rows."""
+    if settings.ivf_nlist:
+        return max(1, min(settings.ivf_nlist, n))
+    auto = 2 ** round(float(np.log2(max(1.0, 8.0 * np.sqrt(n)))))
+    return int(max(1, min(auto, n // IVF_MIN_PER_CELL)))
+
+
+def _build_ivf(x: np.ndarray, settings: IndexSettings, *, name: str) -> faiss.Index:
+    """IVF-Flat over ``x``: k-means cells trained on a seeded sample, then every row added."""
+    n, dim = x.shape
+    nlist = ivf_nlist(n, settings)
+    quantizer = faiss.IndexFlatIP(dim)
+    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.cp.seed = settings.seed
+    if n > IVF_TRAIN_PER_CELL * nlist:
+        rng = np.random.default_rng(settings.seed)
+        sample = np.ascontiguousarray(x[np.sort(rng.choice(n, IVF_TRAIN_PER_CELL * nlist, replace=False))])
+    else:
+        sample = x
+    started = time.perf_counter()
+    ivf.train(sample)
+    elapsed = time.perf_counter() - started
+    logger.info("ivf %s: %d cells trained on %d rows, %.1f s", name, nlist, len(sample), elapsed)
+    ivf.add(x)
+    return ivf
 
 
 def _shard_offsets(n: int, shard_size: int) -> np.ndarray:

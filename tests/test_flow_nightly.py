@@ -102,16 +102,23 @@ def test_build_index_refuses_low_recall_and_publishes_a_good_index(
     live = nightly_refresh(overrides=base).live
     store = ArtifactStore(Settings(**base).bundles_dir)
     # A starved HNSW graph on real text vectors: recall@10 far below the floor.
-    starved = {"exact_below": 1, "hnsw_m": 4, "hnsw_ef_construction": 8, "hnsw_ef_search": 1, "recall_k": 10}
+    starved = {
+        "exact_below": 1,
+        "approximate": "hnsw",
+        "hnsw_m": 4,
+        "hnsw_ef_construction": 8,
+        "hnsw_ef_search": 1,
+        "recall_k": 10,
+    }
     state = build_index_flow(overrides={**base, "index": starved}, return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match=r"recall@10 = 0\.\d+ .* below the floor 0\.95"):
         state.result()
     assert store.current_version() == live and store.versions() == [live]
-    # Default HNSW parameters on the same vectors pass the floor and go live.
+    # The default approximate index (IVF, nprobe tuned) on the same vectors passes and goes live.
     good = build_index_flow(overrides={**base, "index": {"exact_below": 1}})
     assert good.version is not None and store.current_version() == good.version
     manifest = store.manifest(good.version)
-    assert manifest["index"]["kind"] == "hnsw" and manifest["index"]["recall"] >= 0.95
+    assert manifest["index"]["kind"] == "ivf" and manifest["index"]["recall"] >= 0.95
     assert manifest["reindexed_from"] == live
     store.verify(good.version)

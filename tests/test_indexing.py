@@ -47,6 +47,12 @@ def queries() -> np.ndarray:
 @pytest.fixture(scope="module")
 def hnsw_index(vectors: np.ndarray, ids: list[str]) -> ItemIndex:
     """HNSW forced by exact_below < n, over two shards so the merge is exercised too."""
+    return build_index(vectors, ids, IndexSettings(exact_below=1_000, shard_size=2_000, approximate="hnsw"))
+
+
+@pytest.fixture(scope="module")
+def ivf_index(vectors: np.ndarray, ids: list[str]) -> ItemIndex:
+    """IVF (the default approximate kind) with nprobe tuned at build, over two shards."""
     return build_index(vectors, ids, IndexSettings(exact_below=1_000, shard_size=2_000))
 
 
@@ -100,7 +106,12 @@ def test_hnsw_returns_k_results_even_when_ef_search_is_below_k(
 
 def test_low_recall_build_is_refused(vectors: np.ndarray, ids: list[str]) -> None:
     settings = IndexSettings(
-        exact_below=1_000, hnsw_m=4, hnsw_ef_construction=8, hnsw_ef_search=1, recall_floor=0.999
+        exact_below=1_000,
+        approximate="hnsw",
+        hnsw_m=4,
+        hnsw_ef_construction=8,
+        hnsw_ef_search=1,
+        recall_floor=0.999,
     )
     with pytest.raises(IndexQualityError) as caught:
         build_index(vectors, ids, settings)
@@ -129,6 +140,7 @@ def test_fewer_items_than_k_pads_with_minus_one(vectors: np.ndarray, queries: np
         IndexSettings(),
         IndexSettings(shard_size=3),
         IndexSettings(exact_below=1, recall_floor=0),
+        IndexSettings(exact_below=1, recall_floor=0, approximate="hnsw"),
     ):
         index = build_index(few, [str(i) for i in range(7)], settings)
         scores, rows = index.search(queries[:3], 10)
@@ -139,16 +151,18 @@ def test_fewer_items_than_k_pads_with_minus_one(vectors: np.ndarray, queries: np
 
 
 @pytest.mark.parametrize("shard_size", [0, 1_100])
-@pytest.mark.parametrize("exact_below", [50_000, 1_000])
+@pytest.mark.parametrize(("exact_below", "approximate"), [(50_000, "ivf"), (1_000, "ivf"), (1_000, "hnsw")])
 def test_save_load_round_trip(
     tmp_path: Path,
     vectors: np.ndarray,
     ids: list[str],
     queries: np.ndarray,
     exact_below: int,
+    approximate: str,
     shard_size: int,
 ) -> None:
-    index = build_index(vectors, ids, IndexSettings(exact_below=exact_below, shard_size=shard_size))
+    settings = IndexSettings(exact_below=exact_below, shard_size=shard_size, approximate=approximate)
+    index = build_index(vectors, ids, settings)
     index.save(tmp_path / "index")
     loaded = ItemIndex.load(tmp_path / "index")
     assert loaded.kind == index.kind and loaded.dim == index.dim and loaded.recall == index.recall
@@ -216,6 +230,10 @@ def test_settings_are_validated() -> None:
         IndexSettings(shard_size=-1)
     with pytest.raises(pydantic.ValidationError):
         IndexSettings(hnsw_ef_search=0)
+    with pytest.raises(pydantic.ValidationError, match="approximate"):
+        IndexSettings(approximate="annoy")
+    with pytest.raises(pydantic.ValidationError):
+        IndexSettings(ivf_nprobe=-1)
 
 
 def test_recall_counts_tied_items_as_hits() -> None:
@@ -227,3 +245,57 @@ def test_recall_counts_tied_items_as_hits() -> None:
     assert recall_at_k(other, queries, vectors, exact_scores) == 1.0
     assert recall_at_k(np.array([[0]]), queries, vectors, exact_scores) == 0.0
     assert recall_at_k(np.array([[-1]]), queries, vectors, exact_scores) == 0.0
+
+
+def test_ivf_tunes_nprobe_to_the_smallest_power_of_two_that_meets_the_floor(
+    ivf_index: ItemIndex, vectors: np.ndarray, queries: np.ndarray
+) -> None:
+    from models.ann import ivf_nlist, recall_queries
+
+    assert ivf_index.kind == "ivf" and len(ivf_index.shards) == 2
+    settings = ivf_index.settings
+    meta = ivf_index.metadata()
+    assert meta["nlist"] == [ivf_nlist(2_000, settings), ivf_nlist(1_000, settings)] == [51, 25]
+    nprobe = ivf_index.nprobe
+    assert meta["nprobe"] == nprobe >= 1
+    # Re-measure on the tuning sample (seed + 1): nprobe reaches the floor, half of it does not.
+    tune_q = recall_queries(vectors, settings.recall_sample, settings.seed + 1)
+    exact_scores, _ = exact_search(vectors, tune_q, K)
+
+    def recall(probe: int) -> float:
+        return recall_at_k(ivf_index.search(tune_q, K, nprobe=probe)[1], tune_q, vectors, exact_scores)
+
+    assert recall(nprobe) >= settings.recall_floor or nprobe == max(meta["nlist"])
+    if nprobe > 1:
+        assert recall(nprobe // 2) < settings.recall_floor
+    # The reported recall is measured on other queries and reproducible.
+    assert settings.recall_floor <= ivf_index.recall <= 1.0
+    assert measure_recall(ivf_index, vectors, 200, 100, 42) == ivf_index.recall
+    # Scanning every cell is exact.
+    want_scores, want_rows = brute_force(vectors, queries, K)
+    scores, rows = ivf_index.search(queries, K, nprobe=max(meta["nlist"]))
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    with pytest.raises(ValueError, match="nprobe must be positive"):
+        ivf_index.search(queries, K, nprobe=0)
+
+
+def test_ivf_with_a_fixed_nprobe_below_the_floor_is_refused(vectors: np.ndarray, ids: list[str]) -> None:
+    settings = IndexSettings(exact_below=1_000, ivf_nprobe=1, recall_floor=0.99)
+    with pytest.raises(IndexQualityError) as caught:
+        build_index(vectors, ids, settings)
+    message = str(caught.value)
+    assert caught.value.kind == "ivf" and caught.value.recall < 0.99
+    assert "nlist=[76], nprobe=1" in message and "ivf_nprobe (ivf)" in message
+
+
+def test_recall_queries_mix_items_and_pairs(vectors: np.ndarray) -> None:
+    from models.ann import recall_queries
+
+    q = recall_queries(vectors, 200, 7)
+    assert q.shape == (200, DIM) and q.dtype == np.float32
+    norms = np.linalg.norm(q, axis=1)
+    # the second half are catalogue rows (unit length), the first half sums of two rows
+    np.testing.assert_allclose(norms[100:], 1.0, rtol=1e-5)
+    assert (np.abs(norms[:100] - 1.0) > 1e-3).all()
+    np.testing.assert_array_equal(q, recall_queries(vectors, 200, 7))

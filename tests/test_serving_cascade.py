@@ -124,6 +124,27 @@ def test_adhoc_history_by_ids_and_by_free_titles(catalogue: Catalogue, client: h
     assert genres(catalogue, by_titles["items"][:1]) == ["Sci-Fi"]
 
 
+def test_lean_bodies_are_exactly_what_their_response_models_document(client: httpx.Client) -> None:
+    """/recommend skips FastAPI's response-model pass for speed: its bodies must still be
+    exactly what the OpenAPI schema says (every field present, nothing extra, right types)."""
+    from serving.app import Recommendation
+    from serving.schemas import AdHocRecommendation
+
+    session = client.post("/interact", json={"item_id": "sci-0", "event": "like"}).json()["session"]
+    for path, params in [
+        ("/recommend/u0", {"k": 6}),
+        ("/recommend/u0", {"k": 3, "session": session, "explore": False}),
+        ("/recommend/lonely", {"k": 5}),
+    ]:
+        response = client.get(path, params=params)
+        assert response.headers["content-type"] == "application/json"
+        body = response.json()
+        assert Recommendation.model_validate(body).model_dump(mode="json") == body, path
+    for payload in [{"item_ids": ["cri-0", "cri-1", "cri-2"], "k": 4}, {"titles": ["star wars"], "k": 2}]:
+        body = client.post("/recommend", json=payload).json()
+        assert AdHocRecommendation.model_validate(body).model_dump(mode="json") == body, payload
+
+
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [
@@ -513,3 +534,78 @@ def test_neighbourhood_ranker_agrees_with_the_models_own_scores(name: str) -> No
 def test_settings_reject_a_bad_update_mode() -> None:
     with pytest.raises(ValueError, match="update_mode"):
         Settings(serving={"update_mode": "global"})
+
+
+def reference_mmr(
+    relevance: np.ndarray, vectors: np.ndarray, k: int, lam: float, threshold: float, explore: bool, seed: int
+) -> tuple[list[int], list[str], int]:
+    """MMR as the definition reads, one pair at a time: the spec the vectorised code must match.
+
+    Returns picked positions (into ``relevance``), their stages and the duplicates dropped.
+    """
+    rel01 = (relevance - relevance.min()) / (relevance.max() - relevance.min())
+    sim = (vectors @ vectors.T).tolist()
+    size = len(relevance)
+    explore = explore and k >= 3 and size > k
+    slots = k - 1 if explore else k
+    max_sim, blocked, picks, duplicates = [-1.0] * size, [False] * size, [], 0
+    for _ in range(slots):
+        best, j = -np.inf, -1
+        for i in range(size):
+            if not blocked[i]:
+                value = lam * rel01[i] - (1.0 - lam) * max(max_sim[i], 0.0) if picks else rel01[i]
+                if value > best:
+                    best, j = value, i
+        if j < 0:
+            break
+        picks.append(j)
+        blocked[j] = True
+        for i in range(size):
+            if sim[j][i] > threshold and not blocked[i]:
+                blocked[i] = True
+                duplicates += 1
+            max_sim[i] = max(max_sim[i], sim[j][i])
+    stages = ["ranker" if j < slots else "mmr" for j in picks]
+    rest = [i for i in range(size) if not blocked[i]]
+    if explore and rest:
+        mean = sum(max_sim[i] for i in rest) / len(rest)
+        novel = [i for i in rest if max_sim[i] <= mean]
+        picks.append(novel[seed % len(novel)])
+        stages.append("exploration")
+    return picks, stages, duplicates
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 0.7, 1.0])
+def test_vectorised_mmr_matches_the_pairwise_definition(lam: float) -> None:
+    from serving.cascade import (
+        MMR_DEPTH_PER_SLOT,
+        MMR_MIN_DEPTH,
+        CascadeParams,
+        CascadeResult,
+        diversify,
+        unit_rows,
+    )
+
+    rng = np.random.default_rng(int(lam * 10))
+    for trial in range(30):
+        n = int(rng.integers(5, 60))
+        base = rng.standard_normal((n, 16)).astype(np.float32)
+        base[: n // 4] = base[0] + 0.05 * rng.standard_normal((n // 4, 16))  # a clump of near-copies
+        vectors = unit_rows(base)
+        relevance = rng.random(n)
+        relevance[rng.integers(0, n, 3)] = relevance[0]  # ties
+        k = int(rng.integers(1, 15))
+        params = CascadeParams(
+            k=k, candidates=n, mmr_lambda=lam, retrieval_weight=0.0,
+            duplicate_threshold=0.97, explore=bool(trial % 2), seed=trial,
+        )  # fmt: skip
+        result = CascadeResult("personalized")
+        # diversify sorts and keeps the head; the reference takes that head as given
+        order = np.argsort(-relevance, kind="stable")[: max(MMR_DEPTH_PER_SLOT * k, MMR_MIN_DEPTH)]
+        diversify(np.arange(n), relevance, vectors, params, result, base_stage="ranker")
+        picks, stages, duplicates = reference_mmr(
+            relevance[order], vectors[order], min(k, n), lam, 0.97, params.explore, trial
+        )
+        assert result.indices == [int(order[j]) for j in picks]
+        assert result.stages == stages
+        assert result.duplicates_removed == duplicates
