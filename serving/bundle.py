@@ -14,6 +14,7 @@ bundle it began with while new requests see the new one. Nothing is ever half-sw
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import threading
@@ -764,6 +765,12 @@ class BundleHolder:
             self._refused_ids.pop(version, None)
             self._live_id = identity
             self._bundle = new  # the atomic swap: one reference assignment
+            # A bundle is ~10^5–10^6 long-lived containers (per-item lists) that never form
+            # garbage cycles; left in the collector's oldest generation, every full collection
+            # walks them all: 305 ms at 500,000 items, a p99 spike and a steady CPU tax.
+            # Freezing moves them out of the collector's sight; reference counting still frees
+            # the old bundle once its last request is done.
+            gc.freeze()
             logger.info("bundle %s is live (was %s)", version, live.version if live else "nothing")
             return True
         finally:
@@ -794,6 +801,7 @@ class BundleHolder:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        gc.unfreeze()  # let the collector see everything again (and tidy up at exit)
 
     def _poll(self) -> None:
         while not self._stop.wait(self.check_interval_s):
