@@ -13,9 +13,11 @@ logged durably (``serving.events``) and change the session's next answers
 
 Endpoints are ``async``: health, item and history answers are dictionary lookups, and a
 sync endpoint would cost FastAPI three thread-pool hops (dependency, endpoint, response
-validation). Only model scoring, which grows with the catalogue and with heavier models, is
-sent to the thread pool so it never blocks the event loop. Each request takes the live bundle
-once and uses only that object, so a swap in the middle of a request cannot mix versions.
+validation). The cascade runs on the event loop when the bundle measured it cheap at load
+(``serving.inline_below_ms``): a sub-millisecond numpy/FAISS request gains nothing from a
+thread but pays for the hop. Slower bundles, title encoding and session-store reads go to
+the thread pool so they never block the loop. Each request takes the live bundle once and
+uses only that object, so a swap in the middle of a request cannot mix versions.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI evaluates endpoint annotations
