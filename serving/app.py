@@ -197,6 +197,12 @@ def _bad_request(loc: tuple[str, ...], msg: str, value: Any) -> RequestValidatio
     return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
 
 
+INLINE_MAX_K = 50
+"""Deepest list a request may ask for and still run on the event loop (see ``run_cascade``)."""
+INLINE_MIN_HISTORY = 100
+"""History length that always counts as ordinary, however short the warm-up's were."""
+
+
 def lean_json(payload: dict[str, Any]) -> Response:
     """``payload`` as JSON, skipping FastAPI's response-model pass.
 
@@ -292,14 +298,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def sessions() -> SessionStore:
         return state["sessions"]
 
-    async def run_cascade(bundle: LoadedBundle, *args: Any, **kwargs: Any) -> CascadeResult:
-        """``bundle.recommend_for`` on the event loop when the bundle measured cheap at load, else
-        in the thread pool. A sub-millisecond numpy/FAISS cascade holds the GIL for most of its
-        time, so a thread gains no parallelism and the hop (~0.1 ms) is a third of the request;
-        a torch model's longer, GIL-releasing work is worth moving off the loop."""
-        if bundle.cascade_ms <= serving.inline_below_ms:
-            return bundle.recommend_for(*args, **kwargs)
-        return await run_in_threadpool(bundle.recommend_for, *args, **kwargs)
+    async def run_cascade(
+        bundle: LoadedBundle, who: str, history: np.ndarray, p: CascadeParams, **kwargs: Any
+    ) -> CascadeResult:
+        """``bundle.recommend_for`` on the event loop for an ordinary request to a bundle that
+        measured cheap at load, else in the thread pool.
+
+        A sub-millisecond numpy/FAISS cascade holds the GIL for most of its time, so a thread
+        gains no parallelism and the hop (~0.1 ms) is a tenth of the request. But whatever
+        runs on the loop stalls every other connection, so deep requests (k up to ``max_k``,
+        histories far longer than the warm-up's: 8–17 ms on MovieLens) and slow bundles
+        (a torch model's longer, GIL-releasing work) go to the thread pool.
+        """
+        ordinary = p.k <= INLINE_MAX_K and len(history) <= max(2 * bundle.warm_history, INLINE_MIN_HISTORY)
+        if ordinary and bundle.cascade_ms <= serving.inline_below_ms:
+            return bundle.recommend_for(who, history, p, **kwargs)
+        return await run_in_threadpool(bundle.recommend_for, who, history, p, **kwargs)
 
     def params(k: int, mmr_lambda: float | None, explore: bool | None, *seed: object) -> CascadeParams:
         return CascadeParams(

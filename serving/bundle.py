@@ -13,6 +13,7 @@ bundle it began with while new requests see the new one. Nothing is ever half-sw
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import gc
 import logging
@@ -125,7 +126,9 @@ class LoadedBundle:
     text_model: str | None = None
     """The text model that made ``vectors``; queries must be encoded with the same one."""
     cascade_ms: float = float("inf")
-    """Median time of one user's cascade, measured by :func:`warm_up` at load (inf: not measured)."""
+    """p90 time of one user's cascade, measured by :func:`warm_up` at load (inf: not measured)."""
+    warm_history: int = 0
+    """The longest history :func:`warm_up` measured: requests far beyond it may cost more."""
     ranker: RankStage | None = None
     """The cascade's rank stage (the bundle's ``ranker/`` or its model); None: the model."""
     ranker_name: str = "model"
@@ -545,7 +548,8 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
         categories=categories,
         years=[int(y) if y is not None else None for y in columns["year"]],
     )
-    bundle = dataclasses.replace(bundle, cascade_ms=warm_up(bundle))
+    cascade_ms, warm_history = warm_up(bundle)
+    bundle = dataclasses.replace(bundle, cascade_ms=cascade_ms, warm_history=warm_history)
     logger.info(
         "loaded bundle %s (%s, %d users, %d items) in %.2fs; cascade %.2f ms per request",
         version,
@@ -558,15 +562,22 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
     return bundle
 
 
+# Objects frozen by BundleHolder are invisible to the collection at interpreter exit too;
+# hand them back so extension types are torn down in order (nanobind reports "leaks" otherwise).
+atexit.register(gc.unfreeze)
+
 WARM_UP_USERS = 16
 
 
-def warm_up(bundle: LoadedBundle, users: int = WARM_UP_USERS) -> float:
-    """Run the cascade for a few known users before the bundle goes live; their median ms.
+def warm_up(bundle: LoadedBundle, users: int = WARM_UP_USERS) -> tuple[float, int]:
+    """Run the cascade for a few known users before the bundle goes live: (p90 ms, the longest
+    history among them).
 
     Two reasons: the first requests after a swap would otherwise pay for cold index pages
-    and lazily built state, and the service needs to know what one request costs to decide
-    where it runs (``ServingSettings.inline_below_ms``). A bundle without users measures inf.
+    and lazily built state, and the service needs to know what an ordinary request costs to
+    decide where it runs (``ServingSettings.inline_below_ms``). It is measured at k = 10 and
+    N = 200; the service sends deeper requests to the thread pool whatever this says. A
+    bundle without users measures inf.
     """
     params = CascadeParams(
         k=10, candidates=200, mmr_lambda=0.7, retrieval_weight=0.3, duplicate_threshold=0.95,
@@ -581,7 +592,8 @@ def warm_up(bundle: LoadedBundle, users: int = WARM_UP_USERS) -> float:
             bundle.recommend_for("warm-up", history, params, min_interactions=1)
             if timed:
                 times.append((time.perf_counter() - started) * 1e3)
-    return float(np.median(times)) if times else float("inf")
+    longest = max((len(h) for h in chosen), default=0)
+    return (float(np.percentile(times, 90)) if times else float("inf")), longest
 
 
 def _pool(table: pa.Table, item_index: dict[str, int], version: str) -> DailyPool | None:
@@ -769,7 +781,11 @@ class BundleHolder:
             # garbage cycles; left in the collector's oldest generation, every full collection
             # walks them all: 305 ms at 500,000 items, a p99 spike and a steady CPU tax.
             # Freezing moves them out of the collector's sight; reference counting still frees
-            # the old bundle once its last request is done.
+            # the old bundle once its last request is done (a bundle holds no reference cycles;
+            # tests/test_serving.py checks the old one is freed). Freezing takes every object
+            # alive at that moment, so the young generations, where fresh cyclic garbage sits,
+            # are collected first (~3 ms; a full collection would stall requests ~0.3 s).
+            gc.collect(1)
             gc.freeze()
             logger.info("bundle %s is live (was %s)", version, live.version if live else "nothing")
             return True

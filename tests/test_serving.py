@@ -544,6 +544,29 @@ def test_holder_without_poller_checks_lazily_and_remembers_refusals(
     assert calls == [v1, bad, bad]
 
 
+def test_a_swapped_out_bundle_is_freed_and_the_live_one_is_frozen(
+    tmp_path: Path, warehouse: duckdb.DuckDBPyConnection, data: SplitData
+) -> None:
+    """The holder freezes each bundle it swaps in out of the garbage collector's sight; the
+    old bundle must still be freed (by reference counting) once nothing uses it."""
+    import gc
+    import weakref
+
+    store = ArtifactStore(tmp_path / "bundles")
+    holder = BundleHolder(store, check_interval_s=0.0)
+    try:
+        publish(store, warehouse, data)
+        first = weakref.ref(holder.get())
+        assert gc.get_freeze_count() > 0
+        v2 = publish(store, warehouse, make_split(n_users=8, seed=1))
+        assert holder.get().version == v2
+        assert first() is None, "the swapped-out bundle is still alive"
+        assert holder.get().cascade_ms < float("inf") and holder.get().warm_history > 0
+    finally:
+        holder.stop()
+    assert gc.get_freeze_count() == 0
+
+
 def test_a_reused_version_name_is_loaded_not_mistaken_for_the_live_bundle(
     tmp_path: Path, warehouse: duckdb.DuckDBPyConnection, data: SplitData
 ) -> None:
