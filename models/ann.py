@@ -32,6 +32,7 @@ It lives in ``models/`` because serving loads and searches the index and may not
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -202,32 +203,31 @@ class ItemIndex:
         )
 
     def _ivf_params(self, nprobe: int) -> faiss.SearchParametersIVF:
-        """Search parameters per ``nprobe``, made once: FAISS only reads them, so concurrent
-        searches can share one (building one per query cost ~10 µs of a ~0.2 ms search)."""
-        cache = self.__dict__.setdefault("_params_cache", {})
-        params = cache.get(nprobe)
-        if params is None:
-            params = cache[nprobe] = faiss.SearchParametersIVF(nprobe=nprobe)
-        return params
+        return _ivf_params(nprobe)
 
     def _widen_ivf(
         self, j: int, q: np.ndarray, k: int, nprobe: int, scores: np.ndarray, rows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Search shard ``j`` again with twice the cells while the scanned ones held fewer than
-        ``k`` rows.
+        """Search the queries of shard ``j`` that came back short again, with twice the cells,
+        until each has ``k`` rows (or every cell is scanned).
 
         IVF returns at most what its ``nprobe`` cells hold; a deep request (large k, a long
         exclusion list) or small cells would silently get fewer candidates. Like HNSW's beam
-        widening to ``k``, this keeps "k results when the shard has k items" true.
+        widening to ``k``, this keeps "k results when the shard has k items" true. Only the
+        short queries are searched again, so a batch (the recall measurement) gets exactly
+        what the same queries would get one at a time.
         """
         shard = self.shards[j]
         want = min(k, shard.ntotal)
-        if want == 0 or rows[:, want - 1].min() >= 0:  # FAISS fills from the left
+        short = rows[:, want - 1] < 0  # FAISS fills from the left
+        if not short.any():
             return scores, rows
         nlist = faiss.extract_index_ivf(shard).nlist
-        while nprobe < nlist and bool((rows[:, :want] < 0).any()):
+        while nprobe < nlist and short.any():
             nprobe = min(nlist, nprobe * 2)
-            scores, rows = shard.search(q, k, params=self._ivf_params(nprobe))
+            again_scores, again_rows = shard.search(q[short], k, params=_ivf_params(nprobe))
+            scores[short], rows[short] = again_scores, again_rows
+            short = rows[:, want - 1] < 0
         return scores, rows
 
     def metadata(self) -> dict[str, Any]:
@@ -349,11 +349,23 @@ def build_index(vectors: np.ndarray, item_ids: Sequence[str], settings: IndexSet
         nlist = max(faiss.extract_index_ivf(s).nlist for s in index.shards)
         while True:
             index.recall = _measure_recall(index, x, settings.recall_sample, settings.recall_k, settings.seed)
-            # Tuned on one sample to just reach the floor, it can fall short on this one; a
-            # tuned index never fails the build for that, it scans more cells (all is exact).
+            # Tuned on one sample to just reach the floor, it can fall short on the reported
+            # one; a tuned index then scans more cells rather than fail the build (scanning
+            # all is exact). The reported recall has then taken part in choosing nprobe: it is
+            # the recall at the first nprobe where both samples reach the floor.
             if index.recall >= settings.recall_floor or index.nprobe >= nlist:
                 break
+            logger.info(
+                "ivf nprobe=%d: recall@%d = %.4f on the reported sample, below the floor: doubling",
+                index.nprobe, min(settings.recall_k, n), index.recall,
+            )  # fmt: skip
             index.nprobe = min(nlist, index.nprobe * 2)
+        if index.nprobe >= nlist:
+            logger.warning(
+                "ivf: the recall floor %.4f needs every one of the %d cells scanned; a flat index "
+                "is as exact and faster here (raise exact_below, use hnsw, or lower recall_floor)",
+                settings.recall_floor, nlist,
+            )  # fmt: skip
     else:
         index.recall = _measure_recall(index, x, settings.recall_sample, settings.recall_k, settings.seed)
     logger.info(
@@ -385,9 +397,17 @@ def build_index(vectors: np.ndarray, item_ids: Sequence[str], settings: IndexSet
     return index
 
 
+@functools.lru_cache(maxsize=64)
+def _ivf_params(nprobe: int) -> faiss.SearchParametersIVF:
+    """Search parameters per ``nprobe``, made once: FAISS only reads them, so concurrent
+    searches share one (building one per query cost ~10 µs of a ~0.2 ms search)."""
+    return faiss.SearchParametersIVF(nprobe=nprobe)
+
+
 def _tune_nprobe(index: ItemIndex, x: np.ndarray, settings: IndexSettings) -> int:
     """The smallest power-of-two ``nprobe`` whose recall@k reaches the floor on a sample drawn
-    with ``seed + 1`` (the recall reported afterwards is measured on other queries).
+    with ``seed + 1``; the recall reported afterwards is measured on the ``seed`` sample, and
+    :func:`build_index` doubles ``nprobe`` further if that one falls short.
 
     Scanning every cell is exact, so the search always ends with an answer.
     """

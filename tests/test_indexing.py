@@ -311,3 +311,26 @@ def test_ivf_widens_when_its_cells_hold_fewer_than_k(vectors: np.ndarray, ids: l
     deep = 1_500  # one cell of ~40 rows cannot hold it
     _, rows = index.search(vectors[:3], deep)
     assert (rows >= 0).all() and all(len(set(r)) == deep for r in rows.tolist())
+
+
+def test_ivf_batch_answers_equal_one_query_at_a_time(vectors: np.ndarray, ids: list[str]) -> None:
+    """Widening is per query: a batch (how recall is measured) must get exactly what the same
+    queries get one by one (how the service searches), or measured recall flatters serving."""
+    index = build_index(vectors, ids, IndexSettings(exact_below=1_000, ivf_nprobe=1, recall_floor=0.0))
+    queries = vectors[:40]
+    deep = 150  # more than one cell holds for some queries, not for others
+    batch_scores, batch_rows = index.search(queries, deep)
+    for i in range(len(queries)):
+        scores, rows = index.search(queries[i : i + 1], deep)
+        np.testing.assert_array_equal(rows[0], batch_rows[i])
+        np.testing.assert_array_equal(scores[0], batch_scores[i])
+    sizes = np.bincount(faiss_cells(index, queries), minlength=1)
+    assert sizes.size > 1  # the queries fall in different cells
+
+
+def faiss_cells(index: ItemIndex, queries: np.ndarray) -> np.ndarray:
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index.shards[0])
+    _, cells = ivf.quantizer.search(np.ascontiguousarray(queries), 1)
+    return cells[:, 0]
