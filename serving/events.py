@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from storage.artifacts import fsync_dir
+
 EventType = Literal["click", "skip", "like", "share", "dwell"]
 EVENT_TYPES: tuple[str, ...] = ("click", "skip", "like", "share", "dwell")
 
@@ -114,7 +116,7 @@ class EventLog:
                 break
             os.close(fd)
             n += 1
-        _fsync_dir(self.directory)  # a newly created file's name must be durable too
+        fsync_dir(self.directory)  # a newly created file's name must be durable too
         self._fd, self._day, self._path = fd, day, path
         return fd
 
@@ -134,14 +136,6 @@ def _torn_tail(fd: int) -> bool:
     if size == 0:
         return False
     return os.pread(fd, 1, size - 1) != b"\n"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_events(directory: Path) -> list[Event]:

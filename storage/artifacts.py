@@ -145,10 +145,10 @@ class ArtifactStore:
             "checksums": checksums,
         }
         (staged / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
-        _fsync_dir(staged)
+        fsync_dir(staged)
         final = self.root / version
         os.rename(staged, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         if make_current:
             self.set_current(version)
         self.prune()
@@ -165,7 +165,7 @@ class ArtifactStore:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.root / CURRENT)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def rollback(self, version: str | None = None) -> str:
         """Point ``CURRENT`` at ``version``, or at the bundle published before the live one."""
@@ -194,7 +194,9 @@ class ArtifactStore:
         return removed
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a new file's or a renamed bundle's name) durable: an fsync
+    of the files alone does not survive a crash if the name they are reached by does not."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -395,25 +395,30 @@ def publish_champion(
     ndcg@10 is within ``tolerance`` of the live one)."""
     import tempfile
 
-    from tasks.eval_report import report_for_models
+    from tasks.eval_report import EvalReport, report_for_models
     from tasks.publish import PublishResult, publish_bundle
 
     serving_warm = serving_report = None
     started = time.perf_counter()
     live = store.current_version()
     live_valid = store.manifest(live).get("metrics", {}).get("valid", {}) if live else {}
+
+    def write_report(directory: Path, notes: str) -> EvalReport:
+        """The evaluation report of every candidate run, the same whether published or refused."""
+        return report_for_models(
+            results_dict(settings, proto, runs),
+            data,
+            {r.model_name: r.model for r in runs},
+            directory,
+            title=title or f"train-models: {', '.join(r.model_name for r in runs)}",
+            notes=notes,
+        )
+
     refusal = gate_refusal(champion.valid, live, live_valid, tolerance)
     if refusal is not None:
         log(f"gate: {refusal}; nothing is refitted or written")
         with tempfile.TemporaryDirectory(prefix="recflow-train-") as tmp:
-            report = report_for_models(
-                results_dict(settings, proto, runs),
-                data,
-                {r.model_name: r.model for r in runs},
-                Path(tmp) / "report",
-                title=title or f"train-models: {', '.join(r.model_name for r in runs)}",
-                notes=f"Refused by the gate: {refusal}.",
-            )
+            report = write_report(Path(tmp) / "report", f"Refused by the gate: {refusal}.")
         published = PublishResult(None, live, refusal)
         return ChampionOutcome(
             published, report.markdown, gate_markdown(champion, runs, published, live_valid), None
@@ -432,13 +437,9 @@ def publish_champion(
     vectors, index = bundle_vectors(con, settings, data, log)
     with tempfile.TemporaryDirectory(prefix="recflow-train-") as tmp:
         attachments: dict[str, Path] = {}
-        report = report_for_models(
-            results_dict(settings, proto, runs),
-            data,
-            {r.model_name: r.model for r in runs},
+        report = write_report(
             Path(tmp) / "report",
-            title=title or f"train-models: {', '.join(r.model_name for r in runs)}",
-            notes=f"Champion: `{champion.model_name}` (best validation ndcg@10); live bundle valid "
+            f"Champion: `{champion.model_name}` (best validation ndcg@10); live bundle valid "
             f"ndcg@10: {live_valid.get('ndcg@10', float('nan')):.4f}.",
         )
         attachments["report"] = report.directory
