@@ -69,6 +69,21 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self._bundle_labels: tuple[str, str] | None = None
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def observe(self, endpoint: str, method: str, status: str, seconds: float) -> None:
+        """Count one request and time it.
+
+        The labelled children are cached: ``labels()`` validates and locks on every call,
+        ~10 µs a request for two series, and label sets are bounded (route templates).
+        """
+        key = (endpoint, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(*key), self.latency.labels(endpoint, method))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def set_bundle(self, version: str, model: str) -> None:
         """Keep exactly one ``recflow_bundle_info`` series: the live bundle's."""
@@ -110,8 +125,7 @@ class MetricsMiddleware:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
-            self.metrics.requests.labels(endpoint, method, str(status)).inc()
-            self.metrics.latency.labels(endpoint, method).observe(time.perf_counter() - started)
+            self.metrics.observe(endpoint, method, str(status), time.perf_counter() - started)
 
 
 class BodyLimitMiddleware:

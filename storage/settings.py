@@ -183,6 +183,10 @@ class ServingSettings(BaseModel):
     """A bundle whose cascade measured (at load, p90 of 16 users at k = 10) at most this many ms
     runs ordinary requests on the event loop; slower bundles, and deep requests (k > 50, or a
     history longer than twice the longest measured), go to the thread pool (a ~0.1 ms hop)."""
+    opentelemetry: bool = False
+    """FastAPI's native OpenTelemetry spans, metrics and logs (exported through the process's
+    OpenTelemetry providers). Off by default: the service has its own Prometheus ``/metrics``,
+    and with telemetry on FastAPI looks up the global providers on every request."""
 
 
 class EmbeddingSettings(BaseModel):

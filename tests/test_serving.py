@@ -294,6 +294,26 @@ def test_bad_k_is_a_422_with_a_message(live: Live, k: str) -> None:
     assert detail[0]["msg"]
 
 
+def test_recommend_documents_the_query_it_validates_itself(live: Live) -> None:
+    """GET /recommend validates its query as one model (serving.app.parse_query); the schema
+    must still name every parameter with its bounds, and each bound must be enforced."""
+    operation = live.client.get("/openapi.json").json()["paths"]["/recommend/{user_id}"]["get"]
+    params = {p["name"]: p for p in operation["parameters"]}
+    assert params["user_id"]["in"] == "path" and params["user_id"]["required"] is True
+    assert {n: p["in"] for n, p in params.items() if n != "user_id"} == dict.fromkeys(
+        ["k", "mmr_lambda", "explore", "session"], "query"
+    )
+    assert params["k"]["schema"]["maximum"] == MAX_K and params["k"]["schema"]["minimum"] == 1
+    assert "422" in operation["responses"]
+    for query, name in [({"mmr_lambda": "1.5"}, "mmr_lambda"), ({"explore": "maybe"}, "explore"),
+                        ({"session": "bad session!"}, "session")]:  # fmt: skip
+        response = live.client.get("/recommend/u0", params=query)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == ["query", name]
+    ok = live.client.get("/recommend/u0", params={"k": "3", "explore": "false", "mmr_lambda": "0.5"})
+    assert ok.status_code == 200 and len(ok.json()["items"]) == 3
+
+
 def test_unknown_item_and_user_are_404s_naming_the_id(live: Live) -> None:
     response = live.client.get("/items/no-such-item")
     assert response.status_code == 404
