@@ -514,7 +514,9 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
         index = ItemIndex.load(path / "index")
         if [str(i) for i in index.item_ids] != item_ids:
             raise BundleError(f"bundle {version}: index item ids do not follow the catalogue order")
-        vectors = np.load(path / "item_vectors.npy")
+        # float32 in memory whatever was stored: the index searches float32, and a float64
+        # copy would double what every user vector and similarity gathers
+        vectors = np.ascontiguousarray(np.load(path / "item_vectors.npy"), dtype=np.float32)
         if vectors.shape[0] != n_items:
             raise BundleError(f"bundle {version}: {vectors.shape[0]} item vectors for {n_items} items")
         if text_model is not None:

@@ -640,3 +640,16 @@ def test_vectorised_mmr_matches_the_pairwise_definition(lam: float) -> None:
         assert result.indices == [int(order[j]) for j in picks]
         assert result.stages == stages
         assert result.duplicates_removed == duplicates
+
+
+def test_unit_rows_shares_rows_that_are_unit_already_and_scales_the_others() -> None:
+    from serving.cascade import unit_rows
+
+    rng = np.random.default_rng(3)
+    raw = rng.standard_normal((100, 8))
+    scaled = unit_rows(raw)
+    assert scaled.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(scaled, axis=1), 1.0, atol=1e-6)
+    assert unit_rows(scaled) is scaled  # no second 128 MB copy of a 500k catalogue
+    zero = unit_rows(np.zeros((2, 8)))
+    assert np.isfinite(zero).all() and not zero.any()
