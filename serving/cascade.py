@@ -100,6 +100,12 @@ class ModelRanker:
         return np.asarray(self.model.score([history])[0])[candidates].astype(np.float64)
 
 
+DENSE_ROW_BELOW = 50_000
+"""Catalogue size below which the neighbour sums go into a full score row (one ``bincount``,
+the fastest way when the row is small); above it they are matched to the candidates through
+a per-thread slot table instead, so no 500,000-wide row is allocated per request."""
+
+
 class NeighbourhoodRanker:
     """ItemKNN-family scores for the candidate columns, straight from the similarity rows.
 
@@ -108,12 +114,12 @@ class NeighbourhoodRanker:
     (itemknn), exactly as the models weigh a profile; ``tests/test_serving_cascade.py`` checks
     the two agree. The models' own ``score(items=...)`` slices ``S`` column-wise through
     scipy, which is the slow direction for a CSR matrix: 2.4 ms per request on MovieLens-100K
-    and 42 ms at 500,000 items, against ~0.1 ms and ~50 µs here.
+    and 42 ms at 500,000 items, against 0.23 ms and ~50 µs here.
     """
 
     MODELS = ("itemknn", "itemknn-recency")
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, dense_below: int = DENSE_ROW_BELOW) -> None:
         similarity = model.similarity.tocsr()
         # Raw CSR arrays: slicing a scipy matrix costs ~100 µs of bookkeeping per request,
         # gathering the history's rows straight from ``indptr`` costs a few.
@@ -121,6 +127,7 @@ class NeighbourhoodRanker:
         self.indices = similarity.indices
         self.data = similarity.data
         self.n_items = similarity.shape[1]
+        self.dense = self.n_items < dense_below
         self.decay = float(getattr(model, "decay", 1.0)) if model.name == "itemknn-recency" else None
         self._powers = np.ones(1, dtype=np.float64)
         self._local = threading.local()
@@ -164,6 +171,8 @@ class NeighbourhoodRanker:
         )
         cols = self.indices[offsets]
         vals = self.data[offsets] * np.repeat(weights, lengths)
+        if self.dense:  # MovieLens: 113 history rows × 300 neighbours, 0.23 ms here, 0.37 below
+            return np.bincount(cols, weights=vals, minlength=self.n_items)[candidates]
         # Each neighbour entry finds its candidate's position through the thread's table,
         # which is set for these candidates and cleared again: no sort, no search.
         slots = self._slots()

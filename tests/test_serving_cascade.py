@@ -536,8 +536,9 @@ def test_reload_under_concurrent_traffic_fails_nothing(tmp_path: Path) -> None:
         assert c.get("/feed").json()["pool_date"] is None  # v2 has no pool: the fallback serves
 
 
+@pytest.mark.parametrize("dense_below", [0, 50_000], ids=["slot-table", "dense-row"])
 @pytest.mark.parametrize("name", ["itemknn", "itemknn-recency"])
-def test_neighbourhood_ranker_agrees_with_the_models_own_scores(name: str) -> None:
+def test_neighbourhood_ranker_agrees_with_the_models_own_scores(name: str, dense_below: int) -> None:
     from models.registry import build_model
     from serving.cascade import ModelRanker, NeighbourhoodRanker
     from tasks.training import fit_for_serving
@@ -545,7 +546,8 @@ def test_neighbourhood_ranker_agrees_with_the_models_own_scores(name: str) -> No
     params = {"neighbors": 20, **({"decay": 0.6} if name == "itemknn-recency" else {})}
     model = fit_for_serving(make_split(), name, params)
     assert type(model) is type(build_model(name, **params))
-    fast, full = NeighbourhoodRanker(model), ModelRanker(model)
+    fast, full = NeighbourhoodRanker(model, dense_below=dense_below), ModelRanker(model)
+    assert fast.dense == (dense_below > 37)
     rng = np.random.default_rng(0)
     for _ in range(20):
         history = rng.integers(0, 37, rng.integers(1, 30))  # repeats included, lengths growing
