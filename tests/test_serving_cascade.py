@@ -655,3 +655,34 @@ def test_unit_rows_shares_rows_that_are_unit_already_and_scales_the_others() -> 
     assert unit_rows(scaled) is scaled  # no second 128 MB copy of a 500k catalogue
     zero = unit_rows(np.zeros((2, 8)))
     assert np.isfinite(zero).all() and not zero.any()
+
+
+def test_metrics_count_each_request_once_per_label_set() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from serving.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics()
+    for status, seconds in [("200", 0.001), ("200", 0.003), ("404", 0.0004)]:
+        metrics.observe("/recommend/{user_id}", "GET", status, seconds)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for s in family.samples
+    }
+    ok = (("endpoint", "/recommend/{user_id}"), ("method", "GET"), ("status", "200"))
+    missing = (("endpoint", "/recommend/{user_id}"), ("method", "GET"), ("status", "404"))
+    assert samples[("recflow_http_requests_total", ok)] == 2
+    assert samples[("recflow_http_requests_total", missing)] == 1
+    timing = (("endpoint", "/recommend/{user_id}"), ("method", "GET"))
+    assert samples[("recflow_http_request_duration_seconds_count", timing)] == 3
+    assert samples[("recflow_http_request_duration_seconds_sum", timing)] == pytest.approx(0.0044)
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_fastapi_opentelemetry_follows_the_setting(tmp_path: Path, enabled: bool) -> None:
+    from serving.app import create_app
+
+    app = create_app(Settings(home=tmp_path, serving={"opentelemetry": enabled}))
+    flags = app._telemetry  # FastAPI's own record of the configuration it was given
+    assert (flags["tracing"], flags["metrics"], flags["logs"]) == (enabled, enabled, enabled)
