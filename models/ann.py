@@ -143,6 +143,11 @@ class ItemIndex:
         """Number of indexed items."""
         return len(self.item_ids)
 
+    @property
+    def nlists(self) -> list[int]:
+        """IVF cells per shard (empty for the other kinds)."""
+        return [faiss.extract_index_ivf(s).nlist for s in self.shards] if self.kind == "ivf" else []
+
     def search(
         self, queries: np.ndarray, k: int, *, ef_search: int | None = None, nprobe: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +176,7 @@ class ItemIndex:
             probe = nprobe if nprobe is not None else self.nprobe
             if probe < 1:
                 raise ValueError(f"nprobe must be positive, got {probe}")
-            params = self._ivf_params(probe)
+            params = _ivf_params(probe)
 
         all_scores, all_rows = [], []
         for j, (shard, start) in enumerate(zip(self.shards, self.offsets[:-1], strict=True)):
@@ -201,9 +206,6 @@ class ItemIndex:
             np.take_along_axis(scores, order, axis=1),
             np.take_along_axis(rows, order, axis=1).astype(np.int64, copy=False),
         )
-
-    def _ivf_params(self, nprobe: int) -> faiss.SearchParametersIVF:
-        return _ivf_params(nprobe)
 
     def _widen_ivf(
         self, j: int, q: np.ndarray, k: int, nprobe: int, scores: np.ndarray, rows: np.ndarray
@@ -242,7 +244,7 @@ class ItemIndex:
             "recall": self.recall,
             "recall_k": self.settings.recall_k if self.kind != "flat" else None,
             "nprobe": self.nprobe if self.kind == "ivf" else None,
-            "nlist": [faiss.extract_index_ivf(s).nlist for s in self.shards] if self.kind == "ivf" else None,
+            "nlist": self.nlists or None,
             "build_seconds": round(self.build_seconds, 4),
             "params": self.settings.model_dump(),
             "faiss_version": faiss.__version__,
@@ -346,7 +348,7 @@ def build_index(vectors: np.ndarray, item_ids: Sequence[str], settings: IndexSet
     index.recall = None
     if kind == "ivf" and settings.ivf_nprobe == 0:
         index.nprobe = _tune_nprobe(index, x, settings)
-        nlist = max(faiss.extract_index_ivf(s).nlist for s in index.shards)
+        nlist = max(index.nlists)
         while True:
             index.recall = _measure_recall(index, x, settings.recall_sample, settings.recall_k, settings.seed)
             # Tuned on one sample to just reach the floor, it can fall short on the reported
@@ -411,7 +413,7 @@ def _tune_nprobe(index: ItemIndex, x: np.ndarray, settings: IndexSettings) -> in
 
     Scanning every cell is exact, so the search always ends with an answer.
     """
-    nlist = max(faiss.extract_index_ivf(s).nlist for s in index.shards)
+    nlist = max(index.nlists)
     k = min(settings.recall_k, x.shape[0])
     queries = recall_queries(x, settings.recall_sample, settings.seed + 1)
     exact_scores, _ = exact_search(x, queries, k)

@@ -367,15 +367,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await run_in_threadpool(bundle.recommend_for, who, history, p, **kwargs)
 
     def params(k: int, mmr_lambda: float | None, explore: bool | None, *seed: object) -> CascadeParams:
-        return CascadeParams(
-            k=k,
-            candidates=max(serving.candidates, k),
-            mmr_lambda=serving.mmr_lambda if mmr_lambda is None else mmr_lambda,
-            retrieval_weight=serving.retrieval_weight,
-            duplicate_threshold=serving.duplicate_threshold,
-            explore=serving.exploration if explore is None else explore,
-            seed=stable_seed(*seed, datetime.now(UTC).date()),
-        )
+        day_seed = stable_seed(*seed, datetime.now(UTC).date())
+        return CascadeParams.from_settings(serving, k, mmr_lambda=mmr_lambda, explore=explore, seed=day_seed)
 
     def cascade_info(result: CascadeResult, p: CascadeParams) -> dict[str, Any]:
         return {

@@ -50,6 +50,7 @@ from serving.cascade import (
     unit_rows,
 )
 from storage.artifacts import MANIFEST, ArtifactStore, BundleError
+from storage.settings import ServingSettings
 
 logger = logging.getLogger("recflow.serving")
 
@@ -406,15 +407,7 @@ class LoadedBundle:
         """Top ``k`` unseen items for a user of the bundle through the cascade (with default
         knobs unless ``params``): the model's choice, or the fallback for too short histories."""
         history = self.histories.get(user_id)
-        params = params or CascadeParams(
-            k=k,
-            candidates=200,
-            mmr_lambda=0.7,
-            retrieval_weight=0.3,
-            duplicate_threshold=0.95,
-            explore=False,
-            seed=0,
-        )
+        params = params or CascadeParams.from_settings(ServingSettings(), k, explore=False)
         result = self.recommend_for(
             f"user {user_id!r}",
             history if history is not None else np.zeros(0, dtype=np.int64),
@@ -584,14 +577,11 @@ def warm_up(bundle: LoadedBundle, users: int = WARM_UP_USERS) -> tuple[float, in
 
     Two reasons: the first requests after a swap would otherwise pay for cold index pages
     and lazily built state, and the service needs to know what an ordinary request costs to
-    decide where it runs (``ServingSettings.inline_below_ms``). It is measured at k = 10 and
-    N = 200; the service sends deeper requests to the thread pool whatever this says. A
+    decide where it runs (``ServingSettings.inline_below_ms``). It is measured at k = 10 with
+    the default knobs; the service sends deeper requests to the thread pool whatever this says. A
     bundle without users measures inf.
     """
-    params = CascadeParams(
-        k=10, candidates=200, mmr_lambda=0.7, retrieval_weight=0.3, duplicate_threshold=0.95,
-        explore=True, seed=0,
-    )  # fmt: skip
+    params = CascadeParams.from_settings(ServingSettings(), 10, explore=True)
     step = max(1, len(bundle.user_order) // users)
     chosen = [bundle.histories[u] for u in bundle.user_order[::step][:users]]
     times = []

@@ -33,11 +33,14 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from models.ann import ItemIndex
+
+if TYPE_CHECKING:
+    from storage.settings import ServingSettings
 
 logger = logging.getLogger("recflow.serving")
 
@@ -281,6 +284,28 @@ class CascadeParams:
     duplicate_threshold: float
     explore: bool
     seed: int
+
+    @classmethod
+    def from_settings(
+        cls,
+        serving: ServingSettings,
+        k: int,
+        *,
+        mmr_lambda: float | None = None,
+        explore: bool | None = None,
+        seed: int = 0,
+    ) -> CascadeParams:
+        """The knobs for a list of ``k``: the settings' values where the request left them out.
+        At least ``k`` candidates are retrieved, so a deep request is never short for want of them."""
+        return cls(
+            k=k,
+            candidates=max(serving.candidates, k),
+            mmr_lambda=serving.mmr_lambda if mmr_lambda is None else mmr_lambda,
+            retrieval_weight=serving.retrieval_weight,
+            duplicate_threshold=serving.duplicate_threshold,
+            explore=serving.exploration if explore is None else explore,
+            seed=seed,
+        )
 
 
 @dataclass
