@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,7 +54,7 @@ def main() -> None:
     raw_s = time.perf_counter() - started
 
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = {"home": tmp, "catalogue": "bench"}
+        overrides: dict[str, Any] = {"home": tmp, "catalogue": "bench"}
         settings = Settings(**overrides)
         with open_warehouse(settings.warehouse_path) as con:
             upsert_items(con, items, "bench")

@@ -149,7 +149,7 @@ def bundle_list() -> None:
 
     settings = _settings()
     table = Table("", "version", "model", "valid ndcg@10", "test ndcg@10", "users", "items")
-    for info in ArtifactStore(settings.bundles_dir).list():
+    for info in ArtifactStore(settings.bundles_dir).infos():
         m = info.manifest
         metrics = m.get("metrics", {})
         table.add_row(

@@ -13,7 +13,7 @@ because then the file (or the catalogue it refers to) is broken, not a few lines
 
 The expectations run through Great Expectations 1.x for real, so the rules are standard GX
 expectations with GX's documented semantics (nulls are skipped by range/set rules, bounds
-are inclusive). Choices forced by the stack (see ``shared/STACK.md``):
+are inclusive). Choices forced by the stack (GX 1.x beside DuckDB 2):
 
 * the pandas data source, not SQL: GX's SQL data source is broken on DuckDB;
 * GX is imported lazily: importing it costs seconds, and most callers (the API, the CLI)
@@ -312,6 +312,8 @@ def _validate(
     by_rule: dict[str, list[int]] = {}
     for res in result.results:
         config = res.expectation_config
+        if config is None:
+            raise RuntimeError(f"{source_file}: GX returned a result without its expectation")
         rule = f"{config.type}({config.kwargs.get('column')})"
         failed = _raised(res.exception_info)
         if failed:

@@ -90,5 +90,6 @@ def run_embed_items(overrides: dict[str, Any] | None = None) -> EmbedSummary:
                 "dashboard_address": None,
             }
         )
-        return embed_items_flow.with_options(task_runner=runner)(overrides)
+        # prefect-dask's runner is generic over Dask futures, which Flow.with_options does not name.
+        return embed_items_flow.with_options(task_runner=runner)(overrides)  # type: ignore[arg-type]
     return embed_items_flow(overrides)

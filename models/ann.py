@@ -171,7 +171,7 @@ class ItemIndex:
             ef = ef_search if ef_search is not None else self.settings.hnsw_ef_search
             if ef < 1:
                 raise ValueError(f"ef_search must be positive, got {ef}")
-            params = faiss.SearchParametersHNSW(efSearch=max(ef, k))
+            params = faiss.SearchParametersHNSW(efSearch=max(ef, k))  # type: ignore[attr-defined]  # not in faiss's .pyi
         elif self.kind == "ivf":
             probe = nprobe if nprobe is not None else self.nprobe
             if probe < 1:
@@ -286,7 +286,7 @@ class ItemIndex:
         shards = [faiss.read_index(str(directory / name)) for name in meta["shard_files"]]
         if meta["kind"] == "hnsw":
             for shard in shards:
-                faiss.downcast_index(shard).hnsw.efSearch = settings.hnsw_ef_search
+                faiss.downcast_index(shard).hnsw.efSearch = settings.hnsw_ef_search  # type: ignore[attr-defined]
         index = cls(
             kind=meta["kind"],
             item_ids=item_ids,
@@ -403,7 +403,7 @@ def build_index(vectors: np.ndarray, item_ids: Sequence[str], settings: IndexSet
 def _ivf_params(nprobe: int) -> faiss.SearchParametersIVF:
     """Search parameters per ``nprobe``, made once: FAISS only reads them, so concurrent
     searches share one (building one per query cost ~10 µs of a ~0.2 ms search)."""
-    return faiss.SearchParametersIVF(nprobe=nprobe)
+    return faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]  # the .pyi lacks SWIG kwargs
 
 
 def _tune_nprobe(index: ItemIndex, x: np.ndarray, settings: IndexSettings) -> int:

@@ -83,7 +83,7 @@ class ArtifactStore:
             if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).exists()
         )
 
-    def list(self) -> list[BundleInfo]:
+    def infos(self) -> list[BundleInfo]:
         current = self.current_version()
         return [BundleInfo(v, self.root / v, self.manifest(v), v == current) for v in self.versions()]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -259,7 +260,7 @@ def table_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return {t: int(scalar(con, f"SELECT count(*) FROM {t}")) for t in tables}
 
 
-def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None) -> object:
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None) -> Any:
     """First column of the first row. Fetches everything: DuckDB 2 refuses new work on a
     connection whose previous result was not fully read (``fetchone`` leaves it open)."""
     rows = con.execute(sql, params).fetchall() if params is not None else con.execute(sql).fetchall()
