@@ -84,3 +84,10 @@ bench-serve: setup
 	$(BIN)/recflow data demo
 	test -f var/movielens-100k/bundles/CURRENT || $(BIN)/recflow run nightly
 	$(BIN)/python -m benchmarks.bench_serve
+
+# Re-run the README's example requests against the live MovieLens bundle and rewrite their
+# output blocks in README.md (needs `make demo`'s nightly to have published a bundle).
+.PHONY: readme-examples
+readme-examples: setup
+	test -f var/movielens-100k/bundles/CURRENT || $(BIN)/recflow run nightly
+	$(BIN)/python -m deployments.readme_examples --write

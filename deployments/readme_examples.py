@@ -1,0 +1,158 @@
+"""Re-run the README's example requests against a real service and rewrite their outputs.
+
+``python -m deployments.readme_examples`` (``make readme-examples``) starts ``recflow serve``
+on the live bundle of the default catalogue, sends every request below over HTTP and prints
+what came back, trimmed the way the README shows it. ``--write`` also replaces the text
+between ``<!-- examples:NAME -->`` and ``<!-- /examples:NAME -->`` in README.md, so the
+examples there are whatever the program printed last, never a hand-edited copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One request of the README and how its answer is shown."""
+
+    path: str
+    comment: str
+    show: Callable[[Any], str]
+
+
+def _compact(body: Any) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def _recommend(body: dict[str, Any]) -> str:
+    """The whole answer, one item per line, scores to 4 decimals."""
+    head = {k: v for k, v in body.items() if k not in ("items", "cascade")}
+    items = [
+        {k: item[k] for k in ("item_id", "title", "categories", "year", "score", "rank") if k in item}
+        | {"score": round(item["score"], 4)}
+        for item in body["items"]
+    ]
+    lines = [_compact(i) for i in items]
+    return _compact(head)[:-1] + ',\n "items":[' + ",\n          ".join(lines) + "]}"
+
+
+def _fallback(body: dict[str, Any]) -> str:
+    head = {k: body[k] for k in ("user_id", "strategy", "reason")}
+    first = body["items"][0] if body["items"] else {}
+    return _compact(head)[:-1] + f',"items":[{{"item_id":"{first.get("item_id")}","title":"{first.get("title")}",...'
+
+
+def _titles(body: Any) -> str:
+    items = body["items"] if isinstance(body, dict) else body
+    return " · ".join(str(i["title"]) for i in items)
+
+
+def _titles_scores(body: Any) -> str:
+    items = body["items"] if isinstance(body, dict) else body
+    return " · ".join(f"{i['title']} {i['score']:.3f}" for i in items)
+
+
+EXAMPLES: dict[str, list[Example]] = {
+    "recommend": [
+        Example("/recommend/196?k=3", "", _recommend),
+        Example("/users/196/history?limit=3", "# the latest ratings drive the list", _titles),
+        Example("/recommend/999999?k=3", "# unknown user: marked fallback", _fallback),
+        Example("/recommend/196?k=0", "# bad input: 422 with a message, never a 500", _compact),
+    ],
+    "similar": [
+        Example("/items/50/similar?k=5", "# 50 = Star Wars (1977)", _titles_scores),
+        Example("/search?q=space+adventure+with+aliens&k=5", "", _titles),
+    ],
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_service(port: int) -> subprocess.Popen[bytes]:
+    recflow = Path(sys.executable).with_name("recflow")
+    cmd = [str(recflow), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _wait_healthy(client: httpx.Client, proc: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
+            raise RuntimeError(f"recflow serve exited with {proc.returncode} before answering /health:\n{err}")
+        try:
+            if client.get("/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"recflow serve did not answer /health within {timeout_s:.0f} s")
+
+
+def render(client: httpx.Client) -> dict[str, str]:
+    """Each block of examples as the console text the README shows."""
+    blocks: dict[str, str] = {}
+    for name, examples in EXAMPLES.items():
+        lines: list[str] = []
+        for ex in examples:
+            cmd = f"$ curl -s 'http://127.0.0.1:8000{ex.path}'"
+            lines.append(f"{cmd}   {ex.comment}".rstrip() if ex.comment else cmd)
+            lines.append(ex.show(client.get(ex.path).json()))
+            lines.append("")
+        blocks[name] = "```console\n" + "\n".join(lines).rstrip() + "\n```"
+    return blocks
+
+
+def rewrite(readme: str, blocks: dict[str, str]) -> str:
+    """``readme`` with every marked block replaced; a block without its markers is an error."""
+    for name, text in blocks.items():
+        pattern = re.compile(rf"(<!-- examples:{name} -->\n).*?(\n<!-- /examples:{name} -->)", re.S)
+        if not pattern.search(readme):
+            raise ValueError(f"README.md has no <!-- examples:{name} --> … <!-- /examples:{name} --> block")
+        readme = pattern.sub(lambda m, t=text: m.group(1) + t + m.group(2), readme)
+    return readme
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="rewrite the example blocks of README.md")
+    args = parser.parse_args(argv)
+    port = _free_port()
+    proc = _start_service(port)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            _wait_healthy(client, proc)
+            blocks = render(client)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    for text in blocks.values():
+        print(text)
+    if args.write:
+        README.write_text(rewrite(README.read_text(), blocks))
+        print(f"rewrote {len(blocks)} example blocks in {README}")
+
+
+if __name__ == "__main__":
+    main()

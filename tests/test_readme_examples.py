@@ -1,0 +1,27 @@
+"""The README's example blocks are the ones ``deployments.readme_examples`` rewrites."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployments.readme_examples import EXAMPLES, README, rewrite
+
+
+def test_every_example_block_is_marked_in_the_readme() -> None:
+    text = README.read_text()
+    for name, examples in EXAMPLES.items():
+        start, end = f"<!-- examples:{name} -->", f"<!-- /examples:{name} -->"
+        assert start in text and end in text, name
+        block = text[text.index(start) : text.index(end)]
+        for example in examples:
+            assert f"http://127.0.0.1:8000{example.path}'" in block, example.path
+
+
+def test_rewrite_replaces_only_the_marked_block() -> None:
+    readme = "intro\n<!-- examples:a -->\nold\n<!-- /examples:a -->\noutro\n"
+    assert rewrite(readme, {"a": "new\ntext"}) == "intro\n<!-- examples:a -->\nnew\ntext\n<!-- /examples:a -->\noutro\n"
+
+
+def test_rewrite_names_a_missing_block() -> None:
+    with pytest.raises(ValueError, match="examples:missing"):
+        rewrite("no markers here", {"missing": "x"})
