@@ -56,7 +56,8 @@ def _recommend(body: dict[str, Any]) -> str:
 def _fallback(body: dict[str, Any]) -> str:
     head = {k: body[k] for k in ("user_id", "strategy", "reason")}
     first = body["items"][0] if body["items"] else {}
-    return _compact(head)[:-1] + f',"items":[{{"item_id":"{first.get("item_id")}","title":"{first.get("title")}",...'
+    lead = _compact({"item_id": first.get("item_id"), "title": first.get("title")})[:-1]
+    return _compact(head)[:-1] + f',"items":[{lead},...'
 
 
 def _titles(body: Any) -> str:
@@ -100,7 +101,7 @@ def _wait_healthy(client: httpx.Client, proc: subprocess.Popen[bytes], timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
-            raise RuntimeError(f"recflow serve exited with {proc.returncode} before answering /health:\n{err}")
+            raise RuntimeError(f"recflow serve exited with {proc.returncode} before /health answered:\n{err}")
         try:
             if client.get("/health").status_code == 200:
                 return
@@ -128,9 +129,10 @@ def rewrite(readme: str, blocks: dict[str, str]) -> str:
     """``readme`` with every marked block replaced; a block without its markers is an error."""
     for name, text in blocks.items():
         pattern = re.compile(rf"(<!-- examples:{name} -->\n).*?(\n<!-- /examples:{name} -->)", re.S)
-        if not pattern.search(readme):
+        match = pattern.search(readme)
+        if match is None:
             raise ValueError(f"README.md has no <!-- examples:{name} --> … <!-- /examples:{name} --> block")
-        readme = pattern.sub(lambda m, t=text: m.group(1) + t + m.group(2), readme)
+        readme = readme[: match.start()] + match.group(1) + text + match.group(2) + readme[match.end() :]
     return readme
 
 
