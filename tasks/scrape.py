@@ -68,7 +68,7 @@ def configured_feeds(settings: FeedsSettings) -> list[FeedSettings]:
     """The configured feeds, or the demo outlets on ``demo_host:demo_port`` when none are."""
     if settings.feeds:
         return list(settings.feeds)
-    from tasks.demo_feeds import demo_feed_configs
+    from demo.feeds import demo_feed_configs
 
     return [FeedSettings(**f) for f in demo_feed_configs(settings.demo_host, settings.demo_port)]
 
@@ -929,7 +929,7 @@ def _json(summary: ScrapeSummary) -> str:
 def ensure_demo_server(settings: FeedsSettings) -> Any:
     """Start the demo feeds in this process when the feed list points at the demo address and
     nothing listens there; returns the started server (stop it when done) or None."""
-    from tasks.demo_feeds import DemoFeedServer, port_in_use
+    from demo.feeds import DemoFeedServer, port_in_use
 
     if not points_at_demo(configured_feeds(settings), settings):
         return None
