@@ -10,7 +10,6 @@ feeds point at the demo address and nothing listens there.
 from __future__ import annotations
 
 import hashlib
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -511,10 +510,3 @@ def broken_feed_configs(base_url: str) -> list[dict[str, str | None]]:
         {"url": f"{base_url}/broken/{case}", "name": f"broken: {case}", "category": None}
         for case in BROKEN_FEEDS
     ]
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """Whether something accepts connections on ``host:port``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
