@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from demo.stories import generate_stories
 from storage.settings import Settings
 from storage.warehouse import open_warehouse
-from tasks.demo_feeds import generate_stories
 from tasks.harvest import candidate_vectors, collapse_near_duplicates
 
 

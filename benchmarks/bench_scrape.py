@@ -27,7 +27,7 @@ from rich.table import Table
 
 
 def _serve(port_queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    from tasks.demo_feeds import DemoFeedServer
+    from demo.feeds import DemoFeedServer
 
     server = DemoFeedServer(port=0).start()
     port_queue.put(server.port)

@@ -83,7 +83,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "protocol": {
-            "stories": "tasks.demo_feeds.generate_stories, one item per story_id",
+            "stories": "demo.stories.generate_stories, one item per story_id",
             "seed": args.seed,
             "now": now.isoformat(),
             "personas": args.personas,

@@ -211,7 +211,7 @@ def demo_feeds(
     port: Annotated[int | None, typer.Option(help="Port; default feeds.demo_port.")] = None,
 ) -> None:
     """Serve the demo news feeds (26 outlets, new stories as the clock moves) until Ctrl-C."""
-    from tasks.demo_feeds import BROKEN_FEEDS, DemoFeedServer
+    from demo.feeds import BROKEN_FEEDS, DemoFeedServer
 
     feeds = _settings().feeds
     server = DemoFeedServer(host or feeds.demo_host, port or feeds.demo_port, seed=feeds.demo_seed)

@@ -25,7 +25,7 @@ from models.nrms import Impression, NRMSModel
 if TYPE_CHECKING:
     import duckdb
 
-    from tasks.demo_feeds import DemoStory
+    from demo.stories import DemoStory
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def demo_items(seed: int = 7, now: datetime | None = None) -> pd.DataFrame:
     A story carried by several outlets keeps its first-published article (headline and
     summary), the way the harvest collapses near-duplicates into one catalogue item.
     """
-    from tasks.demo_feeds import generate_stories
+    from demo.stories import generate_stories
 
     first: dict[str, DemoStory] = {}
     for story in sorted(generate_stories(seed=seed, now=now), key=lambda s: (s.published, s.url)):

@@ -9,10 +9,10 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from demo.feeds import DemoFeedServer
 from storage.artifacts import ArtifactStore
 from storage.settings import Settings
 from storage.warehouse import connect
-from tasks.demo_feeds import DemoFeedServer
 
 
 def test_news_nightly_publishes_items_vectors_index_and_pool(prefect_api: None, tmp_path: Path) -> None:

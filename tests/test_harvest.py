@@ -12,10 +12,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from demo.feeds import DemoFeedServer
+from demo.stories import generate_stories
 from storage.settings import FeedsSettings, HarvestSettings, Settings
 from storage.warehouse import connect
 from tasks.demand import compute_wishlist
-from tasks.demo_feeds import DemoFeedServer, generate_stories
 from tasks.events import ingest_events
 from tasks.harvest import harvest, latest_pool
 from tasks.scrape import configured_feeds, scrape, wished_feeds

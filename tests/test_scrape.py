@@ -13,17 +13,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from demo.feeds import BROKEN_FEEDS, DemoFeedServer, ServedDocument, broken_feed_configs
+from demo.stories import OUTLETS, TOPICS, generate_stories
 from storage.settings import FeedsSettings, Settings
 from storage.warehouse import connect
-from tasks.demo_feeds import (
-    BROKEN_FEEDS,
-    OUTLETS,
-    TOPICS,
-    DemoFeedServer,
-    ServedDocument,
-    broken_feed_configs,
-    generate_stories,
-)
 from tasks.scrape import canonical_url, clean_text, resume_feeds, scrape
 
 NOW = datetime(2026, 11, 20, 9, 17, tzinfo=UTC)
