@@ -13,7 +13,7 @@
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
-    sed -n '5,13p' "$0" >&2
+    sed -n '5,12p' "$0" >&2
     exit 2
 fi
 python=$1
