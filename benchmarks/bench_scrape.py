@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 
-def _serve(port_queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _serve(port_queue: multiprocessing.Queue[int]) -> None:
     from demo.feeds import DemoFeedServer
 
     server = DemoFeedServer(port=0).start()
@@ -59,7 +59,7 @@ def main() -> None:
     gx_warmup_s = time.perf_counter() - started
 
     ctx = multiprocessing.get_context("spawn")
-    ports: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
+    ports: multiprocessing.Queue[int] = ctx.Queue()
     server = ctx.Process(target=_serve, args=(ports,), daemon=True)
     server.start()
     port = ports.get(timeout=60)
