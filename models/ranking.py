@@ -1,0 +1,92 @@
+"""Top-k: the one ranking rule shared by offline evaluation, the batch export and the service.
+
+The rule, wherever a list of recommendations is cut to ``k``:
+
+1. Higher scores first.
+2. An item scored NaN or −∞, or listed in ``exclude`` (what the reader has seen), is never
+   returned; a row with fewer such candidates than ``k`` gets a shorter list.
+3. Equal scores are ordered by a tie-break key, lower first. The service and the batch
+   export pass the popularity rank (:func:`popularity_rank`), so the padding of a short
+   neighbourhood list — many items score exactly 0 — is the most popular unseen items. With
+   no key, the key is the item index.
+
+The same scores and key give the same list in the export file and in ``GET /recommend``.
+Offline metrics do not depend on this tie rule at all: ``models/metrics.py`` ranks each
+target below every item that ties with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+NO_ITEM = -1
+"""Padding of the batched form's rows that have fewer than ``k`` candidates."""
+
+
+def popularity_rank(popularity: np.ndarray) -> np.ndarray:
+    """Each item's position when items are sorted by popularity, most popular first (equal
+    popularity: lower index first). The tie-break key of the service and the export."""
+    n = len(popularity)
+    order = np.lexsort((np.arange(n), -np.asarray(popularity, dtype=np.float64)))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    return rank
+
+
+def top_k(
+    scores: np.ndarray,
+    k: int,
+    exclude: np.ndarray | Sequence[np.ndarray] | None = None,
+    tiebreak: np.ndarray | None = None,
+) -> np.ndarray:
+    """Indices of the ``k`` best items by the module's rule, best first.
+
+    ``scores`` is one row (``(n_items,)``) or a batch (``(n_rows, n_items)``) and is
+    overwritten in place: NaN and excluded entries become −∞ (pass a copy to keep them; the
+    service scores into a fresh array per request, so it pays for no copy). ``exclude`` is an
+    index array for one row, or one index array per row of a batch. ``tiebreak`` holds one
+    key per item; the keys must be distinct (a rank, such as :func:`popularity_rank`).
+
+    One row costs O(n_items) plus O(k log k): a partition finds the k-th score, and only the
+    items tied with it are compared by key. A batch returns ``(n_rows, min(k, n_items))``
+    int64, rows with fewer candidates padded with :data:`NO_ITEM`.
+    """
+    if scores.ndim == 1:
+        if exclude is not None and len(exclude):
+            scores[np.asarray(exclude, dtype=np.int64)] = -np.inf
+        return _top_k_row(scores, k, tiebreak)
+    if scores.ndim != 2:
+        raise ValueError(f"top_k: scores must be 1-D or 2-D, got shape {scores.shape}")
+    n_rows, n_items = scores.shape
+    if exclude is not None and len(exclude) != n_rows:
+        raise ValueError(f"top_k: {len(exclude)} exclusion lists for {n_rows} rows")
+    out = np.full((n_rows, max(min(k, n_items), 0)), NO_ITEM, dtype=np.int64)
+    for row in range(n_rows):
+        if exclude is not None and len(exclude[row]):
+            scores[row, np.asarray(exclude[row], dtype=np.int64)] = -np.inf
+        top = _top_k_row(scores[row], k, tiebreak)
+        out[row, : len(top)] = top
+    return out
+
+
+def _top_k_row(scores: np.ndarray, k: int, tiebreak: np.ndarray | None) -> np.ndarray:
+    """:func:`top_k` of one row whose exclusions are already −∞."""
+    nan = np.isnan(scores)
+    if nan.any():
+        scores[nan] = -np.inf
+    n_candidates = int(np.count_nonzero(scores > -np.inf))
+    k = min(k, n_candidates)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    n = len(scores)
+    threshold = np.partition(scores, n - k)[n - k]  # the k-th highest score
+    above = np.flatnonzero(scores > threshold)
+    ties = np.flatnonzero(scores == threshold)  # ascending item index
+    need = k - len(above)
+    if len(ties) > need:  # the k-th place is shared: keep the ties with the lowest keys
+        ties = ties[np.argpartition(tiebreak[ties], need - 1)[:need]] if tiebreak is not None else ties[:need]
+    chosen = np.concatenate([above, ties])
+    keys = tiebreak[chosen] if tiebreak is not None else chosen
+    return chosen[np.lexsort((keys, -scores[chosen]))]
