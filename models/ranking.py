@@ -63,12 +63,49 @@ def top_k(
     if exclude is not None and len(exclude) != n_rows:
         raise ValueError(f"top_k: {len(exclude)} exclusion lists for {n_rows} rows")
     out = np.full((n_rows, max(min(k, n_items), 0)), NO_ITEM, dtype=np.int64)
-    for row in range(n_rows):
-        if exclude is not None and len(exclude[row]):
-            scores[row, np.asarray(exclude[row], dtype=np.int64)] = -np.inf
+    if exclude is not None:
+        for row, items in enumerate(exclude):
+            if len(items):
+                scores[row, np.asarray(items, dtype=np.int64)] = -np.inf
+    rows = range(n_rows) if tiebreak is not None else _top_k_by_index(scores, out)
+    for row in rows:
         top = _top_k_row(scores[row], k, tiebreak)
         out[row, : len(top)] = top
     return out
+
+
+def _top_k_by_index(scores: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The batch rule with the item index as key, for most rows at once; writes those rows of
+    ``out`` and returns the others for :func:`_top_k_row`.
+
+    One partition of the whole batch finds each row's top k. Where the k-th score is shared
+    with items left outside (the partition picked among the tied items arbitrarily; a fifth
+    of ItemKNN's neighbour rows on MovieLens), the tied items are re-chosen by index. Rows
+    with fewer than k candidates go one by one. A loop over every row cost 5-8 times this.
+    """
+    k = out.shape[1]
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    np.copyto(scores, -np.inf, where=np.isnan(scores))
+    n = scores.shape[1]
+    part = np.argpartition(scores, n - k, axis=1)[:, n - k :]
+    threshold = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
+    full = threshold[:, 0] > -np.inf
+    shared = full & (np.count_nonzero(scores >= threshold, axis=1) > k)
+    if shared.any():
+        # of the items tied at the k-th score, keep the first ``need`` by index
+        rows = scores[shared]
+        at = threshold[shared]
+        tied = rows == at
+        need = k - np.count_nonzero(rows > at, axis=1, keepdims=True)
+        chosen = (rows > at) | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= need))
+        part[shared] = np.nonzero(chosen)[1].reshape(-1, k)
+    # ascending index, then a stable sort by score: equal scores stay in index order (a 2-D
+    # lexsort took three times as long)
+    part = np.sort(part[full], axis=1)
+    values = scores[np.flatnonzero(full)[:, None], part]
+    out[full] = np.take_along_axis(part, np.argsort(-values, axis=1, kind="stable"), axis=1)
+    return np.flatnonzero(~full)
 
 
 def _top_k_row(scores: np.ndarray, k: int, tiebreak: np.ndarray | None) -> np.ndarray:
