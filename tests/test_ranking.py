@@ -96,3 +96,30 @@ def test_a_batch_matches_a_brute_force_sort_per_row(
     for row, (s, _, ex, _) in enumerate(rows):
         expected = brute_force(s, k, ex, None)
         assert got[row].tolist() == expected + [NO_ITEM] * (min(k, n) - len(expected))
+
+
+def test_the_cascade_cuts_its_candidates_by_the_same_rule() -> None:
+    """Without item vectors the cascade's list is the top k of the candidates by relevance:
+    equal relevance in candidate order, a NaN candidate never listed, a short list when fewer
+    candidates remain."""
+    from serving.cascade import CascadeParams, CascadeResult, diversify
+
+    candidates = np.array([40, 10, 30, 20, 50, 60])
+    relevance = np.array([0.2, 0.5, np.nan, 0.5, 0.9, 0.2])
+    params = CascadeParams(
+        k=4,
+        candidates=6,
+        mmr_lambda=0.7,
+        retrieval_weight=0.0,
+        duplicate_threshold=0.97,
+        explore=False,
+        seed=0,
+    )
+    result = CascadeResult("personalized")
+    diversify(candidates, relevance, None, params, result, base_stage="ranker")
+    assert result.indices == [50, 10, 20, 40]
+    assert result.indices == candidates[top_k(relevance.copy(), 4)].tolist()
+    assert np.isnan(relevance[2])  # the caller's relevance is left as it was
+    short = CascadeResult("personalized")
+    diversify(candidates[:3], np.array([np.nan, 0.1, np.nan]), None, params, short, base_stage="ranker")
+    assert short.indices == [10]
