@@ -10,6 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.base import histories_to_csr
+from models.ranking import top_k
 
 
 class PopularityModel:
@@ -45,7 +46,8 @@ class PopularityModel:
 class ItemKNNModel:
     """Item-based collaborative filtering with cosine similarity.
 
-    Keeps the ``neighbors`` most similar items per item (a sparse items × items matrix), so
+    Keeps the ``neighbors`` most similar items per item (equal similarity: lower item index
+    first, the rule of ``models/ranking.py``; a sparse items × items matrix), so
     memory stays ``O(n_items · neighbors)`` at any catalogue size; a user's score for item
     ``j`` is the summed similarity of ``j`` to the items in their history.
     """
@@ -78,11 +80,9 @@ class ItemKNNModel:
             denom = np.outer(norms[start:stop], norms) + self.shrink + 1e-9
             sim = co / denom
             sim[np.arange(stop - start), np.arange(start, stop)] = 0.0  # no self-similarity
-            top = (
-                np.argpartition(-sim, k - 1, axis=1)[:, :k]
-                if k < n_items
-                else np.tile(np.arange(n_items), (stop - start, 1))
-            )
+            # equal similarities: the lower item index (models/ranking.py), not whichever
+            # one a partition happens to leave in front
+            top = top_k(sim, k)
             top_vals = np.take_along_axis(sim, top, axis=1)
             keep = top_vals > 0
             rows.append(np.repeat(np.arange(start, stop), keep.sum(axis=1)))

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from models.metrics import mask_seen, rank_metrics, top_k
+from models.metrics import mask_seen, rank_metrics
 
 
 def torch_device() -> torch.device:
@@ -193,7 +193,7 @@ class NextItemMFModel:
     def _valid_ndcg10(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
         scores = self.score([p[0] for p in pairs])
         mask_seen(scores, [p[0] for p in pairs])
-        return rank_metrics(top_k(scores, 10), [p[1] for p in pairs], [10])["ndcg"][10]
+        return rank_metrics(scores, [p[1] for p in pairs], [10])["ndcg"][10]
 
     def _require(self) -> _NextItemModule:
         if self.module is None:

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.features import ItemFeatures
-from models.metrics import mask_seen, top_k
+from models.metrics import mask_seen
+from models.ranking import NO_ITEM, top_k
 from models.trainer import FitConfig, FitReport, fit_module, pick_device, seed_everything
 
 DEFAULT_WEIGHTS = {"click": 1.0, "like": 0.5, "share": 0.5, "dwell": 0.3, "skip": -0.5}
@@ -148,7 +149,7 @@ class Ranker:
         rows, items, targets = [], [], []
         for u in range(len(histories)):
             labelled = [np.asarray(labels[e][u], dtype=np.int64) for e in self.events]
-            cand = np.unique(np.concatenate([top[u], *labelled]))
+            cand = np.unique(np.concatenate([top[u][top[u] != NO_ITEM], *labelled]))
             y = np.stack([np.isin(cand, lab) for lab in labelled], axis=1).astype(np.float32)
             rows.append(np.full(len(cand), u))
             items.append(cand)

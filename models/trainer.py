@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from models.metrics import mask_seen, rank_metrics, top_k
+from models.metrics import mask_seen, metrics_at_k, target_ranks
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -175,14 +175,14 @@ def ndcg_at_10(
     users = [u for u in range(len(targets)) if len(targets[u])]
     if not users:
         return 0.0
-    recommended = []
+    ranks: list[np.ndarray] = []
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
         hist = [np.asarray(histories[u]) for u in batch]
         scores = np.array(score_fn(hist), dtype=np.float32, copy=True)
         mask_seen(scores, hist)
-        recommended.append(top_k(scores, 10))
-    ranked = rank_metrics(np.concatenate(recommended), [targets[u] for u in users], [10])
+        ranks.extend(target_ranks(scores, [targets[u] for u in batch]))
+    ranked = metrics_at_k(ranks, [10])
     return float(ranked["ndcg"][10])
 
 

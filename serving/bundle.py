@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from models.ann import ItemIndex
 from models.base import Recommender
+from models.ranking import top_k
 from models.registry import load_model
 from serving.cascade import (
     CascadeParams,
@@ -424,28 +425,10 @@ class LoadedBundle:
 
 
 def rank_unseen(scores: np.ndarray, seen: np.ndarray, k: int, tiebreak: np.ndarray) -> np.ndarray:
-    """Indices of the ``k`` best-scored items not in ``seen``, best first, in O(n_items).
-
-    ``scores`` is modified in place (seen items and NaNs become −inf). Equal scores, common
-    for neighbourhood models where many items score 0, are ordered by ``tiebreak`` (lower
-    first: the popularity rank) instead of by index, so the padding of a short personalised
-    list is the most popular unseen items rather than whatever has the lowest id.
-    """
-    scores[np.isnan(scores)] = -np.inf
-    scores[seen] = -np.inf
-    n_candidates = int(np.isfinite(scores).sum())
-    k = min(k, n_candidates)
-    if k <= 0:
-        return np.zeros(0, dtype=np.int64)
-    threshold = -np.partition(-scores, k - 1)[k - 1]
-    above = np.flatnonzero(scores > threshold)
-    ties = np.flatnonzero(scores == threshold)
-    need = k - len(above)
-    if len(ties) > need:
-        ties = ties[np.argpartition(tiebreak[ties], need - 1)[:need]]
-    chosen = np.concatenate([above, ties])
-    order = np.lexsort((tiebreak[chosen], -scores[chosen]))
-    return chosen[order]
+    """The service's name for :func:`models.ranking.top_k` of one row: the ``k`` best-scored
+    items not in ``seen``, best first, equal scores by ``tiebreak`` (the popularity rank), in
+    O(n_items). ``scores`` is modified in place (seen items and NaNs become −inf)."""
+    return top_k(scores, k, exclude=seen, tiebreak=tiebreak)
 
 
 def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:

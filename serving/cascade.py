@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from models.ann import ItemIndex
+from models.ranking import top_k
 
 if TYPE_CHECKING:
     from storage.settings import ServingSettings
@@ -386,17 +387,21 @@ def diversify(
 ) -> None:
     """MMR + near-duplicate removal + exploration over ``candidates`` (any order), into ``result``.
 
-    ``relevance`` is in [0, 1]-ish and higher is better. ``vectors`` must be unit rows (see
-    :func:`unit_rows`); without them the list is the top-k by relevance.
+    ``relevance`` is in [0, 1]-ish and higher is better; a NaN candidate is never listed.
+    ``vectors`` must be unit rows (see :func:`unit_rows`); without them the list is the top-k
+    by relevance. The head is cut by ``models/ranking.py``'s rule, equal relevance in
+    candidate order.
     """
     k = min(params.k, len(candidates))
     if k == 0:
         return
-    order = np.argsort(-relevance, kind="stable")
-    if vectors is not None:
-        # MMR re-ranks the head of the list: beyond a few times k, candidates are too weak to
-        # be picked at any useful λ, and every extra row costs in each greedy step.
-        order = order[: max(MMR_DEPTH_PER_SLOT * k, MMR_MIN_DEPTH)]
+    # MMR re-ranks the head of the list: beyond a few times k, candidates are too weak to be
+    # picked at any useful λ, and every extra row costs in each greedy step.
+    depth = max(MMR_DEPTH_PER_SLOT * k, MMR_MIN_DEPTH) if vectors is not None else k
+    order = top_k(np.array(relevance, dtype=np.float64), depth)
+    k = min(k, len(order))
+    if k == 0:
+        return
     cand, rel = candidates[order], relevance[order]
     if vectors is None:
         for i in range(k):

@@ -27,7 +27,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from models.base import Recommender
-from models.metrics import mask_seen, top_k
+from models.metrics import coverage, mask_seen
+from models.ranking import NO_ITEM, top_k
 from tasks.training import Part, SplitData
 
 RANK_METRICS = ("ndcg", "hr", "mrr", "recall")
@@ -48,7 +49,8 @@ def recommendation_lists(
     model: Recommender, data: SplitData, part: Part = "test", k: int = 100, batch_size: int = 1024
 ) -> np.ndarray:
     """Top-``k`` item indices for every user with a target in ``part``, seen items masked,
-    scored from the same history the evaluation uses (train for valid, train+valid for test)."""
+    scored from the same history the evaluation uses (train for valid, train+valid for test).
+    Rows with fewer than ``k`` unseen items are padded with ``NO_ITEM``."""
     history_parts: tuple[str, ...] = ("train",) if part == "valid" else ("train", "valid")
     histories = data.histories(history_parts)
     targets = getattr(data, part)
@@ -94,7 +96,8 @@ def popularity_deciles(recommended: np.ndarray, popularity: np.ndarray, k: int) 
     order = np.argsort(-popularity, kind="stable")
     decile = np.empty(len(popularity), dtype=np.int64)
     decile[order] = np.arange(len(popularity)) * 10 // max(len(popularity), 1)
-    counts = np.bincount(decile[recommended[:, :k].ravel()], minlength=10).astype(np.float64)
+    listed = recommended[:, :k].ravel()
+    counts = np.bincount(decile[listed[listed != NO_ITEM]], minlength=10).astype(np.float64)
     return counts / max(counts.sum(), 1.0)
 
 
@@ -117,7 +120,7 @@ def plot_popularity(
 
 def coverage_by_k(recommended: np.ndarray, n_items: int, ks: Sequence[int]) -> list[float]:
     """Share of the catalogue appearing in at least one user's top K, for each K."""
-    return [float(len(np.unique(recommended[:, :k]))) / max(n_items, 1) for k in ks]
+    return [coverage(recommended, n_items, k) for k in ks]
 
 
 def plot_coverage(recommendations: Mapping[str, np.ndarray], n_items: int, path: Path) -> Path:

@@ -4,8 +4,9 @@ The question peer libraries are asked most ("how do I get recommendations for al
 The answer here scores users in batches with whatever :class:`~models.base.Recommender` the
 bundle holds, masks every item already in the user's history (the bundle's serving model is
 fitted on all of it), and writes ``(user_id, rank, item_id, score)`` with the dataset's own
-ids. Equal scores are ordered exactly as the HTTP service orders them — more popular first —
-so a row of the file and ``GET /recommend/{user}`` agree.
+ids. Each list is cut by ``models/ranking.py``'s ``top_k`` with the popularity rank as the
+tie-break, the call the HTTP service makes: equal scores go more popular first, so a row of
+the file and ``GET /recommend/{user}`` agree.
 
 The file is written to a temporary name beside the target and renamed when complete, so a
 reader never sees half an export.
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from models.ranking import popularity_rank, top_k
 from models.registry import load_model
 from storage.artifacts import ArtifactStore
 
@@ -48,26 +50,6 @@ class ExportSummary:
     seconds: float
     short_users: int
     """Users with fewer than ``k`` unseen items (they get every unseen item)."""
-
-
-def top_unseen(scores: np.ndarray, seen: np.ndarray, k: int, tiebreak: np.ndarray) -> np.ndarray:
-    """The ``k`` best-scored items not in ``seen``, best first; equal scores by ``tiebreak``
-    (lower first). O(n_items) per user; ``scores`` is modified in place. Same order as the
-    service's ``rank_unseen``."""
-    scores[np.isnan(scores)] = -np.inf
-    if len(seen):
-        scores[seen] = -np.inf
-    k = min(k, int(np.isfinite(scores).sum()))
-    if k <= 0:
-        return np.zeros(0, dtype=np.int64)
-    threshold = -np.partition(-scores, k - 1)[k - 1]
-    above = np.flatnonzero(scores > threshold)
-    ties = np.flatnonzero(scores == threshold)
-    need = k - len(above)
-    if len(ties) > need:
-        ties = ties[np.argpartition(tiebreak[ties], need - 1)[:need]]
-    chosen = np.concatenate([above, ties])
-    return chosen[np.lexsort((tiebreak[chosen], -scores[chosen]))]
 
 
 def read_catalog(bundle_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[np.ndarray]]:
@@ -106,8 +88,7 @@ def export_recommendations(
     started = time.perf_counter()
     item_ids, popularity, user_ids, histories = read_catalog(base)
     model = load_model(base / "model")
-    tiebreak = np.empty(len(item_ids), dtype=np.int64)
-    tiebreak[np.lexsort((np.arange(len(item_ids)), -popularity))] = np.arange(len(item_ids))
+    tiebreak = popularity_rank(popularity)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial")
     rows = short = 0
@@ -124,7 +105,7 @@ def export_recommendations(
                     )
                 cols: dict[str, list[np.ndarray]] = {"user": [], "rank": [], "item": [], "score": []}
                 for row, history in enumerate(batch):
-                    top = top_unseen(scores[row], history, k, tiebreak)
+                    top = top_k(scores[row], k, exclude=history, tiebreak=tiebreak)
                     short += len(top) < k
                     cols["user"].append(np.full(len(top), start + row, dtype=np.int64))
                     cols["rank"].append(np.arange(1, len(top) + 1, dtype=np.int32))

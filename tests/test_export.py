@@ -12,10 +12,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from models.ranking import top_k
 from serving.bundle import load_bundle
 from storage.artifacts import ArtifactStore
 from storage.settings import Settings
+from storage.warehouse import connect
 from tasks.export import export_recommendations
+from tasks.publish import publish_bundle
+from tasks.training import SplitData, fit_for_serving
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,3 +154,44 @@ def test_export_from_a_torch_bundle_and_without_one(
     per_user = check_export(tmp_path / "torch.parquet", 20, seen, item_ids)
     scores = np.array([r["score"] for r in per_user["1"]])
     assert np.isfinite(scores).all() and len(np.unique(scores)) > 1
+
+
+def test_export_and_service_order_equal_scores_the_same_way(tmp_path: Path) -> None:
+    """One bundle whose lists are mostly ties (ItemKNN with two neighbours scores most items
+    0): each user's exported list is the service's list, equal scores more popular first."""
+    n_items, n_users, k = 40, 30, 25
+    rng = np.random.default_rng(3)
+    # popularity grows with the item index, so the popularity order is not the index order
+    weights = np.arange(1, n_items + 1, dtype=np.float64)
+    picks = [rng.choice(n_items, 5, replace=False, p=weights / weights.sum()) for _ in range(n_users)]
+    data = SplitData(
+        "leave_last_out",
+        np.array([f"u{u}" for u in range(n_users)], dtype=object),
+        np.array([str(500 + i) for i in range(n_items)], dtype=object),
+        [p[:3].astype(np.int64) for p in picks],
+        [p[3:4].astype(np.int64) for p in picks],
+        [p[4:].astype(np.int64) for p in picks],
+    )
+    with connect(tmp_path / "w.duckdb") as con:
+        for i in range(n_items):
+            con.execute("INSERT INTO items (item_id, title) VALUES (?, ?)", [str(500 + i), f"Film {i}"])
+        model = fit_for_serving(data, "itemknn", {"neighbors": 2})
+        manifest = {"model": {"name": "itemknn", "params": model.params()}, "metrics": {"valid": {}}}
+        version = publish_bundle(ArtifactStore(tmp_path / "bundles"), con, data, model, manifest).version
+    assert version is not None
+    store = ArtifactStore(tmp_path / "bundles")
+    export_recommendations(store, tmp_path / "top.parquet", k=k, progress=False)
+    exported: dict[str, list[str]] = {}
+    for row in pq.read_table(tmp_path / "top.parquet").to_pylist():
+        exported.setdefault(row["user_id"], []).append(row["item_id"])
+
+    bundle = load_bundle(store, version)
+    by_index_differs = 0
+    for user in data.user_ids:
+        served = bundle.recommend(user, k)
+        assert [bundle.item_ids[i] for i in served.indices] == exported[user], user
+        # the lists reach into the ties, where the index order would have given another list
+        history = bundle.histories[user]
+        scores = np.asarray(bundle.model.score([history])[0], dtype=np.float64)
+        by_index_differs += top_k(scores, k, exclude=history).tolist() != served.indices.tolist()
+    assert by_index_differs > n_users // 2
