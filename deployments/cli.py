@@ -131,15 +131,23 @@ def evaluate(
     dataset: Annotated[
         str, typer.Option(help="Catalogue name the report is written under.")
     ] = "movielens-100k",
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Evaluate only these models (repeatable); written to <dataset>-subset.json."),
+    ] = None,
 ) -> None:
     """Fit and evaluate the baselines with the full-ranking protocol; print and write JSON."""
     from storage.settings import Settings
-    from tasks.report import print_report, run_evaluation
+    from tasks.report import CANDIDATES, print_report, run_evaluation
 
     settings = Settings(catalogue=dataset)
-    report = run_evaluation(settings)
+    unknown = sorted(set(model or []) - set(CANDIDATES))
+    if unknown:
+        raise typer.BadParameter(f"unknown models {unknown}; expected some of {sorted(CANDIDATES)}")
+    out = settings.eval_dir / (f"{dataset}-subset.json" if model else f"{dataset}.json")
+    report = run_evaluation(settings, {m: CANDIDATES[m] for m in model} if model else None, out=out)
     print_report(report, console)
-    console.print(f"written to {settings.eval_dir / f'{dataset}.json'}")
+    console.print(f"written to {out}")
 
 
 @bundle_app.command("list")

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from models.base import Recommender, histories_to_csr
 from models.features import ItemFeatures
 from models.metrics import coverage, mask_seen, metrics_at_k, novelty, target_ranks
-from models.ranking import top_k
+from models.ranking import popularity_rank, top_k
 from models.registry import build_model
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT
 
@@ -124,13 +124,14 @@ def evaluate(
     """Full-ranking metrics of ``model`` on ``part``; keys like ``ndcg@10``.
 
     HR, NDCG, MRR and recall rank each target after every item tied with it
-    (``models/metrics.py``); coverage and novelty read the top-k lists (``models/ranking.py``,
-    ties by item index)."""
+    (``models/metrics.py``); coverage and novelty read the top-k lists cut as the service cuts
+    them (``models/ranking.py``, equal scores by the popularity rank of the history part)."""
     history_parts: tuple[str, ...] = ("train",) if part == "valid" else ("train", "valid")
     histories = data.histories(history_parts)
     targets = getattr(data, part)
     users = [u for u in range(data.n_users) if len(targets[u])]
     max_k = max(ks)
+    tiebreak = popularity_rank(np.asarray(data.matrix(history_parts).sum(axis=0)).ravel())
     recommended = np.zeros((len(users), min(max_k, data.n_items)), dtype=np.int64)
     ranks: list[np.ndarray] = []
     for start in range(0, len(users), batch_size):
@@ -138,7 +139,7 @@ def evaluate(
         scores = model.score([histories[u] for u in batch])
         mask_seen(scores, [histories[u] for u in batch])
         ranks.extend(target_ranks(scores, [targets[u] for u in batch]))
-        recommended[start : start + len(batch)] = top_k(scores, max_k)
+        recommended[start : start + len(batch)] = top_k(scores, max_k, tiebreak=tiebreak)
     ranked = metrics_at_k(ranks, ks)
     popularity = np.asarray(data.matrix(("train",)).sum(axis=0)).ravel()
     out: dict[str, float] = {}
