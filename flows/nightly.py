@@ -27,7 +27,7 @@ from tasks.features import FEATURE_MODELS, load_item_features
 from tasks.harvest import ensure_pool, pool_fingerprint
 from tasks.load import LoadSummary, load_source
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, KCoreSummary, kcore_filter, make_splits
-from tasks.publish import BUNDLE_FORMAT, PublishResult, publish_bundle
+from tasks.publish import BUNDLE_FORMAT, PublishResult, build_manifest, publish_bundle
 from tasks.sources import SourceFormatError
 from tasks.train_models import bundle_vectors, results_dict, settings_params
 from tasks.training import (
@@ -161,20 +161,14 @@ def train_publish_task(settings: Settings, run_id: str | None) -> PublishResult:
         )
         serving_model = result.model if cold else fit_for_serving(data, settings.model.name, params)
         vectors, index = bundle_vectors(con, settings, data, logger.info)  # raises below the recall floor
-        manifest = {
-            "catalogue": settings.catalogue,
-            "source_run": run_id,
-            "model_run": result.run_id,
-            "model": {"name": result.model_name, "params": result.params},
-            "metrics": {"valid": result.valid, "test": result.test},
-            "protocol": proto,
-            "data_fingerprint": fingerprint,
-        }
-        if settings.embedding.enabled:
-            manifest["embedding"] = {
-                "model": settings.embedding.model,
-                "template": settings.embedding.template,
-            }
+        manifest = build_manifest(
+            catalogue=settings.catalogue,
+            source_run=run_id,
+            result=result,
+            proto=proto,
+            fingerprint=fingerprint,
+            embedding=settings.embedding if settings.embedding.enabled else None,
+        )
         live_valid = store.manifest(live).get("metrics", {}).get("valid", {}) if live else {}
         with tempfile.TemporaryDirectory(prefix="recflow-report-") as tmp:
             report = report_for_models(

@@ -42,6 +42,7 @@ from models.features import ItemFeatures
 from models.registry import MODELS, build_model
 from storage.artifacts import ArtifactStore, file_sha256
 from storage.settings import Settings
+from tasks.publish import PublishResult, build_manifest, gate_refusal, publish_bundle
 from tasks.training import SplitData, TrainResult, evaluate, record_run
 
 TRAIN_MODEL_DIR = "train_model"
@@ -326,7 +327,7 @@ def results_dict(settings: Settings, proto: dict[str, Any], runs: Sequence[Train
 
 
 def gate_markdown(
-    champion: RunResult, runs: list[RunResult], published: Any, live_valid: dict[str, Any]
+    champion: RunResult, runs: list[RunResult], published: PublishResult, live_valid: dict[str, Any]
 ) -> str:
     """The champion/challenger decision as a table: every candidate against the live bundle."""
     nan = float("nan")
@@ -346,28 +347,9 @@ def gate_markdown(
     )
 
 
-def gate_refusal(
-    valid: dict[str, Any],
-    live: str | None,
-    live_valid: dict[str, Any],
-    tolerance: float,
-    metric: str = "ndcg@10",
-) -> str | None:
-    """Why a challenger must not go live (the rule of ``publish_bundle``'s gate), or None.
-
-    Checked before the serving refit, so a refused challenger costs no second fit and
-    leaves no bundle behind; ``publish_bundle`` applies the same rule again when writing.
-    """
-    old, new = live_valid.get(metric), valid.get(metric)
-    if live is None or old is None or new is None or new >= old - tolerance:
-        return None
-    return f"valid {metric} {new:.4f} < live {old:.4f} - tolerance {tolerance}; kept {live} live"
-
-
 @dataclass(frozen=True)
 class ChampionOutcome:
-    published: Any
-    """The :class:`tasks.publish.PublishResult`."""
+    published: PublishResult
     report_markdown: str
     gate_markdown: str
     serving_warm: GrowReport | None
@@ -396,7 +378,6 @@ def publish_champion(
     import tempfile
 
     from tasks.eval_report import EvalReport, report_for_models
-    from tasks.publish import PublishResult, publish_bundle
 
     serving_warm = serving_report = None
     started = time.perf_counter()
@@ -414,6 +395,8 @@ def publish_champion(
             notes=notes,
         )
 
+    # The gate before the serving refit: a refused challenger costs no second fit and leaves
+    # no bundle; publish_bundle applies the same rule again when writing.
     refusal = gate_refusal(champion.valid, live, live_valid, tolerance)
     if refusal is not None:
         log(f"gate: {refusal}; nothing is refitted or written")
@@ -446,29 +429,25 @@ def publish_champion(
         if is_torch_model(champion.model):
             champion.model.save(Path(tmp) / TRAIN_MODEL_DIR)
             attachments[TRAIN_MODEL_DIR] = Path(tmp) / TRAIN_MODEL_DIR
-        manifest = {
-            "catalogue": settings.catalogue,
-            "source_run": source_run,
-            "model_run": champion.run_id,
-            "model": {"name": champion.model_name, "params": champion.params},
-            "metrics": {"valid": champion.valid, "test": champion.test},
-            "protocol": proto,
-            "data_fingerprint": fingerprint,
-            "config": champion.config,
-            "candidates": {
-                r.model_name: {"run_id": r.run_id, "valid_ndcg@10": r.valid.get("ndcg@10")} for r in runs
+        manifest = build_manifest(
+            catalogue=settings.catalogue,
+            source_run=source_run,
+            result=champion,
+            proto=proto,
+            fingerprint=fingerprint,
+            embedding=settings.embedding if settings.embedding.enabled else None,
+            extra={
+                "config": champion.config,
+                "candidates": {
+                    r.model_name: {"run_id": r.run_id, "valid_ndcg@10": r.valid.get("ndcg@10")} for r in runs
+                },
+                "warm_start": {
+                    "train": champion.config.get("warm_start"),
+                    "serving": serving_warm.record() if serving_warm else None,
+                },
+                "report": "report/report.md",
             },
-            "warm_start": {
-                "train": champion.config.get("warm_start"),
-                "serving": serving_warm.record() if serving_warm else None,
-            },
-            "report": "report/report.md",
-        }
-        if settings.embedding.enabled:
-            manifest["embedding"] = {
-                "model": settings.embedding.model,
-                "template": settings.embedding.template,
-            }
+        )
         published = publish_bundle(
             store,
             con,

@@ -8,6 +8,7 @@ in the bundle and in the UI, and that a recorded run re-runs to the same metrics
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,13 @@ from storage.settings import Settings
 from storage.warehouse import open_warehouse
 from tasks.load import load_source
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT
+from tasks.publish import gate_refusal
 from tasks.train_models import catalog_ids, recorded_config, reproduce_run
 from tasks.training import load_split_data
 
 torch.set_num_threads(1)
+REFUSAL = r"^valid ndcg@10 \d\.\d{4} < live \d\.\d{4} - tolerance [\d.-]+; kept \S+ live$"
+"""The shape of every publish path's refusal (tasks/publish.py::gate_refusal)."""
 TINY = {"dim": 16, "window": 10, "epochs": 2, "batch_size": 256, "progress": False}
 
 
@@ -79,7 +83,10 @@ def test_gate_refuses_a_worse_challenger_and_publishes_an_equal_one(
     assert worse.valid_ndcg10["popularity"] < champion.valid_ndcg10[champion.champion]
     assert worse.version is None and worse.live == champion.version
     assert store.current_version() == champion.version and store.versions() == [champion.version]
-    assert "kept" in worse.reason and "< live" in worse.reason
+    assert re.match(REFUSAL, worse.reason)
+    assert worse.reason == gate_refusal(
+        {"ndcg@10": worse.valid_ndcg10["popularity"]}, champion.version, manifest["metrics"]["valid"], 0.0
+    )
 
     # A tolerance wider than the gap lets the same challenger through.
     gap = champion.valid_ndcg10[champion.champion] - worse.valid_ndcg10["popularity"]
@@ -244,6 +251,20 @@ def test_merge_two_seeded_fits_evaluates_gates_and_publishes_the_average(
     went_live = again.valid_ndcg10["nextitem-mf"] >= live_valid
     assert (again.version is not None and store.current_version() == again.version) == went_live
     assert (again.version is None and store.current_version() == live_before) == (not went_live)
+
+    # A merge worse than the live bundle is refused by the same gate, with the same message.
+    better = train_models(models=["itemknn-recency"], overrides=overrides, tolerance=1.0)
+    assert better.live == better.version == store.current_version()
+    refused = merge_checkpoints(bundles=[a.version, b.version], weights=[3.0, 1.0], overrides=overrides)
+    assert refused.valid_ndcg10["nextitem-mf"] < better.valid_ndcg10["itemknn-recency"]
+    assert refused.version is None and refused.live == better.version == store.current_version()
+    assert re.match(REFUSAL, refused.reason)
+    assert refused.reason == gate_refusal(
+        {"ndcg@10": refused.valid_ndcg10["nextitem-mf"]},
+        better.version,
+        store.manifest(better.version)["metrics"]["valid"],
+        0.0,
+    )
 
     # Bad inputs name what was wrong.
     with pytest.raises(Exception, match="merge needs at least two checkpoints"):
