@@ -15,7 +15,6 @@ live catalogue's ids onto today's with :func:`models.checkpoint.grow_state`.
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 import uuid
@@ -39,7 +38,7 @@ from models.checkpoint import (
     load_state,
 )
 from models.features import ItemFeatures
-from models.registry import MODELS, build_model
+from models.registry import build_model
 from storage.artifacts import ArtifactStore, file_sha256
 from storage.settings import Settings
 from tasks.publish import PublishResult, build_manifest, gate_refusal, publish_bundle
@@ -50,38 +49,10 @@ TRAIN_MODEL_DIR = "train_model"
 SERVING_MODEL_DIR = "model"
 
 
-def settings_params(settings: Settings, name: str) -> dict[str, Any]:
-    """Constructor parameters the settings give a model (the baselines' knobs, the seed)."""
-    m = settings.model
-    params: dict[str, Any] = {}
-    if name == "itemknn":
-        params = {"neighbors": m.knn_neighbors, "shrink": m.knn_shrink}
-    elif name == "itemknn-recency":
-        params = {"neighbors": m.knn_neighbors, "shrink": m.knn_shrink, "decay": m.recency_decay}
-    elif name == "two-tower":
-        params = {**settings.two_tower.model_dump(), "seed": m.seed}
-    elif name == "neumf":
-        params = {**settings.neumf.model_dump(), "seed": m.seed}
-    if name in MODELS and "seed" in inspect.signature(MODELS[name].__init__).parameters:
-        params["seed"] = m.seed
-    return params
-
-
 def model_config(settings: Settings, name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Settings' parameters with ``overrides`` on top; unknown parameter names fail here."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
-    params = {**settings_params(settings, name), **(overrides or {})}
-    accepted = inspect.signature(MODELS[name].__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
-        return params  # the model checks its own keyword parameters and names unknown ones
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"config for {name!r}: unknown parameters {unknown}; expected some of "
-            f"{sorted(p for p in accepted if p != 'self')}"
-        )
-    return params
+    """Model ``name``'s constructor parameters: the settings' config for it with ``overrides``
+    on top, validated by its config class (a bad or unknown parameter fails with its name)."""
+    return settings.config_of(name, overrides).model_dump()
 
 
 def is_torch_model(model: object) -> bool:

@@ -127,8 +127,44 @@ def test_bad_config_names_the_parameter(prefect_api: None, ml100k_slice: Path, t
         return_state=True,
     )
     assert state.is_failed()
-    with pytest.raises(ValueError, match=r"config for 'nextitem-mf': unknown parameters \['dimension'\]"):
+    with pytest.raises(Exception, match=r"config\.nextitem-mf\.dimension: Extra inputs are not permitted"):
         state.result()
+    state = train_models(
+        models=["nextitem-mf"], config={"nextitem-mf": {"dim": 0}}, overrides=overrides, return_state=True
+    )
+    with pytest.raises(Exception, match=r"config\.nextitem-mf\.dim: Input should be greater than 0"):
+        state.result()
+
+
+def test_the_ui_form_of_train_models_lists_every_model_config_with_its_defaults() -> None:
+    """``config`` is typed (models.configs.ModelOverrides), so the parameter schema Prefect
+    stores with the deployment, and renders as a form, has each model's fields and defaults."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.nightly import nightly_refresh
+    from flows.train import train_models
+    from models.configs import CONFIGS, TwoTowerConfig
+
+    schema = parameter_schema(train_models.fn).model_dump()
+    defs = schema["definitions"]
+    assert schema["properties"]["config"]["anyOf"][0]["$ref"] == "#/definitions/ModelOverrides"
+    models = defs["ModelOverrides"]["properties"]
+    assert set(models) == set(CONFIGS) and defs["ModelOverrides"]["additionalProperties"] is False
+    assert models["two-tower"]["anyOf"][0]["$ref"] == "#/definitions/TwoTowerConfig"
+    tower = defs["TwoTowerConfig"]["properties"]
+    for field, info in TwoTowerConfig.model_fields.items():
+        assert tower[field].get("default") == info.get_default(call_default_factory=True), field
+        assert tower[field]["description"] == info.description
+    assert tower["threads"]["default"] == 1 and tower["encoder"]["enum"] == ["gru", "lstm", "attention"]
+    assert defs["RecencyItemKNNConfig"]["properties"]["neighbors"] == {
+        "default": 300,
+        "description": "Neighbours kept per item (300 was best on MovieLens-100K validation).",
+        "exclusiveMinimum": 0,
+        "title": "Neighbors",
+        "type": "integer",
+    }
+    nightly = parameter_schema(nightly_refresh.fn).model_dump()
+    assert nightly["properties"]["config"]["anyOf"][0]["$ref"] == "#/definitions/ModelOverrides"
 
 
 def test_warm_start_grows_the_catalogue_keeps_learned_rows_and_reruns_reproduce(
