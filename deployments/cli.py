@@ -318,12 +318,15 @@ def run_train(
     ] = None,
 ) -> None:
     """Run the train-models flow: train, evaluate, record, gate against the live bundle, publish."""
+    from pydantic import ValidationError
+
     from flows.train import train_models
+    from models.configs import ModelOverrides
 
     try:
-        parsed = json.loads(config) if config else None
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"--config is not valid JSON: {exc}") from exc
+        parsed = ModelOverrides.model_validate_json(config) if config else None
+    except ValidationError as exc:  # bad JSON, an unknown model or parameter, a bad value: named
+        raise typer.BadParameter(f"--config: {exc}") from exc
     result = train_models(models=model, config=parsed, tolerance=tolerance, warm_start=warm_start)
     for name, ndcg in result.valid_ndcg10.items():
         console.print(f"{name}: valid ndcg@10 {ndcg:.4f} (run {result.runs[name]})")

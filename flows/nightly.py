@@ -17,6 +17,7 @@ from prefect.runtime import flow_run
 
 from expectations import DataQualityError
 from flows.embed import embed_in_process_task
+from models.configs import ModelOverrides
 from storage.artifacts import ArtifactStore
 from storage.settings import Settings
 from storage.warehouse import open_warehouse
@@ -27,9 +28,9 @@ from tasks.features import FEATURE_MODELS, load_item_features
 from tasks.harvest import ensure_pool, pool_fingerprint
 from tasks.load import LoadSummary, load_source
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, KCoreSummary, kcore_filter, make_splits
-from tasks.publish import BUNDLE_FORMAT, PublishResult, publish_bundle
+from tasks.publish import BUNDLE_FORMAT, PublishResult, build_manifest, publish_bundle
 from tasks.sources import SourceFormatError
-from tasks.train_models import bundle_vectors, results_dict, settings_params
+from tasks.train_models import bundle_vectors, results_dict
 from tasks.training import (
     data_fingerprint,
     fit_for_serving,
@@ -45,9 +46,15 @@ def _artifact(key: str, markdown: str, description: str) -> None:
     create_markdown_artifact(markdown=markdown, key=key, description=description)
 
 
-def model_params(settings: Settings) -> dict[str, Any]:
-    """The configured model's constructor parameters, from settings."""
-    return settings_params(settings, settings.model.name)
+def model_params(settings: Settings, config: ModelOverrides | None = None) -> dict[str, Any]:
+    """The configured model's constructor parameters: its config from settings, with the
+    parameters ``config`` gives for it on top (validated by the model's config class)."""
+    name = settings.model.name
+    given = config.given() if config is not None else {}
+    others = sorted(set(given) - {name})
+    if others:
+        raise ValueError(f"config given for {others}, but the nightly refresh trains {name!r} (model.name)")
+    return settings.config_of(name, given.get(name)).model_dump()
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -112,11 +119,14 @@ def split_task(settings: Settings) -> dict[str, dict[str, int]]:
 
 
 @task(name="train-evaluate-publish", timeout_seconds=3600)
-def train_publish_task(settings: Settings, run_id: str | None) -> PublishResult:
-    """Train, evaluate and publish in one task: the fitted model never leaves the process."""
+def train_publish_task(
+    settings: Settings, run_id: str | None, params: dict[str, Any] | None = None
+) -> PublishResult:
+    """Train, evaluate and publish in one task: the fitted model never leaves the process.
+    ``params``: the model's constructor parameters (default: :func:`model_params` of settings)."""
     logger = get_run_logger()
     store = ArtifactStore(settings.bundles_dir, keep=settings.bundles_keep)
-    params = model_params(settings)
+    params = params if params is not None else model_params(settings)
     with open_warehouse(settings.warehouse_path) as con:
         fingerprint = data_fingerprint(
             con,
@@ -161,20 +171,14 @@ def train_publish_task(settings: Settings, run_id: str | None) -> PublishResult:
         )
         serving_model = result.model if cold else fit_for_serving(data, settings.model.name, params)
         vectors, index = bundle_vectors(con, settings, data, logger.info)  # raises below the recall floor
-        manifest = {
-            "catalogue": settings.catalogue,
-            "source_run": run_id,
-            "model_run": result.run_id,
-            "model": {"name": result.model_name, "params": result.params},
-            "metrics": {"valid": result.valid, "test": result.test},
-            "protocol": proto,
-            "data_fingerprint": fingerprint,
-        }
-        if settings.embedding.enabled:
-            manifest["embedding"] = {
-                "model": settings.embedding.model,
-                "template": settings.embedding.template,
-            }
+        manifest = build_manifest(
+            catalogue=settings.catalogue,
+            source_run=run_id,
+            result=result,
+            proto=proto,
+            fingerprint=fingerprint,
+            embedding=settings.embedding if settings.embedding.enabled else None,
+        )
         live_valid = store.manifest(live).get("metrics", {}).get("valid", {}) if live else {}
         with tempfile.TemporaryDirectory(prefix="recflow-report-") as tmp:
             report = report_for_models(
@@ -266,12 +270,17 @@ def _metrics_markdown(
 
 
 @flow(name="nightly-refresh", log_prints=True)
-def nightly_refresh(overrides: dict[str, Any] | None = None) -> PublishResult:
+def nightly_refresh(
+    overrides: dict[str, Any] | None = None, config: ModelOverrides | None = None
+) -> PublishResult:
     """Refresh the catalogue's model from its source and publish a bundle if anything changed.
 
-    ``overrides`` are settings fields (as in the TOML file) applied on top of env/config.
+    ``overrides`` are settings fields (as in the TOML file) applied on top of env/config;
+    ``config`` gives the configured model's hyper-parameters over the settings' (the Prefect
+    UI shows it as a form; only the entry of ``model.name`` may be given).
     """
     settings = Settings(**(overrides or {}))
+    params = model_params(settings, config)  # fails before any work on a bad parameter
     if settings.source.kind == "feeds":
         get_run_logger().info(
             "source kind feeds: items come from scrape-feeds, interactions from the event log"
@@ -285,4 +294,4 @@ def nightly_refresh(overrides: dict[str, Any] | None = None) -> PublishResult:
         embed_in_process_task(settings)
     kcore_task(settings)
     split_task(settings)
-    return train_publish_task(settings, str(flow_run.get_id()) if flow_run.get_id() else None)
+    return train_publish_task(settings, str(flow_run.get_id()) if flow_run.get_id() else None, params)

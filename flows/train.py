@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 from flows.caching import cache_storage, content_key
 from flows.embed import embed_in_process_task
 from flows.nightly import kcore_task, split_task
+from models.configs import ModelOverrides
 from storage.artifacts import ArtifactStore
 from storage.settings import Settings
 from storage.warehouse import open_warehouse
@@ -184,7 +185,7 @@ def gate_publish_task(
 @flow(name="train-models", log_prints=True)
 def train_models(
     models: list[str] | None = None,
-    config: dict[str, dict[str, Any]] | None = None,
+    config: ModelOverrides | None = None,
     tolerance: float = 0.0,
     warm_start: bool = False,
     overrides: dict[str, Any] | None = None,
@@ -192,14 +193,16 @@ def train_models(
     """Train ``models`` (default: the configured one) on the warehouse's data and publish the
     best if it is not worse than the live bundle by more than ``tolerance`` (valid ndcg@10).
 
-    ``config`` maps a model name to constructor parameters over the settings' defaults;
-    ``overrides`` are settings fields, as in the TOML file.
+    ``config`` maps a model name to constructor parameters over the settings' defaults (a
+    :class:`models.configs.ModelOverrides`, or the same as a dict: ``{"nextitem-mf": {"epochs": 2}}``;
+    the Prefect UI shows it as a form); ``overrides`` are settings fields, as in the TOML file.
     """
     settings = Settings(**(overrides or {}))
     names = models or [settings.model.name]
     if len(set(names)) != len(names):
         raise ValueError(f"models {names} name a model twice; give each once (parameters go in config)")
-    unknown_config = sorted(set(config or {}) - set(names))
+    given = config.given() if config is not None else {}
+    unknown_config = sorted(set(given) - set(names))
     if unknown_config:
         raise ValueError(f"config given for {unknown_config}, which are not among the models {names}")
     if settings.embedding.enabled:
@@ -208,5 +211,5 @@ def train_models(
     split_task(settings)
     # Keyed on content: a retry or a re-run on unchanged data reuses finished trainings.
     train = train_model_task.with_options(result_storage=cache_storage(settings))
-    runs = [train(settings, name, (config or {}).get(name), warm_start) for name in names]
+    runs = [train(settings, name, given.get(name), warm_start) for name in names]
     return gate_publish_task(settings, runs, tolerance, warm_start)

@@ -10,6 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.base import histories_to_csr
+from models.configs import ItemKNNConfig, ModelConfig, PopularityConfig, RecencyItemKNNConfig, resolve_config
 from models.ranking import top_k
 
 
@@ -17,8 +18,10 @@ class PopularityModel:
     """Scores every item by its number of training interactions, the same for every user."""
 
     name: ClassVar[str] = "popularity"
+    Config: ClassVar[type[PopularityConfig]] = PopularityConfig
 
-    def __init__(self) -> None:
+    def __init__(self, config: ModelConfig | None = None, /, **params: Any) -> None:
+        self.config = resolve_config(PopularityConfig, config, params)
         self.counts = np.zeros(0, dtype=np.float32)
 
     def fit(self, train: sp.csr_matrix, histories: list[np.ndarray]) -> None:
@@ -53,11 +56,13 @@ class ItemKNNModel:
     """
 
     name: ClassVar[str] = "itemknn"
+    Config: ClassVar[type[ItemKNNConfig]] = ItemKNNConfig
 
-    def __init__(self, neighbors: int = 100, shrink: float = 0.0, chunk: int = 1024) -> None:
-        self.neighbors = neighbors
-        self.shrink = shrink
-        self.chunk = chunk
+    def __init__(self, config: ModelConfig | None = None, /, **params: Any) -> None:
+        self.config: ItemKNNConfig = resolve_config(type(self).Config, config, params)
+        self.neighbors = self.config.neighbors
+        self.shrink = self.config.shrink
+        self.chunk = self.config.chunk
         self.similarity = sp.csr_matrix((0, 0), dtype=np.float32)
 
     @property
@@ -125,14 +130,11 @@ class RecencyItemKNNModel(ItemKNNModel):
     """
 
     name: ClassVar[str] = "itemknn-recency"
+    Config: ClassVar[type[RecencyItemKNNConfig]] = RecencyItemKNNConfig
 
-    def __init__(
-        self, neighbors: int = 100, shrink: float = 0.0, decay: float = 0.5, chunk: int = 1024
-    ) -> None:
-        if not 0.0 < decay <= 1.0:
-            raise ValueError(f"itemknn-recency: decay must be in (0, 1], got {decay}")
-        super().__init__(neighbors=neighbors, shrink=shrink, chunk=chunk)
-        self.decay = decay
+    def __init__(self, config: ModelConfig | None = None, /, **params: Any) -> None:
+        super().__init__(config, **params)
+        self.decay = self.config.decay  # type: ignore[attr-defined]
 
     def score(self, histories: list[np.ndarray], items: np.ndarray | None = None) -> np.ndarray:
         lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.configs import ModelConfig, NeuMFConfig, resolve_config
 from models.features import ItemFeatures
 from models.trainer import (
     FitConfig,
@@ -33,25 +34,6 @@ from models.trainer import (
     seed_everything,
     write_checkpoint,
 )
-
-DEFAULTS: dict[str, Any] = {
-    "dim": 32,
-    "mlp_layers": [64, 32, 16],
-    "negatives": 4,
-    "dropout": 0.1,
-    "use_categories": True,
-    "batch_size": 4096,
-    "epochs": 30,
-    "lr": 3e-3,
-    "weight_decay": 1e-5,
-    "clip_norm": 1.0,
-    "patience": 4,
-    "seed": 42,
-    "device": "auto",
-    "threads": 0,
-    "progress": True,
-    "max_seconds": None,
-}
 
 
 class NeuMFNet(nn.Module):
@@ -112,16 +94,13 @@ class NeuMFModel:
     retrieval: ClassVar[bool] = False
     """Scores are not a dot product of ``encode_users`` and ``encode_items``."""
 
-    def __init__(self, **params: Any) -> None:
-        unknown = set(params) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(
-                f"neumf: unknown parameters {sorted(unknown)}; expected some of {sorted(DEFAULTS)}"
-            )
-        self.p: dict[str, Any] = {**DEFAULTS, **params}
-        self.p["mlp_layers"] = list(self.p["mlp_layers"])
-        if len(self.p["mlp_layers"]) < 1 or self.p["mlp_layers"][0] % 2:
-            raise ValueError(f"neumf: mlp_layers must start with an even width, got {self.p['mlp_layers']}")
+    Config: ClassVar[type[NeuMFConfig]] = NeuMFConfig
+
+    def __init__(self, config: ModelConfig | None = None, /, **params: Any) -> None:
+        """From a :class:`NeuMFConfig`, or keyword parameters validated by it (a bad or unknown
+        one fails with its name)."""
+        self.config = resolve_config(NeuMFConfig, config, params)
+        self.p: dict[str, Any] = self.config.model_dump()
         self.features: ItemFeatures | None = None
         self.net: NeuMFNet | None = None
         self.device = pick_device(self.p["device"])

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from models.configs import ModelConfig, NextItemConfig, resolve_config
 from models.metrics import mask_seen, rank_metrics
 
 
@@ -61,32 +62,20 @@ class NextItemMFModel:
 
     name: ClassVar[str] = "nextitem-mf"
 
-    def __init__(
-        self,
-        dim: int = 32,
-        window: int = 20,
-        epochs: int = 5,
-        lr: float = 0.01,
-        weight_decay: float = 0.0,
-        batch_size: int = 512,
-        seed: int = 42,
-        valid_holdout: bool = True,
-        progress: bool = True,
-    ) -> None:
-        if dim < 1 or window < 1 or epochs < 0 or batch_size < 1:
-            raise ValueError(
-                f"nextitem-mf: dim, window, batch_size must be ≥ 1 and epochs ≥ 0; got "
-                f"dim={dim} window={window} epochs={epochs} batch_size={batch_size}"
-            )
-        self.dim = dim
-        self.window = window
-        self.epochs = epochs
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.seed = seed
-        self.valid_holdout = valid_holdout
-        self.progress = progress
+    Config: ClassVar[type[NextItemConfig]] = NextItemConfig
+
+    def __init__(self, config: ModelConfig | None = None, /, **params: Any) -> None:
+        """From a :class:`NextItemConfig`, or keyword parameters validated by it."""
+        self.config = c = resolve_config(NextItemConfig, config, params)
+        self.dim = c.dim
+        self.window = c.window
+        self.epochs = c.epochs
+        self.lr = c.lr
+        self.weight_decay = c.weight_decay
+        self.batch_size = c.batch_size
+        self.seed = c.seed
+        self.valid_holdout = c.valid_holdout
+        self.progress = c.progress
         self.n_items = 0
         self.module: _NextItemModule | None = None
         self._initial_state: dict[str, torch.Tensor] | None = None

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from models.configs import ModelConfig, NRMSConfig, resolve_config
 from models.impression_metrics import impression_metrics
 
 PAD, UNK = 0, 1
@@ -167,50 +168,32 @@ class NRMSModel:
 
     name: ClassVar[str] = "nrms"
 
-    def __init__(
-        self,
-        text_model: str = "all-MiniLM-L6-v2",
-        max_tokens: int = 20,
-        n_heads: int = 8,
-        head_dim: int = 16,
-        attention_hidden: int = 128,
-        dropout: float = 0.2,
-        negatives: int = 4,
-        max_history: int = 20,
-        epochs: int = 2,
-        batch_size: int = 128,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        train_word_embeddings: bool = False,
-        seed: int = 42,
-        device: str | None = None,
-        progress: bool = True,
-    ) -> None:
-        if negatives < 1:
-            raise ValueError(f"nrms: negatives must be >= 1, got {negatives}")
-        if max_tokens < 1 or max_history < 1 or epochs < 1 or batch_size < 1:
-            raise ValueError("nrms: max_tokens, max_history, epochs and batch_size must be >= 1")
-        self.text_model = text_model
-        self.max_tokens = max_tokens
-        self.n_heads = n_heads
-        self.head_dim = head_dim
-        self.attention_hidden = attention_hidden
-        self.dropout = dropout
-        self.negatives = negatives
-        self.max_history = max_history
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.train_word_embeddings = train_word_embeddings
-        self.seed = seed
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.progress = progress
+    Config: ClassVar[type[NRMSConfig]] = NRMSConfig
+
+    def __init__(self, config: ModelConfig | None = None, /, **params: Any) -> None:
+        """From an :class:`NRMSConfig`, or keyword parameters validated by it."""
+        self.config = c = resolve_config(NRMSConfig, config, params)
+        self.text_model = c.text_model
+        self.max_tokens = c.max_tokens
+        self.n_heads = c.n_heads
+        self.head_dim = c.head_dim
+        self.attention_hidden = c.attention_hidden
+        self.dropout = c.dropout
+        self.negatives = c.negatives
+        self.max_history = c.max_history
+        self.epochs = c.epochs
+        self.batch_size = c.batch_size
+        self.lr = c.lr
+        self.weight_decay = c.weight_decay
+        self.train_word_embeddings = c.train_word_embeddings
+        self.seed = c.seed
+        self.device = c.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.progress = c.progress
         self.texts: list[str] | None = None
         self.net: NRMSNet | None = None
         self.vocab_ids = np.zeros(0, dtype=np.int64)
         """Text-model token id of each kept vocabulary row (rows 0/1 are padding/unknown)."""
-        self.news_vectors = np.zeros((0, n_heads * head_dim), dtype=np.float32)
+        self.news_vectors = np.zeros((0, c.n_heads * c.head_dim), dtype=np.float32)
         self._initial_state: dict[str, torch.Tensor] | None = None
         self._curve: list[dict[str, Any]] = []
         self._sample_histories: list[np.ndarray] = []

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.configs import ModelConfig, TwoTowerConfig, resolve_config
 from models.features import ItemFeatures
 from models.trainer import (
     FitConfig,
@@ -222,62 +223,17 @@ def info_nce(
     return F.cross_entropy(logits, positive)
 
 
-DEFAULTS: dict[str, Any] = {
-    "encoder": "gru",
-    "fusion": "gate",
-    "dim": 64,
-    "max_len": 20,
-    "layers": 2,
-    "heads": 2,
-    "dropout": 0.3,
-    "id_dropout": 0.1,
-    "mimic_k": 10.0,
-    "mimic_weight": 0.1,
-    "temperature": 0.1,
-    "negatives": "auto",
-    "full_softmax_max": 20_000,
-    "sampled_negatives": 1024,
-    "logq": True,
-    "use_text": True,
-    "item_bias": True,
-    "windows": "random",
-    "batch_size": 128,
-    "epochs": 80,
-    "lr": 4e-3,
-    "weight_decay": 1e-4,
-    "clip_norm": 1.0,
-    "patience": 10,
-    "warmup_epochs": 1.0,
-    "seed": 42,
-    "device": "auto",
-    "threads": 0,
-    "progress": True,
-    "max_seconds": None,
-}
-
-
 class TwoTowerModel:
     """The hybrid retriever behind the ``two-tower`` name (see the module docstring)."""
 
     name: ClassVar[str] = "two-tower"
+    Config: ClassVar[type[TwoTowerConfig]] = TwoTowerConfig
 
-    def __init__(self, **params: Any) -> None:
-        unknown = set(params) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(
-                f"two-tower: unknown parameters {sorted(unknown)}; expected some of {sorted(DEFAULTS)}"
-            )
-        self.p: dict[str, Any] = {**DEFAULTS, **params}
-        if self.p["fusion"] not in ("gate", "sum", "concat", "adaptive-mimic"):
-            raise ValueError(
-                f"two-tower: fusion must be gate, sum, concat or adaptive-mimic, got {self.p['fusion']!r}"
-            )
-        if self.p["encoder"] not in ("gru", "lstm", "attention"):
-            raise ValueError(f"two-tower: encoder must be gru, lstm or attention, got {self.p['encoder']!r}")
-        if self.p["negatives"] not in ("auto", "full", "sampled"):
-            raise ValueError(
-                f"two-tower: negatives must be auto, full or sampled, got {self.p['negatives']!r}"
-            )
+    def __init__(self, config: ModelConfig | None = None, /, **params: Any) -> None:
+        """From a :class:`TwoTowerConfig`, or keyword parameters validated by it (a bad or
+        unknown one fails with its name)."""
+        self.config = resolve_config(TwoTowerConfig, config, params)
+        self.p: dict[str, Any] = self.config.model_dump()
         self.features: ItemFeatures | None = None
         self.net: TwoTowerNet | None = None
         self.device = pick_device(self.p["device"])
@@ -333,8 +289,6 @@ class TwoTowerModel:
         if self._initial_state is not None:
             state = grow_to_fit(self._initial_state, self.id_tables(), {"item": n_items}, self.p["seed"])
             load_matching(self.net, state, skip=DATA_BUFFERS)
-        if self.p["windows"] not in ("random", "all"):
-            raise ValueError(f"two-tower: windows must be random or all, got {self.p['windows']!r}")
         windows = make_windows(fit_hist, self.p["max_len"])
         sequences = [np.asarray(h, dtype=np.int64) + 1 for h in fit_hist if len(h) >= 2]
         full = self.p["negatives"] == "full" or (

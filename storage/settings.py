@@ -8,7 +8,9 @@ defaults, which run the MovieLens-100K demo under ``./var/`` with no setup.
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +20,15 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
+)
+
+from models.configs import (
+    ModelConfig,
+    NeuMFConfig,
+    NRMSConfig,
+    RecencyItemKNNConfig,
+    TwoTowerConfig,
+    config_class,
 )
 
 SourceKind = Literal["movielens", "csv", "parquet", "feeds", "mind"]
@@ -77,69 +88,29 @@ class EvalSettings(BaseModel):
     """Global temporal split: interactions after this time quantile form the test part."""
 
 
+def _knob(config: type[ModelConfig], field: str) -> Any:
+    """A model config's field (default, bounds, docstring) as a flat settings knob, so the
+    config class stays the only place that value is defined."""
+    return copy.copy(config.model_fields[field])
+
+
 class ModelSettings(BaseModel):
-    """Which model the nightly refresh trains and publishes."""
+    """Which model the nightly refresh trains and publishes, and the baselines' knobs.
+
+    The knobs are :class:`models.configs.RecencyItemKNNConfig`'s fields under their
+    settings names (``knn_neighbors`` is its ``neighbors``), defaults and bounds included."""
 
     name: Literal["itemknn-recency", "itemknn", "popularity", "two-tower", "neumf"] = "itemknn-recency"
     """Model served from the bundle."""
-    knn_neighbors: PositiveInt = 300
-    """Neighbours kept per item by ItemKNN (300 was best on MovieLens-100K validation)."""
-    knn_shrink: float = Field(0.0, ge=0.0)
-    """Shrinkage added to the cosine denominator (damps rare co-occurrences)."""
-    recency_decay: float = Field(0.6, gt=0.0, le=1.0)
-    """itemknn-recency: weight of a history item per step of age (0.6 was best on
-    MovieLens-100K validation, see ``make eval``; 1 = plain ItemKNN)."""
+    knn_neighbors: int = _knob(RecencyItemKNNConfig, "neighbors")
+    knn_shrink: float = _knob(RecencyItemKNNConfig, "shrink")
+    recency_decay: float = _knob(RecencyItemKNNConfig, "decay")
     seed: int = 42
-    """Seed for everything random in training."""
+    """Seed for everything random in training (a model block's own ``seed`` wins when set)."""
 
-
-class TwoTowerSettings(BaseModel):
-    """The hybrid two-tower retriever (``model.name = "two-tower"``); see models/two_tower.py."""
-
-    encoder: Literal["attention", "gru", "lstm"] = "gru"
-    """User tower over the history: GRU (best on MovieLens-100K, see ``make eval``), LSTM or
-    causal self-attention (SASRec-style)."""
-    fusion: Literal["gate", "sum", "concat", "adaptive-mimic"] = "gate"
-    """How the item tower fuses the ID embedding with the projected text vector."""
-    use_text: bool = True
-    """Feed the item text vectors (needs ``embedding.enabled``); off: ID-only."""
-    dim: PositiveInt = 64
-    max_len: PositiveInt = 20
-    """History items the user tower reads (the most recent ones)."""
-    layers: PositiveInt = 2
-    heads: PositiveInt = 2
-    dropout: float = Field(0.3, ge=0.0, lt=1.0)
-    id_dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    """Share of items per step served by the cold-start row, so the text path learns to stand alone."""
-    temperature: float = Field(0.1, gt=0.0)
-    negatives: Literal["auto", "full", "sampled"] = "auto"
-    """``full``: every item is a negative; ``sampled``: in-batch + sampled with log-Q; ``auto``:
-    full below ``full_softmax_max`` items."""
-    full_softmax_max: PositiveInt = 20_000
-    sampled_negatives: PositiveInt = 1024
-    logq: bool = True
-    batch_size: PositiveInt = 128
-    epochs: PositiveInt = 80
-    lr: float = Field(4e-3, gt=0.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
-    patience: PositiveInt = 10
-    """Epochs without a better validation NDCG@10 before training stops (best epoch kept)."""
-    threads: int = Field(1, ge=0)
-    """torch CPU threads (0: torch's default); 1 is fastest on a shared 2-core machine."""
-
-
-class NeuMFSettings(BaseModel):
-    """NeuMF (``model.name = "neumf"``); see models/neumf.py."""
-
-    dim: PositiveInt = 32
-    mlp_layers: list[PositiveInt] = Field(default_factory=lambda: [64, 32, 16])
-    negatives: PositiveInt = 4
-    """Sampled negatives per positive for the BCE loss."""
-    use_categories: bool = True
-    epochs: PositiveInt = 30
-    lr: float = Field(3e-3, gt=0.0)
-    patience: PositiveInt = 4
-    threads: int = Field(1, ge=0)
+    def knn(self) -> dict[str, Any]:
+        """The ItemKNN knobs under their config names."""
+        return {"neighbors": self.knn_neighbors, "shrink": self.knn_shrink, "decay": self.recency_decay}
 
 
 class ServingSettings(BaseModel):
@@ -340,33 +311,6 @@ class HarvestSettings(BaseModel):
     """...and at least this many positive events back it."""
 
 
-class NRMSSettings(BaseModel):
-    """NRMS, the news model (models/nrms.py): reads stories' words, learns from impressions."""
-
-    text_model: str = "all-MiniLM-L6-v2"
-    """Model whose tokenizer and input word embeddings NRMS starts from (a local path works)."""
-    max_tokens: PositiveInt = 20
-    """Words (WordPiece tokens) read per story: the title, then the start of its summary."""
-    n_heads: PositiveInt = 8
-    """Attention heads in the news and user encoders."""
-    head_dim: PositiveInt = 16
-    """Width per head; news and user vectors have ``n_heads * head_dim`` dimensions."""
-    attention_hidden: PositiveInt = 128
-    """Hidden size of the additive attention that pools words and clicked stories."""
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    negatives: PositiveInt = 4
-    """Shown-but-not-clicked stories per click in the listwise loss (K)."""
-    max_history: PositiveInt = 20
-    """Most recent clicks the user encoder reads."""
-    epochs: PositiveInt = 2
-    """2 epochs over ~2,300 persona impressions take about 2 minutes on 2 CPU cores."""
-    batch_size: PositiveInt = 128
-    lr: float = Field(1e-3, gt=0.0)
-    train_word_embeddings: bool = False
-    """Fine-tune the pre-trained word vectors too (slower, more to overfit)."""
-    seed: int = 42
-
-
 class Settings(BaseSettings):
     """Everything recflow can be told; see the module docstring for where values come from."""
 
@@ -391,13 +335,16 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
-    two_tower: TwoTowerSettings = Field(default_factory=TwoTowerSettings)
-    neumf: NeuMFSettings = Field(default_factory=NeuMFSettings)
+    two_tower: TwoTowerConfig = Field(default_factory=TwoTowerConfig)
+    """The two-tower retriever's hyper-parameters (``model.name = "two-tower"``)."""
+    neumf: NeuMFConfig = Field(default_factory=NeuMFConfig)
+    """NeuMF's hyper-parameters (``model.name = "neumf"``)."""
     bundles_keep: PositiveInt = 5
     """Number of published bundles kept on disk (the live one is never deleted)."""
     feeds: FeedsSettings = Field(default_factory=FeedsSettings)
     harvest: HarvestSettings = Field(default_factory=HarvestSettings)
-    nrms: NRMSSettings = Field(default_factory=NRMSSettings)
+    nrms: NRMSConfig = Field(default_factory=NRMSConfig)
+    """NRMS, the news model: reads stories' words, learns from impressions."""
 
     @field_validator("home", "data_dir")
     @classmethod
@@ -427,6 +374,23 @@ class Settings(BaseSettings):
         elif "RECFLOW_CONFIG" in os.environ:
             raise FileNotFoundError(f"RECFLOW_CONFIG names {config}, which is not a file")
         return tuple(sources)
+
+    def config_of(self, name: str, overrides: Mapping[str, Any] | None = None) -> ModelConfig:
+        """Model ``name``'s config as these settings give it: its block (``two_tower``,
+        ``neumf``, ``nrms``; the baselines' knobs under ``model``), ``model.seed`` unless the
+        block sets its own seed, then ``overrides``. A bad or unknown parameter fails with
+        the field's name."""
+        config_cls = config_class(name)
+        block = {"two-tower": self.two_tower, "neumf": self.neumf, "nrms": self.nrms}.get(name)
+        if block is not None:
+            values = block.model_dump()
+            own_seed = "seed" in block.model_fields_set
+        else:
+            values = {k: v for k, v in self.model.knn().items() if k in config_cls.model_fields}
+            own_seed = False
+        if "seed" in config_cls.model_fields and not own_seed:
+            values["seed"] = self.model.seed
+        return config_cls.model_validate({**values, **(overrides or {})})
 
     # Paths derived from the catalogue name -------------------------------------------------
     @property

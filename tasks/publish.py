@@ -43,6 +43,55 @@ class PublishResult:
     reason: str
 
 
+def gate_refusal(
+    valid: dict[str, Any],
+    live: str | None,
+    live_valid: dict[str, Any],
+    tolerance: float = 0.0,
+    metric: str = "ndcg@10",
+) -> str | None:
+    """Why a candidate must not go live, or None: the one gate rule of every publish path
+    (nightly-refresh, train-models, merge-checkpoints).
+
+    A candidate whose validation ``metric`` is below the live bundle's by more than
+    ``tolerance`` is refused; with no live bundle, or a metric missing on either side, it passes.
+    """
+    old, new = live_valid.get(metric), valid.get(metric)
+    if live is None or old is None or new is None or new >= old - tolerance:
+        return None
+    return f"valid {metric} {new:.4f} < live {old:.4f} - tolerance {tolerance}; kept {live} live"
+
+
+def build_manifest(
+    *,
+    catalogue: str,
+    source_run: str | None,
+    result: Any,
+    proto: dict[str, Any],
+    fingerprint: str,
+    embedding: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest of a bundle serving ``result`` (a :class:`tasks.training.TrainResult`):
+    the one builder every publish path uses. ``embedding`` (an ``EmbeddingSettings``, when
+    embedding is enabled) records how the item vectors were made; ``extra`` adds a path's own
+    keys (train-models: config, candidates, warm start, report). ``publish_bundle`` adds the
+    index, counts and format; the store adds version, creation time and checksums."""
+    manifest: dict[str, Any] = {
+        "catalogue": catalogue,
+        "source_run": source_run,
+        "model_run": result.run_id,
+        "model": {"name": result.model_name, "params": result.params},
+        "metrics": {"valid": result.valid, "test": result.test},
+        "protocol": proto,
+        "data_fingerprint": fingerprint,
+        **(extra or {}),
+    }
+    if embedding is not None:
+        manifest["embedding"] = {"model": embedding.model, "template": embedding.template}
+    return manifest
+
+
 def write_catalog(path: Path, con: duckdb.DuckDBPyConnection, data: SplitData) -> None:
     """``catalog.duckdb`` for serving: items with popularity, and every user's history."""
     everything = data.histories(("train", "valid", "test"))
@@ -122,21 +171,17 @@ def publish_bundle(
     ``attachments`` maps a name inside the bundle (``report``, ``train_model``) to a file or
     directory copied in as it is, so it is checksummed and published with everything else.
 
-    The gate compares ``manifest["metrics"]["valid"][gate_metric]`` with the live bundle's;
-    a bundle that loses by more than ``tolerance`` is kept for inspection but not made live.
+    The gate (:func:`gate_refusal`) compares ``manifest["metrics"]["valid"][gate_metric]``
+    with the live bundle's; a bundle that loses by more than ``tolerance`` is kept for
+    inspection but not made live.
     """
     live = store.current_version()
-    make_current = True
-    reason = "first bundle" if live is None else "not worse than the live bundle"
-    if live is not None:
-        live_manifest = store.manifest(live)
-        old = live_manifest.get("metrics", {}).get("valid", {}).get(gate_metric)
-        new = manifest.get("metrics", {}).get("valid", {}).get(gate_metric)
-        if old is not None and new is not None and new < old - tolerance:
-            make_current = False
-            reason = (
-                f"valid {gate_metric} {new:.4f} < live {old:.4f} - tolerance {tolerance}; kept {live} live"
-            )
+    live_valid = store.manifest(live).get("metrics", {}).get("valid", {}) if live else {}
+    refusal = gate_refusal(
+        manifest.get("metrics", {}).get("valid", {}), live, live_valid, tolerance, gate_metric
+    )
+    make_current = refusal is None
+    reason = refusal or ("first bundle" if live is None else "not worse than the live bundle")
     with store.staging() as staged:
         write_catalog(staged / "catalog.duckdb", con, data)
         model.save(staged / "model")

@@ -15,7 +15,6 @@ live catalogue's ids onto today's with :func:`models.checkpoint.grow_state`.
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 import uuid
@@ -39,9 +38,10 @@ from models.checkpoint import (
     load_state,
 )
 from models.features import ItemFeatures
-from models.registry import MODELS, build_model
+from models.registry import build_model
 from storage.artifacts import ArtifactStore, file_sha256
 from storage.settings import Settings
+from tasks.publish import PublishResult, build_manifest, gate_refusal, publish_bundle
 from tasks.training import SplitData, TrainResult, evaluate, record_run
 
 TRAIN_MODEL_DIR = "train_model"
@@ -49,38 +49,10 @@ TRAIN_MODEL_DIR = "train_model"
 SERVING_MODEL_DIR = "model"
 
 
-def settings_params(settings: Settings, name: str) -> dict[str, Any]:
-    """Constructor parameters the settings give a model (the baselines' knobs, the seed)."""
-    m = settings.model
-    params: dict[str, Any] = {}
-    if name == "itemknn":
-        params = {"neighbors": m.knn_neighbors, "shrink": m.knn_shrink}
-    elif name == "itemknn-recency":
-        params = {"neighbors": m.knn_neighbors, "shrink": m.knn_shrink, "decay": m.recency_decay}
-    elif name == "two-tower":
-        params = {**settings.two_tower.model_dump(), "seed": m.seed}
-    elif name == "neumf":
-        params = {**settings.neumf.model_dump(), "seed": m.seed}
-    if name in MODELS and "seed" in inspect.signature(MODELS[name].__init__).parameters:
-        params["seed"] = m.seed
-    return params
-
-
 def model_config(settings: Settings, name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Settings' parameters with ``overrides`` on top; unknown parameter names fail here."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
-    params = {**settings_params(settings, name), **(overrides or {})}
-    accepted = inspect.signature(MODELS[name].__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
-        return params  # the model checks its own keyword parameters and names unknown ones
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"config for {name!r}: unknown parameters {unknown}; expected some of "
-            f"{sorted(p for p in accepted if p != 'self')}"
-        )
-    return params
+    """Model ``name``'s constructor parameters: the settings' config for it with ``overrides``
+    on top, validated by its config class (a bad or unknown parameter fails with its name)."""
+    return settings.config_of(name, overrides).model_dump()
 
 
 def is_torch_model(model: object) -> bool:
@@ -326,7 +298,7 @@ def results_dict(settings: Settings, proto: dict[str, Any], runs: Sequence[Train
 
 
 def gate_markdown(
-    champion: RunResult, runs: list[RunResult], published: Any, live_valid: dict[str, Any]
+    champion: RunResult, runs: list[RunResult], published: PublishResult, live_valid: dict[str, Any]
 ) -> str:
     """The champion/challenger decision as a table: every candidate against the live bundle."""
     nan = float("nan")
@@ -346,28 +318,9 @@ def gate_markdown(
     )
 
 
-def gate_refusal(
-    valid: dict[str, Any],
-    live: str | None,
-    live_valid: dict[str, Any],
-    tolerance: float,
-    metric: str = "ndcg@10",
-) -> str | None:
-    """Why a challenger must not go live (the rule of ``publish_bundle``'s gate), or None.
-
-    Checked before the serving refit, so a refused challenger costs no second fit and
-    leaves no bundle behind; ``publish_bundle`` applies the same rule again when writing.
-    """
-    old, new = live_valid.get(metric), valid.get(metric)
-    if live is None or old is None or new is None or new >= old - tolerance:
-        return None
-    return f"valid {metric} {new:.4f} < live {old:.4f} - tolerance {tolerance}; kept {live} live"
-
-
 @dataclass(frozen=True)
 class ChampionOutcome:
-    published: Any
-    """The :class:`tasks.publish.PublishResult`."""
+    published: PublishResult
     report_markdown: str
     gate_markdown: str
     serving_warm: GrowReport | None
@@ -396,7 +349,6 @@ def publish_champion(
     import tempfile
 
     from tasks.eval_report import EvalReport, report_for_models
-    from tasks.publish import PublishResult, publish_bundle
 
     serving_warm = serving_report = None
     started = time.perf_counter()
@@ -414,6 +366,8 @@ def publish_champion(
             notes=notes,
         )
 
+    # The gate before the serving refit: a refused challenger costs no second fit and leaves
+    # no bundle; publish_bundle applies the same rule again when writing.
     refusal = gate_refusal(champion.valid, live, live_valid, tolerance)
     if refusal is not None:
         log(f"gate: {refusal}; nothing is refitted or written")
@@ -446,29 +400,25 @@ def publish_champion(
         if is_torch_model(champion.model):
             champion.model.save(Path(tmp) / TRAIN_MODEL_DIR)
             attachments[TRAIN_MODEL_DIR] = Path(tmp) / TRAIN_MODEL_DIR
-        manifest = {
-            "catalogue": settings.catalogue,
-            "source_run": source_run,
-            "model_run": champion.run_id,
-            "model": {"name": champion.model_name, "params": champion.params},
-            "metrics": {"valid": champion.valid, "test": champion.test},
-            "protocol": proto,
-            "data_fingerprint": fingerprint,
-            "config": champion.config,
-            "candidates": {
-                r.model_name: {"run_id": r.run_id, "valid_ndcg@10": r.valid.get("ndcg@10")} for r in runs
+        manifest = build_manifest(
+            catalogue=settings.catalogue,
+            source_run=source_run,
+            result=champion,
+            proto=proto,
+            fingerprint=fingerprint,
+            embedding=settings.embedding if settings.embedding.enabled else None,
+            extra={
+                "config": champion.config,
+                "candidates": {
+                    r.model_name: {"run_id": r.run_id, "valid_ndcg@10": r.valid.get("ndcg@10")} for r in runs
+                },
+                "warm_start": {
+                    "train": champion.config.get("warm_start"),
+                    "serving": serving_warm.record() if serving_warm else None,
+                },
+                "report": "report/report.md",
             },
-            "warm_start": {
-                "train": champion.config.get("warm_start"),
-                "serving": serving_warm.record() if serving_warm else None,
-            },
-            "report": "report/report.md",
-        }
-        if settings.embedding.enabled:
-            manifest["embedding"] = {
-                "model": settings.embedding.model,
-                "template": settings.embedding.template,
-            }
+        )
         published = publish_bundle(
             store,
             con,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import duckdb
@@ -122,3 +123,58 @@ def test_build_index_refuses_low_recall_and_publishes_a_good_index(
     assert manifest["index"]["kind"] == "ivf" and manifest["index"]["recall"] >= 0.95
     assert manifest["reindexed_from"] == live
     store.verify(good.version)
+
+
+def test_nightly_takes_typed_model_config_and_refuses_a_worse_model_through_the_shared_gate(
+    prefect_api: None, ml100k_slice: Path, tmp_path: Path
+) -> None:
+    """The nightly's ``config`` parameter reaches the model (validated by its config class),
+    and a worse model is written but not made live, with the message every publish path gives."""
+    from flows.nightly import nightly_refresh
+    from tasks.publish import gate_refusal
+
+    overrides = {
+        "home": str(tmp_path / "var"),
+        "catalogue": "gate",
+        "source": {"kind": "movielens", "path": str(ml100k_slice)},
+        "embedding": {"enabled": False},
+    }
+    store = ArtifactStore(Settings(**overrides).bundles_dir)
+    first = nightly_refresh(overrides=overrides, config={"itemknn-recency": {"neighbors": 200}})
+    assert first.version is not None and first.live == first.version
+    live_manifest = store.manifest(first.version)
+    assert live_manifest["model"]["params"] == {"neighbors": 200, "shrink": 0.0, "decay": 0.6}
+
+    worse = nightly_refresh(overrides={**overrides, "model": {"name": "popularity"}})
+    assert worse.version is not None and worse.live == first.version == store.current_version()
+    refused = store.manifest(worse.version)
+    assert refused["metrics"]["valid"]["ndcg@10"] < live_manifest["metrics"]["valid"]["ndcg@10"]
+    assert re.match(
+        r"^valid ndcg@10 \d\.\d{4} < live \d\.\d{4} - tolerance 0\.0; kept \S+ live$", worse.reason
+    )
+    assert worse.reason == gate_refusal(
+        refused["metrics"]["valid"], first.version, live_manifest["metrics"]["valid"], 0.0
+    )
+    # The nightly and train-models build their manifests with one builder: the same keys.
+    assert set(live_manifest) >= {
+        "catalogue",
+        "source_run",
+        "model_run",
+        "model",
+        "metrics",
+        "protocol",
+        "data_fingerprint",
+        "counts",
+        "bundle_format",
+    }
+
+    state = nightly_refresh(overrides=overrides, config={"two-tower": {"dim": 8}}, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"config given for \['two-tower'\], but the nightly refresh trains"):
+        state.result()
+    state = nightly_refresh(overrides=overrides, config={"itemknn-recency": {"decay": 2}}, return_state=True)
+    with pytest.raises(
+        Exception, match=r"config\.itemknn-recency\.decay: Input should be less than or equal to 1"
+    ):
+        state.result()
+    assert store.current_version() == first.version

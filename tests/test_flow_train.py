@@ -8,6 +8,7 @@ in the bundle and in the UI, and that a recorded run re-runs to the same metrics
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,13 @@ from storage.settings import Settings
 from storage.warehouse import open_warehouse
 from tasks.load import load_source
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT
+from tasks.publish import gate_refusal
 from tasks.train_models import catalog_ids, recorded_config, reproduce_run
 from tasks.training import load_split_data
 
 torch.set_num_threads(1)
+REFUSAL = r"^valid ndcg@10 \d\.\d{4} < live \d\.\d{4} - tolerance [\d.-]+; kept \S+ live$"
+"""The shape of every publish path's refusal (tasks/publish.py::gate_refusal)."""
 TINY = {"dim": 16, "window": 10, "epochs": 2, "batch_size": 256, "progress": False}
 
 
@@ -79,7 +83,10 @@ def test_gate_refuses_a_worse_challenger_and_publishes_an_equal_one(
     assert worse.valid_ndcg10["popularity"] < champion.valid_ndcg10[champion.champion]
     assert worse.version is None and worse.live == champion.version
     assert store.current_version() == champion.version and store.versions() == [champion.version]
-    assert "kept" in worse.reason and "< live" in worse.reason
+    assert re.match(REFUSAL, worse.reason)
+    assert worse.reason == gate_refusal(
+        {"ndcg@10": worse.valid_ndcg10["popularity"]}, champion.version, manifest["metrics"]["valid"], 0.0
+    )
 
     # A tolerance wider than the gap lets the same challenger through.
     gap = champion.valid_ndcg10[champion.champion] - worse.valid_ndcg10["popularity"]
@@ -120,8 +127,44 @@ def test_bad_config_names_the_parameter(prefect_api: None, ml100k_slice: Path, t
         return_state=True,
     )
     assert state.is_failed()
-    with pytest.raises(ValueError, match=r"config for 'nextitem-mf': unknown parameters \['dimension'\]"):
+    with pytest.raises(Exception, match=r"config\.nextitem-mf\.dimension: Extra inputs are not permitted"):
         state.result()
+    state = train_models(
+        models=["nextitem-mf"], config={"nextitem-mf": {"dim": 0}}, overrides=overrides, return_state=True
+    )
+    with pytest.raises(Exception, match=r"config\.nextitem-mf\.dim: Input should be greater than 0"):
+        state.result()
+
+
+def test_the_ui_form_of_train_models_lists_every_model_config_with_its_defaults() -> None:
+    """``config`` is typed (models.configs.ModelOverrides), so the parameter schema Prefect
+    stores with the deployment, and renders as a form, has each model's fields and defaults."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.nightly import nightly_refresh
+    from flows.train import train_models
+    from models.configs import CONFIGS, TwoTowerConfig
+
+    schema = parameter_schema(train_models.fn).model_dump()
+    defs = schema["definitions"]
+    assert schema["properties"]["config"]["anyOf"][0]["$ref"] == "#/definitions/ModelOverrides"
+    models = defs["ModelOverrides"]["properties"]
+    assert set(models) == set(CONFIGS) and defs["ModelOverrides"]["additionalProperties"] is False
+    assert models["two-tower"]["anyOf"][0]["$ref"] == "#/definitions/TwoTowerConfig"
+    tower = defs["TwoTowerConfig"]["properties"]
+    for field, info in TwoTowerConfig.model_fields.items():
+        assert tower[field].get("default") == info.get_default(call_default_factory=True), field
+        assert tower[field]["description"] == info.description
+    assert tower["threads"]["default"] == 1 and tower["encoder"]["enum"] == ["gru", "lstm", "attention"]
+    assert defs["RecencyItemKNNConfig"]["properties"]["neighbors"] == {
+        "default": 300,
+        "description": "Neighbours kept per item (300 was best on MovieLens-100K validation).",
+        "exclusiveMinimum": 0,
+        "title": "Neighbors",
+        "type": "integer",
+    }
+    nightly = parameter_schema(nightly_refresh.fn).model_dump()
+    assert nightly["properties"]["config"]["anyOf"][0]["$ref"] == "#/definitions/ModelOverrides"
 
 
 def test_warm_start_grows_the_catalogue_keeps_learned_rows_and_reruns_reproduce(
@@ -244,6 +287,20 @@ def test_merge_two_seeded_fits_evaluates_gates_and_publishes_the_average(
     went_live = again.valid_ndcg10["nextitem-mf"] >= live_valid
     assert (again.version is not None and store.current_version() == again.version) == went_live
     assert (again.version is None and store.current_version() == live_before) == (not went_live)
+
+    # A merge worse than the live bundle is refused by the same gate, with the same message.
+    better = train_models(models=["itemknn-recency"], overrides=overrides, tolerance=1.0)
+    assert better.live == better.version == store.current_version()
+    refused = merge_checkpoints(bundles=[a.version, b.version], weights=[3.0, 1.0], overrides=overrides)
+    assert refused.valid_ndcg10["nextitem-mf"] < better.valid_ndcg10["itemknn-recency"]
+    assert refused.version is None and refused.live == better.version == store.current_version()
+    assert re.match(REFUSAL, refused.reason)
+    assert refused.reason == gate_refusal(
+        {"ndcg@10": refused.valid_ndcg10["nextitem-mf"]},
+        better.version,
+        store.manifest(better.version)["metrics"]["valid"],
+        0.0,
+    )
 
     # Bad inputs name what was wrong.
     with pytest.raises(Exception, match="merge needs at least two checkpoints"):

@@ -208,15 +208,22 @@ def test_warm_start_keeps_learned_rows_when_the_catalogue_grows(
     assert not np.allclose(fresh.score(h)[:, : data.n_items], fitted.score(h), atol=1e-3)
 
 
-def test_bad_parameters_name_the_choices() -> None:
-    with pytest.raises(ValueError, match="fusion must be gate, sum, concat or adaptive-mimic, got 'max'"):
+def test_bad_parameters_name_the_field_and_the_choices() -> None:
+    """Parameters go through TwoTowerConfig: a bad one fails with its name and what is allowed."""
+    with pytest.raises(
+        ValueError, match=r"fusion\n  Input should be 'gate', 'sum', 'concat' or 'adaptive-mimic'"
+    ):
         TwoTowerModel(fusion="max")
-    with pytest.raises(ValueError, match="encoder must be gru, lstm or attention"):
+    with pytest.raises(ValueError, match=r"encoder\n  Input should be 'gru', 'lstm' or 'attention'"):
         TwoTowerModel(encoder="cnn")
-    with pytest.raises(ValueError, match="unknown parameters"):
+    with pytest.raises(ValueError, match=r"hidden\n  Extra inputs are not permitted"):
         TwoTowerModel(hidden=3)
-    with pytest.raises(ValueError, match="negatives must be"):
+    with pytest.raises(ValueError, match=r"negatives\n  Input should be 'auto', 'full' or 'sampled'"):
         TwoTowerModel(negatives="some")
+    with pytest.raises(ValueError, match=r"windows\n  Input should be 'random' or 'all'"):
+        TwoTowerModel(windows="some")
+    with pytest.raises(ValueError, match=r"dropout\n  Input should be less than 1"):
+        build_model("two-tower", {"dropout": 1.0})
 
 
 @pytest.mark.parametrize("name", ["two-tower", "neumf"])
@@ -232,6 +239,7 @@ def test_the_nightly_path_fits_for_serving_and_reloads(data: SplitData, name: st
     )
     params = model_params(settings)
     assert params["epochs"] == 2 and params["seed"] == settings.model.seed
+    assert params["threads"] == 1  # TwoTowerConfig / NeuMFConfig: the README's figures used one thread
     model = fit_for_serving(data, name, {**params, "progress": False})
     model.save(tmp_path / "model")
     loaded = load_model(tmp_path / "model")
