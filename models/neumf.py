@@ -37,6 +37,9 @@ from models.trainer import (
 
 
 class NeuMFNet(nn.Module):
+    categories: torch.Tensor
+    """Buffer ``(n_items, n_categories)``: each item's genres, rows summing to 1."""
+
     def __init__(self, n_items: int, n_categories: int, p: dict[str, Any]) -> None:
         super().__init__()
         d, layers = p["dim"], list(p["mlp_layers"])

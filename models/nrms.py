@@ -138,6 +138,8 @@ class NRMSNet(nn.Module):
     """News and user encoders; ``item_tokens`` (n_items, L) is a buffer, so the checkpoint
     carries every item's tokens and needs no tokenizer to score."""
 
+    item_tokens: torch.Tensor
+
     def __init__(
         self,
         item_tokens: torch.Tensor,
@@ -409,7 +411,8 @@ class NRMSModel:
             "input_ids"
         ]
         unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
-        used = np.unique(np.concatenate([np.asarray(ids, dtype=np.int64) for ids in encoded if ids] or [[]]))
+        arrays = [np.asarray(ids, dtype=np.int64) for ids in encoded if ids]
+        used = np.unique(np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64))
         used = used[used != unk].astype(np.int64)
         vocab_ids = np.concatenate([[-1, unk], used]).astype(np.int64)
         row_of = {int(t): i + 2 for i, t in enumerate(used)}

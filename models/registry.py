@@ -67,7 +67,7 @@ def build_model(
         values = {**overrides.model_dump(), **params}
     else:
         values = {**(overrides or {}), **params}
-    return model_cls(config_cls.model_validate(values))  # type: ignore[no-any-return]
+    return model_cls(config_cls.model_validate(values))
 
 
 def load_model(directory: Path) -> Recommender:
@@ -78,4 +78,4 @@ def load_model(directory: Path) -> Recommender:
     name = json.loads(meta_path.read_text())["name"]
     if name not in REGISTRY:
         raise ValueError(f"{meta_path} names unknown model {name!r}")
-    return REGISTRY[name].model.load(directory)  # type: ignore[no-any-return]
+    return REGISTRY[name].model.load(directory)

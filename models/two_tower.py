@@ -23,6 +23,7 @@ Scores are dot products of ``encode_users`` and ``encode_items`` (C4).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -57,6 +58,13 @@ Encoder = Literal["gru", "lstm", "attention"]
 
 class ItemTower(nn.Module):
     """ID embedding ⊕ projected text vector → fused, L2-normalized item vector."""
+
+    text: torch.Tensor
+    """Buffer ``(n_items, text_dim)``: the items' text vectors."""
+    warm: torch.Tensor
+    """Buffer ``(n_items,)`` bool: items seen in training (the rest use the cold-start row)."""
+    counts: torch.Tensor
+    """Buffer ``(n_items,)``: training interactions per item."""
 
     def __init__(self, n_items: int, dim: int, text_dim: int, fusion: Fusion, mimic_k: float) -> None:
         super().__init__()
@@ -468,7 +476,7 @@ def grow_id_tables(
 
 
 def grow_to_fit(
-    state: dict[str, torch.Tensor], tables: dict[str, tuple[str, int]], sizes: dict[str, int], seed: int
+    state: dict[str, torch.Tensor], tables: Mapping[str, tuple[str, int]], sizes: dict[str, int], seed: int
 ) -> dict[str, torch.Tensor]:
     """Grow ID tables that are shorter than the current id space (rows keep their index), so a
     state from a smaller catalogue still keeps its learned rows; a table of the right size or

@@ -42,6 +42,7 @@ from serving.cascade import (
     CascadeResult,
     RankStage,
     RetrievalSpace,
+    Stage,
     diversify,
     load_rank_stage,
     personalized,
@@ -248,6 +249,7 @@ class LoadedBundle:
                 f"{who} has {n_interactions} interaction(s), fewer than the "
                 f"{min_interactions} needed to personalise"
             )
+        stage: Stage
         if self.pool is not None:
             cand = self.pool.indices
             if len(exclude):

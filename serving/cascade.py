@@ -149,8 +149,9 @@ class NeighbourhoodRanker:
 
     def _recency(self, n: int) -> np.ndarray:
         """``decay^(n-1), ..., decay^0``: the weights of a history of ``n``, oldest first."""
+        decay = 1.0 if self.decay is None else self.decay
         if n > len(self._powers):  # grows to the longest history seen, then only slices
-            self._powers = np.power(self.decay, np.arange(max(n, 2 * len(self._powers))), dtype=np.float64)
+            self._powers = np.power(decay, np.arange(max(n, 2 * len(self._powers))), dtype=np.float64)
         return self._powers[n - 1 :: -1]
 
     def score(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -197,7 +198,7 @@ def load_rank_stage(bundle_dir: Path, model: Any) -> tuple[RankStage, str]:
     """
     ranker_dir = bundle_dir / "ranker"
     if ranker_dir.is_dir():
-        from models.ranker import Ranker  # type: ignore[import-not-found]  # C5, lands with towers
+        from models.ranker import Ranker
 
         load = Ranker.load
         ranker = load(ranker_dir) if _is_classmethod(Ranker, "load") else _load_instance(Ranker, ranker_dir)

@@ -19,7 +19,10 @@ def test_every_example_block_is_marked_in_the_readme() -> None:
 
 def test_rewrite_replaces_only_the_marked_block() -> None:
     readme = "intro\n<!-- examples:a -->\nold\n<!-- /examples:a -->\noutro\n"
-    assert rewrite(readme, {"a": "new\ntext"}) == "intro\n<!-- examples:a -->\nnew\ntext\n<!-- /examples:a -->\noutro\n"
+    assert (
+        rewrite(readme, {"a": "new\ntext"})
+        == "intro\n<!-- examples:a -->\nnew\ntext\n<!-- /examples:a -->\noutro\n"
+    )
 
 
 def test_rewrite_names_a_missing_block() -> None:
