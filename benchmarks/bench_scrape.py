@@ -70,7 +70,11 @@ def main() -> None:
             for i in range(args.feeds)
         ]
         settings = FeedsSettings(
-            feeds=feeds, max_connections=args.connections, max_per_host=args.connections, read_timeout_s=30.0
+            feeds=feeds,
+            allow_hosts=["127.0.0.1"],  # the benchmark server is on loopback
+            max_connections=args.connections,
+            max_per_host=args.connections,
+            read_timeout_s=30.0,
         )
         with tempfile.TemporaryDirectory() as tmp:
             con = connect(Path(tmp) / "warehouse.duckdb")

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import duckdb
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -58,13 +59,18 @@ def model_params(settings: Settings, config: ModelOverrides | None = None) -> di
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry I/O hiccups, not bad data or bad config: those fail the same way every time."""
+    """Retry I/O hiccups only: an OS-level error (a dropped connection, a timeout, a busy
+    disk) or DuckDB failing to open or lock its file. Anything else, bad data above all (a
+    TypeError, an OverflowError, a failed expectation) or a missing file, fails the same way
+    every time, so it is not retried."""
     try:
         state.result()
-    except (DataQualityError, SourceFormatError, FileNotFoundError, ValueError):
+    except (DataQualityError, SourceFormatError, FileNotFoundError, NotADirectoryError, PermissionError):
         return False
-    except Exception:
+    except (OSError, duckdb.IOException):
         return True
+    except Exception:
+        return False
     return True
 
 

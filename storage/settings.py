@@ -231,15 +231,50 @@ class ScheduleSettings(BaseModel):
     """The morning harvest of today's pool of stories."""
 
 
+def feed_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a plain web address a feed may live at (None when it is one).
+
+    Only http and https, a host, a valid port, no user info (``http://localhost@169.254.169.254/``
+    reads as localhost but goes to the second host) and no whitespace or control characters
+    (a newline in a URL can split a request). Used for the setting and for redirect targets."""
+    from urllib.parse import urlsplit  # local: keeps the feeds block self-contained
+
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        return "contains whitespace or control characters"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        return f"is not a URL ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "only http and https are fetched"
+    if "@" in parts.netloc:
+        return "carries user info ('user@host'), which hides the real host"
+    if not parts.hostname:
+        return "names no host"
+    try:
+        parts.port  # noqa: B018 - raises for a port out of range or not a number
+    except ValueError:
+        return "has an invalid port"
+    return None
+
+
 class FeedSettings(BaseModel):
     """One configured feed."""
 
-    url: str = Field(pattern=r"^https?://[^\s/]+")
-    """The feed's address; only http and https are fetched."""
+    url: str
+    """The feed's address: http or https, a host, no user info, no whitespace."""
     name: str
     """The outlet's name, stored as each item's ``source``."""
     category: str | None = None
     """Category given to entries that carry none."""
+
+    @field_validator("url")
+    @classmethod
+    def _plain_web_address(cls, url: str) -> str:
+        problem = feed_url_problem(url)
+        if problem:
+            raise ValueError(f"feeds.feeds[].url {url!r} {problem}")
+        return url
 
 
 class FeedsSettings(BaseModel):
@@ -277,6 +312,55 @@ class FeedsSettings(BaseModel):
     future_skew_s: PositiveInt = 600
     """How far in the future a published date may lie before the entry is quarantined."""
     user_agent: str = "recflow-scraper/0.1 (+https://github.com/recflow)"
+    allow_hosts: list[str] = Field(default_factory=list)
+    """Where feeds may reach private, loopback, link-local or otherwise non-public addresses
+    (intranet feeds). Every hop of a fetch, the first and each redirect, resolves its host and is
+    refused (``refused-address``) when any address is not public, unless the hop matches an entry
+    here: ``name`` or ``name:port`` (the host as written in the URL), an address (``10.0.0.5``,
+    ``[::1]:8080``) or a network (``10.1.0.0/16``, matched against the resolved addresses).
+    Empty by default; the demo address ``demo_host:demo_port`` is allowed on its own while the
+    feed list is the embedded default or points at it, so the demo works with no setup."""
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _allow_entries_parse(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            problem = allow_entry_problem(entry)
+            if problem:
+                raise ValueError(f"feeds.allow_hosts entry {entry!r} {problem}")
+        return entries
+
+
+def allow_entry_problem(entry: str) -> str | None:
+    """Why ``entry`` is not a ``feeds.allow_hosts`` entry (None when it is one)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    if "/" in entry:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            return f"is not a network: {exc}"
+        return None
+    try:
+        ipaddress.ip_address(entry)  # a bare IPv6 address holds colons: not host:port
+        return None
+    except ValueError:
+        pass
+    parts = urlsplit(f"//{entry}")
+    if (
+        not parts.hostname
+        or parts.path
+        or parts.query
+        or "@" in parts.netloc
+        or any(c.isspace() for c in entry)
+    ):
+        return "is not a host, host:port, address or network (e.g. intranet.example, 10.0.0.0/8)"
+    try:
+        parts.port  # noqa: B018 - raises for a port out of range
+    except ValueError:
+        return "has an invalid port"
+    return None
 
 
 class HarvestSettings(BaseModel):

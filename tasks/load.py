@@ -1,13 +1,14 @@
 """Load a configured source into the warehouse through the expectation gates.
 
 Rows that cannot be parsed, or that fail an expectation, go to ``quarantine`` with the rule
-they broke; clean rows are inserted idempotently (deterministic ids, existing keys skipped),
-so loading the same file twice adds nothing.
+they broke; clean rows are inserted idempotently (content-based ids, existing events
+skipped), so loading the same file twice, or a line twice, adds it once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,11 @@ def _quarantine_parse_rejects(con: duckdb.DuckDBPyConnection, rejects: pd.DataFr
             rej["table"], rej["source_file"], rej["row_number"], rej["rule"], strict=True
         )
     ]
-    rej["payload"] = rej["payload"].map(lambda s: pd.io.json.ujson_dumps({"line": s}))
+    # A line that did not parse is kept as the line; a value that did not fit (a dict naming
+    # its column, e.g. {"timestamp": "1e30", "row": {...}}) as it is.
+    rej["payload"] = rej["payload"].map(
+        lambda p: json.dumps(p) if isinstance(p, dict) else pd.io.json.ujson_dumps({"line": p})
+    )
     before = scalar(con, "SELECT count(*) FROM quarantine")
     con.register("parse_rejects", rej)
     con.execute(
@@ -124,10 +129,14 @@ def upsert_items(con: duckdb.DuckDBPyConnection, items: pd.DataFrame, source: st
 
 
 def insert_interactions(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame, source_file: str) -> int:
-    """Insert interactions with deterministic event ids; already-present events are skipped.
+    """Insert interactions with content-based event ids; events already present are skipped.
 
-    The id hashes (user, item, event type, timestamp, occurrence among identical keys), so a
-    re-load of the same file, or of a file that grew at the end, adds only what is new.
+    An event is what a row says: user, item, event type, time, value, dwell and session. The
+    id hashes exactly that, so identical rows (a duplicated line, the same file loaded twice,
+    a file that grew at the end) are one event, while the same user rating the same item again
+    at another time, or with another value, stays a distinct event. Rows already in the
+    warehouse with the same content are skipped whatever their id, so events stored under an
+    earlier id scheme are not loaded a second time.
     """
     frame = rows.drop(columns=["row_number"]).copy()
     frame["source_file"] = source_file
@@ -137,11 +146,18 @@ def insert_interactions(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame, sour
         """
         INSERT INTO interactions
             (event_id, user_id, item_id, event_type, value, dwell_s, ts, seq, session_id, source_file)
-        SELECT md5(concat_ws('|', user_id, item_id, event_type, CAST(ts AS VARCHAR),
-                   CAST(row_number() OVER (PARTITION BY user_id, item_id, event_type, ts ORDER BY seq)
-                        AS VARCHAR))),
+        SELECT md5(to_json([user_id, item_id, event_type, CAST(ts AS VARCHAR), CAST(value AS VARCHAR),
+                            CAST(dwell_s AS VARCHAR), session_id])::VARCHAR) AS event_id,
                user_id, item_id, event_type, value, dwell_s, ts, seq, session_id, source_file
-        FROM new_interactions
+        FROM new_interactions n
+        WHERE NOT EXISTS (
+            SELECT 1 FROM interactions i
+            WHERE i.user_id = n.user_id AND i.item_id = n.item_id AND i.event_type = n.event_type
+              AND i.ts = n.ts AND i.value IS NOT DISTINCT FROM n.value
+              AND i.dwell_s IS NOT DISTINCT FROM n.dwell_s
+              AND i.session_id IS NOT DISTINCT FROM n.session_id
+        )
+        QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY seq) = 1
         ON CONFLICT DO NOTHING
         """
     )

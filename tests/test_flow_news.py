@@ -23,7 +23,7 @@ def test_news_nightly_publishes_items_vectors_index_and_pool(prefect_api: None, 
     with DemoFeedServer(port=0, days=1) as srv:
         overrides = {
             "home": str(tmp_path),
-            "feeds": {"feeds": srv.feed_configs()},
+            "feeds": {"feeds": srv.feed_configs(), "allow_hosts": ["127.0.0.1"]},
             "harvest": {"pool_size": 30},
         }
         scraped = scrape_feeds(catalogue="news", overrides=overrides)

@@ -31,7 +31,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("news") / "warehouse.duckdb"
     with DemoFeedServer(port=0, clock=lambda: NOW, days=1) as srv:
         con = connect(path)
-        scrape(con, FeedsSettings(feeds=srv.feed_configs()), now=NOW)
+        scrape(con, FeedsSettings(feeds=srv.feed_configs(), allow_hosts=["127.0.0.1"]), now=NOW)
         con.close()
     return path
 
@@ -208,7 +208,11 @@ def test_only_due_runs_fetch_wished_feeds_more_often(con: duckdb.DuckDBPyConnect
     con.execute("INSERT INTO wishlist VALUES ('topic', 'sports', 0.5, 0.1, 5.0, now())")
     with DemoFeedServer(port=0, clock=lambda: NOW, days=1) as srv:
         settings = FeedsSettings(
-            feeds=srv.feed_configs(), refresh_minutes=60, wishlist_boost=2.0, max_per_host=1
+            feeds=srv.feed_configs(),
+            allow_hosts=["127.0.0.1"],
+            refresh_minutes=60,
+            wishlist_boost=2.0,
+            max_per_host=1,
         )
         scrape(con, settings, now=NOW)
         first_requested = list(srv.stats.by_path)[:2]  # one connection: requests in queue order

@@ -94,9 +94,11 @@ def server() -> Iterator[DemoFeedServer]:
 
 
 def feeds_settings(feeds: list[dict], **extra: object) -> FeedsSettings:
-    """Short timeouts and retries: the bad cases must end quickly."""
+    """Short timeouts and retries: the bad cases must end quickly. The test servers listen on
+    loopback, which feeds may reach only when allowed."""
     base: dict[str, object] = {
         "feeds": feeds,
+        "allow_hosts": ["127.0.0.1"],
         "read_timeout_s": 1.0,
         "total_timeout_s": 4.0,
         "retries": 1,

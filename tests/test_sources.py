@@ -105,3 +105,20 @@ def test_missing_movielens_directory_says_how_to_fetch(tmp_path: Path) -> None:
         read_source(SourceSettings(kind="movielens", path=tmp_path / "nowhere"))
     with pytest.raises(SourceFormatError, match="no MovieLens data"):
         read_movielens(tmp_path)
+
+
+def test_unrepresentable_timestamps_become_rejects_not_crashes(tmp_path: Path) -> None:
+    (tmp_path / "u.data").write_text("1\t10\t4\t100\n1\t10\t5\tinf\n2\t10\t5\t1e30\n3\t10\t2\t1e18\n")
+    (tmp_path / "u.item").write_text(f"10|Heat (1995)|15-Dec-1995||http://y|{_flags('Action')}\n")
+    data = read_movielens(tmp_path)
+    assert data.interactions["row_number"].tolist() == [1, 4]
+    assert data.interactions["ts"].tolist() == [100, 10**18]
+    rejects = data.rejects.sort_values("row_number")
+    assert rejects["row_number"].tolist() == [2, 3]
+    assert set(rejects["rule"]) == {"parse:out-of-range(timestamp)"}
+    assert [p["timestamp"] for p in rejects["payload"]] == ["inf", "1e30"]
+    csv = tmp_path / "events.csv"
+    csv.write_text("user_id,item_id,timestamp\na,x,1e30\nb,y,2024-01-01T10:00:00Z\nc,z,1704103200\n")
+    tab = read_tabular(csv)
+    assert tab.interactions["ts"].tolist() == [1704103200, 1704103200]
+    assert tab.rejects["rule"].tolist() == ["parse:out-of-range(timestamp)"]

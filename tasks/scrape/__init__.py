@@ -4,7 +4,8 @@ This module decides which feeds to fetch and runs the phases; each phase lives i
 module, timed separately (the benchmark reports their shares):
 
 1. **fetch** (:mod:`tasks.scrape.fetch`) — every due feed concurrently, bounded, with
-   timeouts, retries, conditional GET, a body-size cap and a redirect limit.
+   timeouts, retries, conditional GET, a body-size cap, a redirect limit and, on every hop,
+   no private, loopback or link-local address unless ``feeds.allow_hosts`` allows it.
 2. **parse** (:mod:`tasks.scrape.parse`, :mod:`tasks.scrape.normalize`) — feedparser on the
    bytes, entity declarations refused, entries normalized (canonical URL, plain text, UTC
    dates, category).
@@ -12,9 +13,11 @@ module, timed separately (the benchmark reports their shares):
    expectations with quarantine, new items, outlets and each feed's health, all in one
    transaction, so a stored ETag never refers to entries that were not stored.
 
-A bad feed never stops the run: every failure becomes that feed's recorded status
-(:mod:`tasks.scrape.summary`). The demo feeds (:mod:`demo.feeds`) are imported only when the
-feed list is the embedded default or the flow has to start them.
+A bad feed never stops the run: every failure, an exception included, becomes that feed's
+recorded status (:mod:`tasks.scrape.summary`), and so does a feed whose every entry is
+quarantined (``all-rejected``); failing statuses count toward pausing the feed. The demo feeds
+(:mod:`demo.feeds`) are imported only when the feed list is the embedded default or the flow
+has to start them.
 """
 
 from __future__ import annotations
@@ -183,7 +186,10 @@ def scrape(
         outcome.attempts = result.attempts
         outcome.status, outcome.detail = result.status, result.detail
         if result.status == "ok":
-            parsed_feed = parse_feed(result, by_url[result.url], fetched_at)
+            try:
+                parsed_feed = parse_feed(result, by_url[result.url], fetched_at)
+            except Exception as exc:  # a document the parser chokes on fails its feed only
+                parsed_feed = ParsedFeed(result.url, "parse-error", detail=f"{type(exc).__name__}: {exc}")
             parsed.append(parsed_feed)
             outcome.status, outcome.detail = parsed_feed.status, parsed_feed.detail
             outcome.entries = len(parsed_feed.entries)
@@ -198,6 +204,14 @@ def scrape(
             outcomes[feed_url].new_items = counts["new"]
             outcomes[feed_url].merged = counts["merged"]
             outcomes[feed_url].quarantined = counts["quarantined"]
+        for outcome in outcomes.values():
+            if outcome.entries and outcome.quarantined >= outcome.entries:
+                # Fetched and parsed, yet nothing usable: a failure, counted toward pausing.
+                outcome.status = "all-rejected"
+                outcome.detail = (
+                    f"all {outcome.entries} entries failed the entry expectations (see the quarantine table)"
+                    + (f"; {outcome.detail}" if outcome.detail else "")
+                )
         record_health(
             con, due, outcomes, {r.url: r for r in fetched}, states, settings.pause_after_failures, now
         )

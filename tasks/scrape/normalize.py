@@ -7,7 +7,6 @@ the same whichever outlet, format or run it comes from.
 from __future__ import annotations
 
 import hashlib
-import html
 import re
 import unicodedata
 from html.parser import HTMLParser
@@ -64,16 +63,28 @@ class _TextExtractor(HTMLParser):
             self.parts.append(data)
 
 
-def clean_text(value: str | None) -> str:
-    """HTML to plain text: tags dropped, entities decoded, Unicode NFKC, whitespace collapsed."""
+_TAG_OPENER = re.compile(r"<(?=[A-Za-z/!?])")
+
+
+def clean_text(value: str | None, *, html: bool = True) -> str:
+    """Feed text to plain text: tags dropped, entities decoded once, Unicode NFKC, whitespace
+    collapsed.
+
+    ``html``: the value is HTML (feedparser says so for most RSS fields): tags go, and its
+    entities are decoded exactly once — ``&amp;lt;b&amp;gt;`` in the HTML stays the text
+    ``&lt;b&gt;``. Otherwise it is already text and nothing is decoded. Either way a ``<``
+    that would open a tag is kept as ``&lt;``: markup the source escaped never becomes live
+    if a page inserts the stored text as HTML.
+    """
     if not value:
         return ""
-    if "<" in value or "&" in value:
+    if html and ("<" in value or "&" in value):
         extractor = _TextExtractor()
         extractor.feed(value)
         extractor.close()
-        value = html.unescape("".join(extractor.parts))
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", value)).strip()
+        value = "".join(extractor.parts)
+    text = _SPACE.sub(" ", unicodedata.normalize("NFKC", value)).strip()
+    return _TAG_OPENER.sub("&lt;", text)
 
 
 def content_hash(title: str, summary: str) -> str:

@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import Any
 
 OK_STATUSES = frozenset({"ok", "not-modified", "recovered"})
-"""Statuses that count as a successful fetch (they reset the failure count)."""
+"""Statuses that count as a successful fetch (they reset the failure count). Every other one
+counts toward pausing the feed, ``all-rejected`` (every entry quarantined) included."""
 
 
 @dataclass

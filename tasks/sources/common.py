@@ -131,9 +131,63 @@ def split_title_year(titles: pd.Series) -> tuple[pd.Series, pd.Series]:
     return title.str.strip().where(title.str.strip() != "", None), year
 
 
+_INT64_LIMIT = float(2**63)
+
+
+def _numbers(values: pd.Series) -> pd.Series:
+    return pd.to_numeric(values, errors="coerce")
+
+
+def _fits_int64(numbers: pd.Series) -> pd.Series:
+    """Which numbers an int64 holds once rounded (NaN, ±inf and 1e30 do not)."""
+    return numbers.astype("float64").abs() < _INT64_LIMIT
+
+
 def to_int(values: pd.Series) -> pd.Series:
-    """Integer column from text; unparseable values become NA (caught by expectations)."""
-    return pd.to_numeric(values, errors="coerce").round().astype("Int64")
+    """Integer column from text; values that are no number, or a number no int64 can hold
+    (``inf``, ``1e30``), become NA instead of failing the whole column."""
+    numbers = _numbers(values)
+    if numbers.dtype.kind == "i":  # every value an integer int64 holds: exact, no float detour
+        return numbers.astype("Int64")
+    return numbers.where(_fits_int64(numbers)).astype("float64").round().astype("Int64")
+
+
+def out_of_range_rejects(
+    raw: pd.DataFrame, column: str, *, table: str, path: Path
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split off rows whose ``column`` is a number but none an int64 can hold (``inf``,
+    ``1e30``, ``-1e300``): returns (kept rows, rejects naming the column and the value).
+
+    Without this, such a value would fail the load with a bare TypeError/OverflowError or
+    (as NA) be quarantined under a rule that hides what the file said."""
+    numbers = _numbers(raw[column])
+    bad = numbers.notna().to_numpy() & ~_fits_int64(numbers).to_numpy()
+    if not bad.any():
+        return raw, _empty_rejects()
+    fields = [c for c in raw.columns if c not in ("row_number", "seq")]
+    rejected = raw[bad]
+    rejects = pd.DataFrame(
+        {
+            "table": table,
+            "source_file": str(path),
+            "row_number": rejected["row_number"].astype("int64").to_numpy(),
+            "rule": f"parse:out-of-range({column})",
+            "payload": [
+                {column: str(row[column]), "row": {f: _text_or_none(row[f]) for f in fields}}
+                for row in rejected.to_dict("records")
+            ],
+        }
+    )
+    return raw[~bad].reset_index(drop=True), rejects
+
+
+def _text_or_none(value: object) -> str | None:
+    missing = value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
+    return None if missing else str(value)
+
+
+def _empty_rejects() -> pd.DataFrame:
+    return pd.DataFrame(columns=["table", "source_file", "row_number", "rule", "payload"])
 
 
 def to_float(values: pd.Series) -> pd.Series:

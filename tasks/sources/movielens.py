@@ -21,6 +21,7 @@ from tasks.sources.common import (
     SourceFormatError,
     finish_interactions,
     finish_items,
+    out_of_range_rejects,
     read_delimited,
     require_columns,
     split_title_year,
@@ -100,6 +101,7 @@ def _read_100k(directory: Path) -> SourceData:
         header=False,
         names=["user_id", "item_id", "rating", "timestamp"],
     )
+    raw, bad_ts = out_of_range_rejects(raw, "timestamp", table="interactions", path=data_path)
     item_cols = ["item_id", "title", "release_date", "video_date", "url", *ML100K_GENRES]
     raw_items, rej_items = read_delimited(
         item_path, table="items", sep="|", header=False, names=item_cols, encoding="latin-1"
@@ -122,7 +124,7 @@ def _read_100k(directory: Path) -> SourceData:
     )
     users = None
     files = {"interactions": data_path, "items": item_path}
-    rejects = [rej, rej_items]
+    rejects = [rej, bad_ts, rej_items]
     if user_path.exists():
         raw_users, rej_users = read_delimited(
             user_path,
@@ -153,6 +155,7 @@ def _read_1m(directory: Path) -> SourceData:
         header=False,
         names=["user_id", "item_id", "rating", "timestamp"],
     )
+    raw, bad_ts = out_of_range_rejects(raw, "timestamp", table="interactions", path=data_path)
     raw_items, rej_items = read_delimited(
         item_path,
         table="items",
@@ -167,7 +170,7 @@ def _read_1m(directory: Path) -> SourceData:
         _ratings(raw, "user_id", "item_id", "rating", "timestamp"),
         None,
         {"interactions": data_path, "items": item_path},
-        pd.concat([rej, rej_items], ignore_index=True),
+        pd.concat([rej, bad_ts, rej_items], ignore_index=True),
     )
 
 
@@ -175,6 +178,7 @@ def _read_latest(directory: Path) -> SourceData:
     data_path, item_path = directory / "ratings.csv", directory / "movies.csv"
     raw, rej = read_delimited(data_path, table="interactions", sep=",", header=True)
     require_columns(raw, ["userId", "movieId", "rating", "timestamp"], data_path)
+    raw, bad_ts = out_of_range_rejects(raw, "timestamp", table="interactions", path=data_path)
     raw_items, rej_items = read_delimited(item_path, table="items", sep=",", header=True)
     require_columns(raw_items, ["movieId", "title", "genres"], item_path)
     raw_items = raw_items.rename(columns={"movieId": "item_id"})
@@ -184,7 +188,7 @@ def _read_latest(directory: Path) -> SourceData:
         _ratings(raw, "userId", "movieId", "rating", "timestamp"),
         None,
         {"interactions": data_path, "items": item_path},
-        pd.concat([rej, rej_items], ignore_index=True),
+        pd.concat([rej, bad_ts, rej_items], ignore_index=True),
     )
 
 
@@ -231,8 +235,10 @@ def _read_atomic(directory: Path) -> SourceData:
     if rating is None:
         raw["rating"] = "1"
         rating = "rating"
+    parse_rejects = raw.attrs["rejects"]
+    raw, bad_ts = out_of_range_rejects(raw, ts, table="interactions", path=inter_path)
     interactions = _ratings(raw, "user_id", "item_id", rating, ts)
-    rejects = [raw.attrs["rejects"]]
+    rejects = [parse_rejects, bad_ts]
     files = {"interactions": inter_path}
     if not item_path.exists():
         raise SourceFormatError(f"{directory}: {inter_path.name} has no matching {item_path.name}")

@@ -18,6 +18,7 @@ from tasks.sources.common import (
     SourceFormatError,
     finish_interactions,
     finish_items,
+    out_of_range_rejects,
     read_delimited,
     require_columns,
     to_float,
@@ -53,6 +54,7 @@ def read_tabular(path: Path, items_path: Path | None = None) -> SourceData:
     ts_col = next((c for c in ("timestamp", "ts", "time") if c in raw.columns), None)
     if ts_col is None:
         raise SourceFormatError(f"{path}: no time column; expected one of timestamp, ts, time")
+    raw, bad_ts = out_of_range_rejects(raw, ts_col, table="interactions", path=path)
     value_col = next((c for c in ("value", "rating") if c in raw.columns), None)
     df = pd.DataFrame(
         {
@@ -69,7 +71,7 @@ def read_tabular(path: Path, items_path: Path | None = None) -> SourceData:
             df[optional] = raw[optional]
     interactions = finish_interactions(df, event_type="rating" if value_col == "rating" else "click")
     interactions["event_type"] = interactions["event_type"].fillna("click")
-    rejects = [rej]
+    rejects = [rej, bad_ts]
     files = {"interactions": path}
     if items_path is not None:
         raw_items, rej_items = _read_table(items_path, "items")
