@@ -7,7 +7,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup lock lint-docker data demo test lint eval bench-embed bench-index ui ui-screenshot clean bench-scrape bench-serve
+.PHONY: setup lock lint-docker data demo test test-fast lint eval bench-embed bench-index ui ui-screenshot clean bench-scrape bench-serve
 
 # Where torch's CPU wheel comes from when it is not on local disk (the Dockerfile passes
 # https://download.pytorch.org/whl/cpu); empty: pip's own configuration.
@@ -47,6 +47,11 @@ test: setup
 	# The feed page is tested in Debian's headless chromium (driven over CDP, nothing downloaded).
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest
+
+# The unit tier: everything not marked slow (no Prefect API, no model training, no browser).
+test-fast: setup
+	$(BIN)/recflow data demo
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

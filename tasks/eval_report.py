@@ -29,7 +29,7 @@ import numpy as np
 from models.base import Recommender
 from models.metrics import coverage, mask_seen
 from models.ranking import NO_ITEM, top_k
-from tasks.training import Part, SplitData
+from tasks.training import Part, SplitData, list_tiebreak
 
 RANK_METRICS = ("ndcg", "hr", "mrr", "recall")
 REPORT_MD = "report.md"
@@ -49,19 +49,21 @@ def recommendation_lists(
     model: Recommender, data: SplitData, part: Part = "test", k: int = 100, batch_size: int = 1024
 ) -> np.ndarray:
     """Top-``k`` item indices for every user with a target in ``part``, seen items masked,
-    scored from the same history the evaluation uses (train for valid, train+valid for test).
+    scored from the same history the evaluation uses (train for valid, train+valid for test)
+    and cut by the same rule (:func:`tasks.training.list_tiebreak`).
     Rows with fewer than ``k`` unseen items are padded with ``NO_ITEM``."""
     history_parts: tuple[str, ...] = ("train",) if part == "valid" else ("train", "valid")
     histories = data.histories(history_parts)
     targets = getattr(data, part)
     users = [u for u in range(data.n_users) if len(targets[u])]
     k = min(k, data.n_items)
+    tiebreak = list_tiebreak(data, part)
     out = np.zeros((len(users), k), dtype=np.int64)
     for start in range(0, len(users), batch_size):
         batch = [histories[u] for u in users[start : start + batch_size]]
         scores = model.score(batch)
         mask_seen(scores, batch)
-        out[start : start + len(batch)] = top_k(scores, k)
+        out[start : start + len(batch)] = top_k(scores, k, tiebreak=tiebreak)
     return out
 
 

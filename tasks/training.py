@@ -118,6 +118,13 @@ def load_split_data(
     )
 
 
+def list_tiebreak(data: SplitData, part: Part) -> np.ndarray:
+    """The tie-break key of evaluated lists: the popularity rank over the history ``part`` is
+    scored from (train for valid, train + valid for test), as the service ranks by its bundle's."""
+    history_parts: tuple[str, ...] = ("train",) if part == "valid" else ("train", "valid")
+    return popularity_rank(np.asarray(data.matrix(history_parts).sum(axis=0)).ravel())
+
+
 def evaluate(
     model: Recommender, data: SplitData, part: Part, ks: list[int], batch_size: int = 1024
 ) -> dict[str, float]:
@@ -131,7 +138,7 @@ def evaluate(
     targets = getattr(data, part)
     users = [u for u in range(data.n_users) if len(targets[u])]
     max_k = max(ks)
-    tiebreak = popularity_rank(np.asarray(data.matrix(history_parts).sum(axis=0)).ravel())
+    tiebreak = list_tiebreak(data, part)
     recommended = np.zeros((len(users), min(max_k, data.n_items)), dtype=np.int64)
     ranks: list[np.ndarray] = []
     for start in range(0, len(users), batch_size):

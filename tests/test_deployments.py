@@ -19,6 +19,8 @@ import pytest
 from storage.artifacts import ArtifactStore
 from storage.settings import Settings
 
+pytestmark = pytest.mark.slow  # a real Prefect server and the deployment runner
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

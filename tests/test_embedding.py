@@ -16,6 +16,8 @@ from storage.warehouse import connect
 from tasks.embedding import embed_items, item_vectors, render_texts
 from tasks.load import upsert_items
 
+pytestmark = pytest.mark.slow  # the MiniLM model and a Dask cluster
+
 ITEMS = pd.DataFrame(
     {
         "item_id": ["1", "2", "3"],

@@ -25,6 +25,8 @@ from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT
 from tasks.report import run_evaluation
 from tasks.training import load_split_data, train_and_evaluate
 
+pytestmark = pytest.mark.slow  # fits models and runs the nightly
+
 torch.set_num_threads(1)
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -54,6 +54,7 @@ def check_export(path: Path, k: int, seen: dict[str, set[str]], item_ids: set[st
     return per_user
 
 
+@pytest.mark.slow  # runs the nightly and the CLI
 def test_export_all_users_from_the_live_bundle_via_the_cli(
     prefect_api: None, ml100k_slice: Path, tmp_path: Path
 ) -> None:
@@ -126,6 +127,7 @@ def test_export_all_users_from_the_live_bundle_via_the_cli(
     assert bad.returncode == 2 and "--all-users" in bad.stdout
 
 
+@pytest.mark.slow  # trains a torch model
 def test_export_from_a_torch_bundle_and_without_one(
     prefect_api: None, ml100k_slice: Path, tmp_path: Path
 ) -> None:

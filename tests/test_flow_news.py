@@ -8,11 +8,14 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pytest
 
 from demo.feeds import DemoFeedServer
 from storage.artifacts import ArtifactStore
 from storage.settings import Settings
 from storage.warehouse import connect
+
+pytestmark = pytest.mark.slow  # the news nightly on a Prefect API
 
 
 def test_news_nightly_publishes_items_vectors_index_and_pool(prefect_api: None, tmp_path: Path) -> None:

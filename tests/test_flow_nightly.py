@@ -12,6 +12,8 @@ import pytest
 from storage.artifacts import ArtifactStore
 from storage.settings import Settings
 
+pytestmark = pytest.mark.slow  # whole flows on a Prefect API
+
 
 def test_nightly_refresh_publishes_then_is_idempotent(
     prefect_api: None, ml100k_slice: Path, tmp_path: Path

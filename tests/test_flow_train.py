@@ -26,6 +26,8 @@ from tasks.publish import gate_refusal
 from tasks.train_models import catalog_ids, recorded_config, reproduce_run
 from tasks.training import load_split_data
 
+pytestmark = pytest.mark.slow  # whole flows on a Prefect API
+
 torch.set_num_threads(1)
 REFUSAL = r"^valid ndcg@10 \d\.\d{4} < live \d\.\d{4} - tolerance [\d.-]+; kept \S+ live$"
 """The shape of every publish path's refusal (tasks/publish.py::gate_refusal)."""

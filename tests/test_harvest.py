@@ -21,6 +21,8 @@ from tasks.events import ingest_events
 from tasks.harvest import harvest, latest_pool
 from tasks.scrape import configured_feeds, scrape, wished_feeds
 
+pytestmark = pytest.mark.slow  # embeds thousands of demo stories
+
 NOW = datetime(2026, 11, 20, 9, 17, tzinfo=UTC)
 SERVED_AT = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)  # the demo server publishes half-hourly
 

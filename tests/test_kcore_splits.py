@@ -51,6 +51,7 @@ def con(tmp_path_factory: pytest.TempPathFactory) -> duckdb.DuckDBPyConnection:
     uk=st.integers(0, 3),
     ik=st.integers(0, 3),
 )
+@pytest.mark.slow  # hypothesis over many generated graphs
 def test_kcore_is_largest_fixed_point(
     con: duckdb.DuckDBPyConnection, edges: list[tuple[int, int]], uk: int, ik: int
 ) -> None:
@@ -81,6 +82,7 @@ def test_kcore_zero_is_identity(con: duckdb.DuckDBPyConnection) -> None:
     assert summary.rows_after == 3 and summary.iterations == 0
 
 
+@pytest.mark.slow  # the whole MovieLens-100K
 def test_splits_on_movielens(ml100k_dir: Path, tmp_path: Path) -> None:
     from tasks.load import insert_interactions
     from tasks.sources.movielens import read_movielens

@@ -19,6 +19,7 @@ def _settings(tmp_path: Path, events: Path, items: Path, **source: object) -> Se
     )
 
 
+@pytest.mark.slow  # loads MovieLens-100K twice
 def test_loading_the_same_files_twice_adds_nothing(ml100k_dir: Path, tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "var", source={"kind": "movielens", "path": ml100k_dir})
     con = connect(settings.warehouse_path)

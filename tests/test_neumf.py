@@ -13,6 +13,8 @@ from models.registry import build_model, load_model
 from tasks.training import SplitData, train_and_evaluate
 from tests.slice_data import load_slice
 
+pytestmark = pytest.mark.slow  # trains NeuMF
+
 torch.set_num_threads(1)
 
 FAST = {"dim": 16, "mlp_layers": [32, 16], "epochs": 5, "patience": 5, "batch_size": 1024, "progress": False}

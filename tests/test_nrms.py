@@ -25,6 +25,8 @@ from tasks.news_eval import (
 )
 from tasks.personas import PersonaConfig, simulate_impressions, split_by_time
 
+pytestmark = pytest.mark.slow  # trains NRMS on simulated impressions
+
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 
 

@@ -13,6 +13,8 @@ from models.two_tower import TwoTowerModel
 from tasks.training import SplitData, train_and_evaluate
 from tests.slice_data import load_slice
 
+pytestmark = pytest.mark.slow  # trains the ranker and its retriever
+
 torch.set_num_threads(1)
 
 

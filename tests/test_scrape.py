@@ -333,6 +333,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.slow  # the flow on a Prefect API
 def test_scrape_flow_starts_the_demo_feeds_when_nothing_listens(prefect_api: None, tmp_path: Path) -> None:
     from flows.scrape import scrape_feeds
 

@@ -20,6 +20,8 @@ from models.two_tower import (
 from tasks.training import SplitData, evaluate, prepare_model, train_and_evaluate
 from tests.slice_data import load_slice
 
+pytestmark = pytest.mark.slow  # trains torch models
+
 torch.set_num_threads(1)
 
 FAST = {"dim": 32, "max_len": 20, "layers": 1, "epochs": 6, "patience": 6, "progress": False, "lr": 3e-3}
