@@ -36,7 +36,7 @@ from serving.cascade import pin_threads, set_search_threads
 from serving.dependencies import install_error_handlers
 from serving.events import EventLog
 from serving.metrics import BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
-from serving.routers import admin, catalogue, feed, recommend
+from serving.routers import admin, catalogue, docs, feed, recommend
 from serving.routers.params import ParamShapes
 from serving.schemas import Recommendation
 from serving.sessions import SessionStore
@@ -77,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Recommendations from the live recflow bundle.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by serving.routers.docs
+        redoc_url=None,
         telemetry={
             "tracing": serving.opentelemetry,
             "metrics": serving.opentelemetry,
@@ -98,4 +100,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(feed.router(shapes))
     app.include_router(catalogue.router(shapes))
     app.include_router(admin.router)
+    app.include_router(docs.router)
+    app.mount(docs.ASSETS, docs.assets(), name="docs-assets")
     return app

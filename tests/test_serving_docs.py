@@ -1,4 +1,5 @@
-"""The service's API documentation: the OpenAPI document the routers produce.
+"""The service's API documentation: the OpenAPI document the routers produce, and the
+``/docs`` and ``/redoc`` pages, which must work without internet.
 
 ``fixtures/serving_openapi_before_split.json`` is ``/openapi.json`` as the service produced
 it before its endpoints moved into ``serving.routers`` (one closure in ``create_app``), for
@@ -12,11 +13,16 @@ now reference ``CascadeItem``, whose ``stage`` is required (every listed item ha
 from __future__ import annotations
 
 import json
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import httpx
+from fastapi.testclient import TestClient
+
 from serving.app import create_app
 from storage.settings import Settings
+from tests.serving_fixtures import ServerThread
 
 BEFORE = Path(__file__).resolve().parent / "fixtures" / "serving_openapi_before_split.json"
 
@@ -68,3 +74,47 @@ def test_the_default_settings_document_their_own_bounds(tmp_path: Path) -> None:
         params = {p["name"]: p for p in spec["paths"][path]["get"]["parameters"]}
         assert params["k"]["schema"]["maximum"] == Settings().serving.max_k, path
     assert "recflow_session" in {p["name"] for p in spec["paths"]["/interact"]["post"]["parameters"]}
+
+
+class Links(HTMLParser):
+    """Every ``src`` and ``href`` of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.urls += [value for name, value in attrs if name in ("src", "href") and value]
+
+
+def test_docs_and_redoc_load_every_asset_from_the_service(tmp_path: Path) -> None:
+    """Over a real server: each page's scripts, style sheet and icon are paths on this host,
+    and each answers 200 with the real file (no bundle needs to be published for docs)."""
+    with ServerThread(create_app(Settings(home=tmp_path))) as url, httpx.Client(base_url=url) as client:
+        for page, needed in [
+            ("/docs", {"swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"}),
+            ("/redoc", {"redoc.standalone.js", "favicon.png"}),
+        ]:
+            response = client.get(page)
+            assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+            assert "http://" not in response.text and "https://" not in response.text, page
+            assert response.headers["content-security-policy"] == "img-src 'self' data: blob:", page
+            parser = Links()
+            parser.feed(response.text)
+            assert {u.rsplit("/", 1)[-1] for u in parser.urls} == needed, parser.urls
+            for asset in parser.urls:
+                assert asset.startswith("/docs/assets/") and not asset.startswith("//"), asset
+                fetched = client.get(asset)
+                assert fetched.status_code == 200, asset
+                assert len(fetched.content) > (100_000 if asset.endswith((".js", ".css")) else 1000), asset
+        assert "SwaggerUIBundle" in client.get("/docs/assets/swagger-ui-bundle.js").text
+        assert "Redoc" in client.get("/docs/assets/redoc.standalone.js").text
+        assert client.get("/docs/oauth2-redirect").status_code == 200
+        assert client.get("/openapi.json").json()["info"]["title"] == "recflow"
+        assert client.get("/docs/assets/missing.js").status_code == 404
+
+
+def test_docs_follow_the_root_path_behind_a_proxy(tmp_path: Path) -> None:
+    app = create_app(Settings(home=tmp_path))
+    html = TestClient(app, root_path="/api").get("/docs").text
+    assert "/api/docs/assets/swagger-ui-bundle.js" in html and "url: '/api/openapi.json'" in html
