@@ -25,7 +25,7 @@ from serving.bundle import BundleHolder, FeatureUnavailableError, NoBundleError
 from serving.events import EventLog
 from serving.metrics import ServiceMetrics
 from serving.sessions import SessionStore
-from storage.settings import ServingSettings, Settings
+from storage.settings import ServingSettings
 
 
 # Errors the endpoints raise, and their answers ----------------------------------------------
@@ -76,14 +76,8 @@ def install_error_handlers(app: FastAPI, reload_check_s: float) -> None:
 
 
 # The app's shared objects ---------------------------------------------------------------------
-async def get_settings(request: Request) -> Settings:
-    """The settings the app was built with."""
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 async def get_serving(request: Request) -> ServingSettings:
-    """The ``serving`` section of the app's settings."""
+    """The ``serving`` section of the settings the app was built with (all the endpoints read)."""
     serving: ServingSettings = request.app.state.settings.serving
     return serving
 
@@ -132,7 +126,6 @@ async def require_admin_key(
         )
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServingDep = Annotated[ServingSettings, Depends(get_serving)]
 HolderDep = Annotated[BundleHolder, Depends(get_holder)]
 EventsDep = Annotated[EventLog, Depends(get_events)]
