@@ -1,12 +1,15 @@
-"""Request and response bodies of the cascade, feed, interaction and browse endpoints.
+"""Request and response bodies of every endpoint of the service.
 
 They are the service's OpenAPI documentation and its first line of input checking: a body
-that does not fit gets a 422 naming the field, before any handler runs.
+that does not fit gets a 422 naming the field, before any handler runs. The hot endpoints
+return plain dicts without a response-model pass (``serving.routers.recommend.lean_json``);
+``tests/test_serving_cascade.py`` checks those bodies round-trip through the models here.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,13 +18,20 @@ from serving.cascade import Stage, Strategy
 SESSION_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
-class CascadeItem(BaseModel):
-    """A listed item: its score under the stage that placed it, its rank and that stage."""
+class Item(BaseModel):
+    """An item as the catalogue describes it."""
 
     item_id: str
     title: str | None
     categories: list[str]
     year: int | None
+
+
+# The one model of a scored item, whichever endpoint lists it (recommendations, the feed,
+# similar items, search): every list names the stage that placed each item.
+class CascadeItem(Item):
+    """A listed item: its score under the stage that placed it, its rank and that stage."""
+
     score: float
     rank: int
     stage: Stage = Field(
@@ -167,3 +177,107 @@ class SearchResult(BaseModel):
     )
     taste_weight: float
     items: list[CascadeItem]
+
+
+class Counts(BaseModel):
+    """Sizes of the data the live bundle was built from."""
+
+    users: int
+    items: int
+    interactions: int
+
+
+class Health(BaseModel):
+    """Which bundle is live; ``degraded`` when ``CURRENT`` names a bundle that was refused."""
+
+    status: Literal["ok", "degraded"]
+    bundle_version: str
+    model: str
+    counts: Counts
+    loaded_at: datetime
+    detail: str | None = Field(None, description="Why the status is degraded, if it is.")
+
+
+class Recommendation(BaseModel):
+    """Top-k unseen items for a user."""
+
+    user_id: str
+    bundle_version: str
+    model: str
+    strategy: Strategy
+    reason: str | None = Field(None, description="Why the popularity fallback was used instead of the model.")
+    session: str | None = Field(None, description="The session whose private state was applied.")
+    cascade: dict[str, Any] | None = Field(
+        None, description="pipeline (stages run), candidates, duplicates_removed, mmr_lambda."
+    )
+    items: list[CascadeItem]
+
+
+class HistoryItem(Item):
+    """An item the user interacted with; ``position`` 0 is their first interaction."""
+
+    position: int
+
+
+class History(BaseModel):
+    """A user's interactions in time order, most recent last."""
+
+    user_id: str
+    bundle_version: str
+    total: int = Field(description="Interactions the user has in the bundle, before `limit`.")
+    items: list[HistoryItem]
+
+
+class ItemDetail(Item):
+    """An item with its popularity (interactions) in the live bundle."""
+
+    bundle_version: str
+    popularity: int
+
+
+class ReloadResult(BaseModel):
+    """The live version after a forced check of ``CURRENT``."""
+
+    bundle_version: str
+    previous_version: str | None
+    changed: bool
+    refused: dict[str, str] = Field(
+        default_factory=dict, description="Versions that failed to load, with the reason."
+    )
+
+
+class ItemList(BaseModel):
+    """Items nearest to a query (an item or a text), best first."""
+
+    query: str
+    bundle_version: str
+    items: list[CascadeItem]
+
+
+class ErrorMessage(BaseModel):
+    """The body of every 401, 404, 413 and 503."""
+
+    detail: str
+
+
+# Query parameters that do not depend on settings (those that do: serving.routers.params) ----
+class UserPageQuery(BaseModel):
+    """The page of ``GET /users``."""
+
+    offset: int = Field(0, ge=0, le=10**9, description="Users to skip.")
+    limit: int = Field(50, ge=1, le=1000, description="Users per page.")
+
+
+# Extra responses, as FastAPI's ``responses=`` takes them --------------------------------------
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorMessage}}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorMessage, "description": "No bundle has been published yet."}
+}
+TOO_LARGE: dict[int | str, dict[str, Any]] = {413: {"model": ErrorMessage}}
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"model": ErrorMessage}}
+VALIDATION_ERROR: dict[str, Any] = {
+    "description": "Validation Error",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
+}
+"""The 422 FastAPI documents for routes whose parameters it validates, for the one route that
+validates its own query (``GET /recommend``); the schema is FastAPI's, defined by the others."""

@@ -295,7 +295,7 @@ def test_bad_k_is_a_422_with_a_message(live: Live, k: str) -> None:
 
 
 def test_recommend_documents_the_query_it_validates_itself(live: Live) -> None:
-    """GET /recommend validates its query as one model (serving.app.parse_query); the schema
+    """GET /recommend validates its query as one model (serving.routers.recommend.parse_query); the schema
     must still name every parameter with its bounds, and each bound must be enforced."""
     operation = live.client.get("/openapi.json").json()["paths"]["/recommend/{user_id}"]["get"]
     params = {p["name"]: p for p in operation["parameters"]}

@@ -1,4 +1,5 @@
-"""The feed page in headless Chromium, and a schemathesis run against the live OpenAPI schema.
+"""The feed page and the API docs in headless Chromium, and a schemathesis run against the live
+OpenAPI schema.
 
 Chromium is Debian's (``make test`` installs it when missing); it is driven over the Chrome
 DevTools Protocol with the ``websockets`` package, so nothing is downloaded at test time.
@@ -27,20 +28,24 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 class DevTools:
-    """A minimal CDP client for one page: send commands, wait for their answers."""
+    """A minimal CDP client for one page: send commands, wait for their answers; the events
+    that arrive meanwhile (``Network.requestWillBeSent``… once enabled) are kept in order."""
 
     def __init__(self, ws_url: str) -> None:
         from websockets.sync.client import connect
 
         self.ws = connect(ws_url, max_size=None, open_timeout=30)
         self.ids = itertools.count(1)
+        self.events: list[dict[str, Any]] = []
 
     def send(self, method: str, **params: Any) -> dict[str, Any]:
         message_id = next(self.ids)
         self.ws.send(json.dumps({"id": message_id, "method": method, "params": params}))
         while True:
             reply = json.loads(self.ws.recv(timeout=30))
-            if reply.get("id") == message_id:
+            if "method" in reply:
+                self.events.append(reply)
+            elif reply.get("id") == message_id:
                 if "error" in reply:
                     raise RuntimeError(f"{method}: {reply['error']}")
                 return dict(reply.get("result", {}))
@@ -138,6 +143,75 @@ def test_like_in_the_browser_changes_the_feed(catalogue: Catalogue, browser: str
     assert logged == [(item, "like") for item in liked]
     sessions = {e.session for e in read_events(catalogue.settings.events_dir)}
     assert len(sessions) == 1, "the page's cookie names one session"
+
+
+def test_docs_and_redoc_render_offline(catalogue: Catalogue, browser: str, tmp_path: Path) -> None:
+    """Swagger UI lists every operation and ReDoc renders them, with every request the
+    pages make going to the service itself (their assets are installed, not from a CDN);
+    ``python -m deployments.screenshot_docs`` takes the page as a PNG."""
+    from deployments.screenshot_docs import screenshot_docs
+
+    with serve(catalogue.settings) as (_app, client):
+        base = str(client.base_url).rstrip("/")
+        operations = sum(len(ops) for ops in client.get("/openapi.json").json()["paths"].values())
+        targets = httpx.get(f"{browser}/json/list").json()
+        page = next(t for t in targets if t["type"] == "page")
+        tools = DevTools(page["webSocketDebuggerUrl"])
+        try:
+            tools.send("Network.enable")
+            tools.send("Page.enable")
+            tools.send("Page.navigate", url=f"{base}/docs")
+            tools.wait_until(f"document.querySelectorAll('#swagger-ui .opblock').length === {operations}")
+            listed = json.loads(
+                tools.evaluate(
+                    "JSON.stringify([...document.querySelectorAll('.opblock-summary-path')]"
+                    ".map(e => e.dataset.path))"
+                )
+            )
+            tags = json.loads(
+                tools.evaluate(
+                    "JSON.stringify([...document.querySelectorAll('.opblock-tag')].map(e => e.dataset.tag))"
+                )
+            )
+            tools.send("Page.navigate", url=f"{base}/redoc")
+            redoc_operations = (
+                "new Set([...document.querySelectorAll('[data-section-id*=\"operation/\"]')]"
+                ".map(e => e.dataset.sectionId.split('operation/')[1])).size"
+            )
+            tools.wait_until(f"{redoc_operations} === {operations}")
+            redoc_title = tools.evaluate("document.querySelector('h1').textContent")
+            tools.evaluate("1")  # drain the events sent before this answer
+            requested = {
+                event["params"]["requestId"]: event["params"]["request"]["url"]
+                for event in tools.events
+                if event["method"] == "Network.requestWillBeSent"
+            }
+            blocked = {
+                event["params"]["requestId"]
+                for event in tools.events
+                if event["method"] == "Network.loadingFailed"
+                and event["params"].get("blockedReason") == "csp"
+            }
+        finally:
+            tools.close()
+    assert "/recommend/{user_id}" in listed and "/search" in listed and len(listed) == operations
+    assert set(tags) == {"recommend", "catalogue", "service", "admin"}
+    assert redoc_title.startswith("recflow")
+    urls = set(requested.values())
+    assert f"{base}/docs/assets/swagger-ui-bundle.js" in urls
+    assert f"{base}/docs/assets/redoc.standalone.js" in urls
+    assert f"{base}/openapi.json" in urls
+    # ReDoc draws a logo from its CDN whatever its options: the page's CSP must stop it unsent.
+    away = [
+        url
+        for rid, url in requested.items()
+        if not url.startswith((f"{base}/", "data:", "blob:")) and rid not in blocked
+    ]
+    assert not away, f"requests left the host: {away}"
+
+    png = screenshot_docs(tmp_path / "docs.png", height=900)
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, "a rendered page, not a blank one"
 
 
 def test_schemathesis_finds_no_server_error(catalogue: Catalogue) -> None:

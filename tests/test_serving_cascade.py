@@ -129,7 +129,7 @@ def test_ordinary_requests_run_on_the_loop_and_deep_ones_in_the_thread_pool(
 ) -> None:
     """A cheap bundle's ordinary cascade runs inline; a history far beyond what the warm-up
     measured goes to the thread pool, so it cannot stall every other connection."""
-    import serving.app as app_module
+    import serving.routers.shared as app_module
 
     offloaded: list[str] = []
     real = app_module.run_in_threadpool

@@ -1,0 +1,54 @@
+"""``python -m deployments.screenshot_docs``: a PNG of the service's ``/docs`` page, rendered offline.
+
+Starts the service in-process on a free port of 127.0.0.1 (with an empty home: the docs need
+no bundle) and takes the page with headless Chromium (``deployments.screenshot.take``), whose
+flags keep it off the network. Swagger UI's assets come from the service itself
+(``serving.routers.docs``), so the page renders without internet. Writes
+``docs/openapi-docs.png`` by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+
+from deployments.screenshot import take
+from serving.app import create_app
+from storage.settings import Settings
+
+
+def screenshot_docs(out: Path, width: int = 1280, height: int = 1400, page: str = "/docs") -> Path:
+    """Serve a fresh app, screenshot ``page`` into ``out``, stop the app; returns ``out``."""
+    with tempfile.TemporaryDirectory(prefix="recflow-docs-") as home:
+        app = create_app(Settings(home=Path(home)))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+            thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+            thread.start()
+            try:
+                deadline = time.monotonic() + 30
+                while not server.started:
+                    if not thread.is_alive() or time.monotonic() > deadline:
+                        raise RuntimeError("the service did not start")
+                    time.sleep(0.01)
+                return take(f"http://127.0.0.1:{port}{page}", out, width=width, height=height, wait_ms=10000)
+            finally:
+                server.should_exit = True
+                thread.join(10)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("docs/openapi-docs.png"))
+    parser.add_argument("--page", default="/docs", help="/docs (Swagger UI) or /redoc")
+    args = parser.parse_args()
+    print(screenshot_docs(args.out, page=args.page), file=sys.stdout)

@@ -1,0 +1,169 @@
+"""The reader's side: ``/feed`` (today's pool ranked for a session), ``/interact`` (what the
+reader did, logged durably) and the feed page at ``/`` that uses both.
+
+An anonymous reader is a session, named by a cookie (``serving.session_cookie``) set on the
+first visit; its events change its next answers when ``serving.update_mode`` is ``private``.
+"""
+
+# No ``from __future__ import annotations``: FastAPI evaluates the endpoints' annotations,
+# and the parameter declarations below are built per app, inside ``router``.
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Response
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from serving.dependencies import (
+    EventNotStoredError,
+    EventsDep,
+    HolderDep,
+    MetricsDep,
+    NotFoundError,
+    ServingDep,
+    SessionsDep,
+    bad_request,
+)
+from serving.events import Event
+from serving.routers import shared
+from serving.routers.params import ParamShapes
+from serving.schemas import TOO_LARGE, UNAVAILABLE, Feed, InteractBody, Interaction
+
+logger = logging.getLogger("recflow.serving")
+STATIC = Path(__file__).resolve().parents[1] / "static"
+
+
+def router(shapes: ParamShapes) -> APIRouter:
+    """The feed, interaction and page routes, with the app's cookie name and ``k`` bound."""
+    api = APIRouter()
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    CookieSession = Annotated[str | None, shapes.session_cookie_param()]
+
+    class FeedQuery(BaseModel):
+        """The query of ``GET /feed``."""
+
+        k: int = shapes.k_field(20)
+        mmr_lambda: float | None = shapes.mmr_lambda_field()
+        explore: bool | None = shapes.explore_field()
+        user_id: str | None = Field(
+            None, min_length=1, max_length=256, description="A known user (else the session's)."
+        )
+
+    @api.get("/feed", response_model=Feed, responses=UNAVAILABLE, tags=["recommend"])
+    async def feed(
+        query: Annotated[FeedQuery, Query()],
+        response: Response,
+        holder: HolderDep,
+        serving: ServingDep,
+        sessions: SessionsDep,
+        session_cookie: CookieSession = None,
+    ) -> dict[str, Any]:
+        """Today's pool ranked for this reader. A session cookie identifies an anonymous reader
+        (set on the first visit); a new session gets a diverse fresh pool."""
+        bundle = holder.get()
+        user_id = query.user_id
+        session = shared.session_from(serving, None, session_cookie, response)
+        state = await run_in_threadpool(sessions.state, session)
+        who = user_id or state.user_id
+        if user_id is not None and user_id not in bundle.histories:
+            raise NotFoundError(f"user {user_id!r} is not in bundle {bundle.version}")
+        history, exclude, weights, known = shared.reader(serving, bundle, who, state)
+        p = shared.cascade_params(
+            serving, query.k, query.mmr_lambda, query.explore, who, session, bundle.version, len(state)
+        )
+        result = await shared.run_cascade(
+            serving,
+            bundle,
+            f"user {who!r}" if who else f"session {session!r}",
+            history,
+            p,
+            min_interactions=serving.min_interactions,
+            exclude=exclude,
+            session_weights=weights,
+            learning_rate=serving.session_learning_rate,
+            use_pool=True,
+            known=known or len(state) > 0,
+        )
+        items = shared.listed(bundle, result)
+        pool = bundle.pool
+        if pool is not None:
+            where = {int(idx): pos for pos, idx in enumerate(pool.indices.tolist())}
+            for item, idx in zip(items, result.indices, strict=True):
+                pos = where.get(idx)
+                if pos is not None:
+                    item["topic"], item["why"] = pool.topics[pos], pool.reasons[pos]
+        return {
+            "session": session,
+            "user_id": who,
+            "bundle_version": bundle.version,
+            "pool_date": pool.pool_date if pool is not None else None,
+            "strategy": result.strategy,
+            "reason": result.reason,
+            "session_events": len(state),
+            "cascade": shared.cascade_info(result, p),
+            "items": items,
+        }
+
+    @api.post(
+        "/interact",
+        response_model=Interaction,
+        responses={**UNAVAILABLE, **TOO_LARGE},
+        tags=["recommend"],
+    )
+    async def interact(
+        body: Annotated[InteractBody, Body()],
+        response: Response,
+        holder: HolderDep,
+        serving: ServingDep,
+        sessions: SessionsDep,
+        events: EventsDep,
+        metrics: MetricsDep,
+        session_cookie: CookieSession = None,
+    ) -> dict[str, Any]:
+        """Report what the reader did. The event is appended durably to the event log before
+        this answer, and (``update_mode: private``) changes the session's next answers."""
+        bundle = holder.get()
+        if body.item_id not in bundle.item_index:
+            raise bad_request(
+                ("body", "item_id"), f"item {body.item_id!r} is not in bundle {bundle.version}", body.item_id
+            )
+        if body.user_id is not None and body.user_id not in bundle.histories:
+            raise bad_request(
+                ("body", "user_id"), f"user {body.user_id!r} is not in bundle {bundle.version}", body.user_id
+            )
+        session = shared.session_from(serving, body.session, session_cookie, response)
+        event = Event.new(
+            session=session,
+            item_id=body.item_id,
+            event=body.event,
+            user_id=body.user_id,
+            dwell_s=body.dwell_s,
+        )
+        try:
+            await run_in_threadpool(events.append, event)
+        except OSError as exc:
+            logger.error("event log append failed: %s", exc)
+            raise EventNotStoredError(f"the event log could not store the event ({exc}); retry") from exc
+        metrics.events.labels(body.event).inc()
+        applied = serving.update_mode == "private"
+        if applied:
+            state = await run_in_threadpool(sessions.record, event)
+            n_events = len(state)
+        else:
+            n_events = 0
+        return {
+            "event_id": event.event_id,
+            "session": session,
+            "applied": applied,
+            "session_events": n_events,
+            "update_mode": serving.update_mode,
+        }
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index_page() -> HTMLResponse:
+        """The feed page: today's items with like / skip buttons."""
+        return HTMLResponse(page)
+
+    return api

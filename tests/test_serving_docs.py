@@ -1,0 +1,120 @@
+"""The service's API documentation: the OpenAPI document the routers produce, and the
+``/docs`` and ``/redoc`` pages, which must work without internet.
+
+``fixtures/serving_openapi_before_split.json`` is ``/openapi.json`` as the service produced
+it before its endpoints moved into ``serving.routers`` (one closure in ``create_app``), for
+the settings in :func:`shaped_settings`. The routers must produce the same document: same
+paths, parameters, bounds, descriptions, responses and operation ids. The one intended
+difference is that the scored-item model is now one (``CascadeItem``): ``ScoredItem``, which
+only ``/recommend/{user_id}`` and ``/items/{item_id}/similar`` used, is gone and those two
+now reference ``CascadeItem``, whose ``stage`` is required (every listed item has one).
+"""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi.testclient import TestClient
+
+from serving.app import create_app
+from storage.settings import Settings
+from tests.serving_fixtures import ServerThread
+
+BEFORE = Path(__file__).resolve().parent / "fixtures" / "serving_openapi_before_split.json"
+
+
+def shaped_settings(home: Path) -> Settings:
+    """Settings that reach the documented parameters: ``k``'s bound, the defaults the
+    descriptions state, the cookie's name, the admin key."""
+    return Settings(
+        home=home,
+        catalogue="x",
+        serving={
+            "max_k": 50,
+            "mmr_lambda": 0.5,
+            "exploration": False,
+            "session_cookie": "sid",
+            "admin_api_key": "k",
+        },
+    )
+
+
+def merged_scored_item(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with ``ScoredItem`` folded into ``CascadeItem``, as the split intends."""
+    spec = json.loads(
+        json.dumps(spec).replace('"#/components/schemas/ScoredItem"', '"#/components/schemas/CascadeItem"')
+    )
+    del spec["components"]["schemas"]["ScoredItem"]
+    return spec
+
+
+def test_openapi_is_the_document_from_before_the_split(tmp_path: Path) -> None:
+    before = json.loads(BEFORE.read_text())
+    after = json.loads(json.dumps(create_app(shaped_settings(tmp_path)).openapi()))
+    assert "ScoredItem" not in after["components"]["schemas"]
+    expected = merged_scored_item(before)
+    for path, operations in expected["paths"].items():
+        assert after["paths"].get(path) == operations, path
+    assert after == expected
+    # The settings do reach the document (the fixture is not the defaults' document).
+    recommend = {p["name"]: p for p in after["paths"]["/recommend/{user_id}"]["get"]["parameters"]}
+    assert recommend["k"]["schema"]["maximum"] == 50
+    assert "(default 0.5)" in recommend["mmr_lambda"]["description"]
+    feed = {p["name"]: p for p in after["paths"]["/feed"]["get"]["parameters"]}
+    assert feed["sid"]["in"] == "cookie"
+
+
+def test_the_default_settings_document_their_own_bounds(tmp_path: Path) -> None:
+    spec = create_app(Settings(home=tmp_path)).openapi()
+    for path in ("/recommend/{user_id}", "/feed", "/search", "/items/{item_id}/similar"):
+        params = {p["name"]: p for p in spec["paths"][path]["get"]["parameters"]}
+        assert params["k"]["schema"]["maximum"] == Settings().serving.max_k, path
+    assert "recflow_session" in {p["name"] for p in spec["paths"]["/interact"]["post"]["parameters"]}
+
+
+class Links(HTMLParser):
+    """Every ``src`` and ``href`` of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.urls += [value for name, value in attrs if name in ("src", "href") and value]
+
+
+def test_docs_and_redoc_load_every_asset_from_the_service(tmp_path: Path) -> None:
+    """Over a real server: each page's scripts, style sheet and icon are paths on this host,
+    and each answers 200 with the real file (no bundle needs to be published for docs)."""
+    with ServerThread(create_app(Settings(home=tmp_path))) as url, httpx.Client(base_url=url) as client:
+        for page, needed in [
+            ("/docs", {"swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"}),
+            ("/redoc", {"redoc.standalone.js", "favicon.png"}),
+        ]:
+            response = client.get(page)
+            assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+            assert "http://" not in response.text and "https://" not in response.text, page
+            assert response.headers["content-security-policy"] == "img-src 'self' data: blob:", page
+            parser = Links()
+            parser.feed(response.text)
+            assert {u.rsplit("/", 1)[-1] for u in parser.urls} == needed, parser.urls
+            for asset in parser.urls:
+                assert asset.startswith("/docs/assets/") and not asset.startswith("//"), asset
+                fetched = client.get(asset)
+                assert fetched.status_code == 200, asset
+                assert len(fetched.content) > (100_000 if asset.endswith((".js", ".css")) else 1000), asset
+        assert "SwaggerUIBundle" in client.get("/docs/assets/swagger-ui-bundle.js").text
+        assert "Redoc" in client.get("/docs/assets/redoc.standalone.js").text
+        assert client.get("/docs/oauth2-redirect").status_code == 200
+        assert client.get("/openapi.json").json()["info"]["title"] == "recflow"
+        assert client.get("/docs/assets/missing.js").status_code == 404
+
+
+def test_docs_follow_the_root_path_behind_a_proxy(tmp_path: Path) -> None:
+    app = create_app(Settings(home=tmp_path))
+    html = TestClient(app, root_path="/api").get("/docs").text
+    assert "/api/docs/assets/swagger-ui-bundle.js" in html and "url: '/api/openapi.json'" in html
