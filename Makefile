@@ -7,7 +7,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup lock lint-docker data demo test test-fast lint eval bench-embed bench-index ui ui-screenshot clean bench-scrape bench-serve
+.PHONY: setup lock lint-docker data demo test test-fast lint docs-screenshot eval bench-embed bench-index ui ui-screenshot clean bench-scrape bench-serve
 
 # Where torch's CPU wheel comes from when it is not on local disk (the Dockerfile passes
 # https://download.pytorch.org/whl/cpu); empty: pip's own configuration.
@@ -77,6 +77,11 @@ ui: setup
 ui-screenshot: setup
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m deployments.screenshot --out docs/prefect-deployments.png
+
+# The offline /docs page in headless Chromium (Debian's chromium, installed when missing).
+docs-screenshot: setup
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(BIN)/python -m deployments.screenshot_docs --out docs/openapi-docs.png
 
 clean:
 	rm -rf var .pytest_cache

@@ -24,6 +24,8 @@ import pytest
 from serving.events import read_events
 from tests.serving_fixtures import Catalogue, build_catalogue, serve
 
+pytestmark = pytest.mark.slow  # headless Chromium and schemathesis
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

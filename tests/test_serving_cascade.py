@@ -396,6 +396,7 @@ def test_update_mode_none_logs_but_does_not_learn(tmp_path: Path) -> None:
     assert [e.item_id for e in read_events(catalogue.settings.events_dir)] == ["wes-1"]
 
 
+@pytest.mark.slow  # two uvicorn worker processes under load
 def test_no_event_is_lost_with_two_workers(tmp_path: Path) -> None:
     """uvicorn --workers 2 on one port; 200 concurrent interactions; every accepted one is in
     the log exactly once, and a session's state is shared by both workers."""
