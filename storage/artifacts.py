@@ -4,15 +4,31 @@ A bundle is written into a hidden temporary directory and renamed into place onl
 every file is complete and its checksum is in ``manifest.json``; ``CURRENT`` is replaced
 with ``os.replace`` so a reader sees either the old or the new version, never half of one.
 A crash at any point leaves ``CURRENT`` on the previous complete bundle.
+
+Durability: every file of a bundle and every directory in it is fsynced before the rename,
+and the rename before ``CURRENT`` moves, so after a power cut ``CURRENT`` never names a
+bundle whose contents did not reach the disk.
+
+Permissions: a published bundle is readable by the other users a plain ``mkdir``/``open``
+would let read it (``0o777``/``0o666`` less the umask: 0755 directories and 0644 files under
+the usual umask 022, private under 077), so a service running as another user can read it.
+
+Staging: each staging directory ``.staging-<token>`` has a lock file
+``.staging-<token>.lock`` beside it, created and ``flock``-ed before the directory and held
+until the directory is gone. :meth:`ArtifactStore.prune` removes a leftover whose lock it can
+take (its writer is dead, whatever its age) and never one whose writer still holds the lock.
+``flock`` works across processes and containers sharing a local filesystem; on NFS it
+depends on the server's lock support.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +39,10 @@ from typing import Any
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
+STAGING_PREFIX = ".staging-"
+LOCK_SUFFIX = ".lock"
+# Staging directories made before lock files existed are pruned only after this age.
+LOCKLESS_STAGING_MAX_AGE_S = 3600
 
 
 class BundleError(RuntimeError):
@@ -101,14 +121,43 @@ class ArtifactStore:
     # Writing ----------------------------------------------------------------------------
     @contextmanager
     def staging(self) -> Iterator[Path]:
-        """A temporary directory to write a bundle into; removed if the block fails."""
+        """A temporary directory to write a bundle into; removed if the block fails.
+
+        The lock file beside it is taken first and released last, so for as long as the
+        directory can exist under its name a live writer holds the lock (see :meth:`prune`).
+        """
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        lock_fd, tmp = self._locked_staging_name()
+        lock_path = tmp.with_name(tmp.name + LOCK_SUFFIX)
         try:
+            # Plain mkdir: the mode is 0o777 less the umask, as for any directory the user makes.
+            tmp.mkdir()
             yield tmp
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+            lock_path.unlink(missing_ok=True)
+            os.close(lock_fd)  # releases the flock
+
+    def _locked_staging_name(self) -> tuple[int, Path]:
+        """Create and flock ``.staging-<token>.lock`` (writer's pid inside, for people)."""
+        while True:
+            tmp = self.root / f"{STAGING_PREFIX}{secrets.token_hex(6)}"
+            lock_path = tmp.with_name(tmp.name + LOCK_SUFFIX)
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                still_ours = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                still_ours = False
+            if not still_ours:  # a pruner took it between open and flock, and removed it
+                os.close(fd)
+                continue
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd, tmp
 
     def _new_version(self) -> str:
         """A name that sorts after every bundle ever issued here, so order == publish order.
@@ -133,18 +182,31 @@ class ArtifactStore:
         filesystem, so a listed bundle is always complete.
         """
         version = self._new_version()
-        checksums = {
-            str(p.relative_to(staged)): file_sha256(p)
-            for p in sorted(staged.rglob("*"))
-            if p.is_file() and p.name != MANIFEST
-        }
+        # The staging directory was made by a plain mkdir: its mode is what the umask allows a
+        # new directory; files get the same less the execute bits (as a plain open would).
+        dir_mode = staged.stat().st_mode & 0o777
+        file_mode = dir_mode & 0o666
+        checksums: dict[str, str] = {}
+        for p in sorted(staged.rglob("*")):
+            if p.is_dir():
+                p.chmod(dir_mode)
+            elif p.is_file() and p.name != MANIFEST:
+                p.chmod(file_mode)
+                checksums[str(p.relative_to(staged))] = fsync_file_sha256(p)
         full = {
             **manifest,
             "version": version,
             "created": datetime.now(UTC).isoformat(),
             "checksums": checksums,
         }
-        (staged / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
+        with (staged / MANIFEST).open("w") as fh:
+            fh.write(json.dumps(full, indent=2, sort_keys=True, default=str))
+            fh.flush()
+            os.fsync(fh.fileno())
+        (staged / MANIFEST).chmod(file_mode)
+        # Deepest first, so each directory's entries are durable before its parent's.
+        for d in sorted((p for p in staged.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            fsync_dir(d)
         fsync_dir(staged)
         final = self.root / version
         os.rename(staged, final)
@@ -159,7 +221,10 @@ class ArtifactStore:
         if version not in self.versions():
             raise BundleError(f"no complete bundle {version!r} under {self.root}")
         self.verify(version)
-        fd, tmp = tempfile.mkstemp(prefix=".CURRENT-", dir=self.root)
+        # Created like any file (0o666 less the umask), not mkstemp's 0600: readers may be
+        # another user.
+        tmp = self.root / f".CURRENT-{secrets.token_hex(6)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "w") as fh:
             fh.write(version + "\n")
             fh.flush()
@@ -180,7 +245,8 @@ class ArtifactStore:
         return version
 
     def prune(self) -> list[str]:
-        """Delete the oldest bundles beyond ``keep``; never the live one, nor stale staging < 1h."""
+        """Delete the oldest bundles beyond ``keep`` (never the live one) and staging leftovers
+        whose writer is dead (never a live writer's)."""
         current = self.current_version()
         versions = self.versions()
         removed: list[str] = []
@@ -188,10 +254,56 @@ class ArtifactStore:
             if v != current:
                 shutil.rmtree(self.root / v, ignore_errors=True)
                 removed.append(v)
-        for stale in self.root.glob(".staging-*"):
-            if time.time() - stale.stat().st_mtime > 3600:
-                shutil.rmtree(stale, ignore_errors=True)
+        self.prune_staging()
         return removed
+
+    def prune_staging(self) -> list[Path]:
+        """Remove staging directories whose writer has died; returns what was removed.
+
+        A writer holds the flock on ``<dir>.lock`` from before the directory exists until
+        after it is gone, so a lock this process can take belongs to a dead writer (or to one
+        that has just finished). A directory without a lock file predates lock files: it is
+        removed once it is older than an hour, as before.
+        """
+        if not self.root.exists():
+            return []
+        removed: list[Path] = []
+        for lock_path in self.root.glob(f"{STAGING_PREFIX}*{LOCK_SUFFIX}"):
+            try:
+                fd = os.open(lock_path, os.O_RDONLY)  # flock needs no write access
+            except FileNotFoundError:  # its writer finished meanwhile
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # a live writer
+                    continue
+                leftover = lock_path.with_name(lock_path.name.removesuffix(LOCK_SUFFIX))
+                if leftover.exists():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                    removed.append(leftover)
+                lock_path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        for stale in self.root.glob(f"{STAGING_PREFIX}*"):
+            if (
+                stale.is_dir()
+                and not stale.with_name(stale.name + LOCK_SUFFIX).exists()
+                and time.time() - stale.stat().st_mtime > LOCKLESS_STAGING_MAX_AGE_S
+            ):
+                shutil.rmtree(stale, ignore_errors=True)
+                removed.append(stale)
+        return removed
+
+
+def fsync_file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, after fsyncing its contents (one open for both)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+        os.fsync(fh.fileno())
+    return digest.hexdigest()
 
 
 def fsync_dir(path: Path) -> None:
