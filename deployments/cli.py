@@ -11,11 +11,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-# Prefect reads these at import: keep telemetry off and its state under ./var by default.
+from deployments.prefect_home import configure_prefect_home, require_prefect_home
+
+# Prefect reads these at import: keep telemetry off and its state under <RECFLOW_HOME>/prefect
+# (absolute, created now: see deployments/prefect_home.py for why a cwd-relative one broke).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("PREFECT_HOME", str(Path("var/prefect").resolve()))
+configure_prefect_home()
 
 app = typer.Typer(help="recflow: a self-hosted recommender run by Prefect flows.", no_args_is_help=True)
 run_app = typer.Typer(help="Run a flow now.", no_args_is_help=True)
@@ -27,6 +30,17 @@ app.add_typer(data_app, name="data")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(deploy_app, name="deploy")
 console = Console(width=max(Console().width, 120))
+
+
+@run_app.callback()
+@deploy_app.callback()
+def _needs_prefect() -> None:
+    """Flows need a writable Prefect home: say so now, not after Prefect's start-up timeout."""
+    try:
+        require_prefect_home()
+    except RuntimeError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
 
 
 def _settings():
@@ -78,6 +92,7 @@ def ui(
     """Prefect server + UI, the deployment server and the HTTP service; Ctrl-C stops all."""
     from deployments.ui import run_ui
 
+    _needs_prefect()
     run_ui(prefect_port, http_port)
 
 

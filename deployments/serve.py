@@ -9,7 +9,11 @@ from __future__ import annotations
 import json
 import os
 
-from deployments.definitions import serve_deployments
+from deployments.prefect_home import configure_prefect_home
+
+configure_prefect_home()  # before Prefect is first imported, just below
+
+from deployments.definitions import serve_deployments  # noqa: E402
 
 if __name__ == "__main__":
     overrides = (

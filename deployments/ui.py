@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
+from deployments.prefect_home import require_prefect_home
+
 BIN = Path(sys.executable).parent
 
 
@@ -46,9 +48,16 @@ def _stop(procs: list[tuple[str, subprocess.Popen[bytes]]], console: Console) ->
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def run_ui(prefect_port: int = 4200, http_port: int = 8000, logs: Path = Path("var/logs")) -> None:
-    """Start everything, print where it is, and block until Ctrl-C or SIGTERM."""
+def run_ui(prefect_port: int = 4200, http_port: int = 8000, logs: Path | None = None) -> None:
+    """Start everything, print where it is, and block until Ctrl-C or SIGTERM.
+
+    Logs go to ``<RECFLOW_HOME>/logs`` and Prefect's database to ``<RECFLOW_HOME>/prefect``
+    (both absolute), whatever directory this is started from.
+    """
+    from storage.settings import Settings
+
     console = Console()
+    logs = logs or Settings().home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     api = f"http://127.0.0.1:{prefect_port}/api"
     env = {
@@ -57,7 +66,7 @@ def run_ui(prefect_port: int = 4200, http_port: int = 8000, logs: Path = Path("v
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "HF_HUB_OFFLINE": "1",
-        "PREFECT_HOME": os.environ.get("PREFECT_HOME", str(Path("var/prefect").resolve())),
+        "PREFECT_HOME": str(require_prefect_home()),
     }
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 

@@ -406,8 +406,9 @@ class Settings(BaseSettings):
 
     catalogue: str = Field("movielens-100k", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Name of the catalogue this instance serves; its files live under ``home/<catalogue>``."""
-    home: Path = Path("var")
-    """Root of all state: warehouse, bundles, event log, evaluation reports."""
+    home: Path = Field(Path("var"), validate_default=True)
+    """Root of all state: warehouse, bundles, event log, evaluation reports, Prefect's database;
+    a relative value is resolved against the working directory when the settings load."""
     data_dir: Path = Path("var/data")
     """Where ``recflow data demo`` puts fetched public datasets."""
     source: SourceSettings = Field(default_factory=SourceSettings)
@@ -430,7 +431,16 @@ class Settings(BaseSettings):
     nrms: NRMSConfig = Field(default_factory=NRMSConfig)
     """NRMS, the news model: reads stories' words, learns from impressions."""
 
-    @field_validator("home", "data_dir")
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        """A relative home (the default ``var``, or one from the environment or the TOML file)
+        is resolved once, against the working directory when the settings are loaded: every
+        path under it, and ``PREFECT_HOME`` made from it, stays put if the process changes
+        directory later or hands the path to a subprocess started elsewhere."""
+        return value.expanduser().resolve()
+
+    @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
