@@ -9,6 +9,7 @@ and are caught by the expectations, which quarantine them with the rule that fai
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,8 @@ INTERACTION_COLUMNS = [
     "session_id",
     "row_number",
 ]
+# DuckDB's default max_line_size: a longer line is rejected (quarantined) with its number.
+MAX_LINE_BYTES = 2_000_000
 YEAR_IN_TITLE = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})\)\s*$")
 
 
@@ -69,6 +72,11 @@ def read_delimited(
     """
     if not path.is_file():
         raise FileNotFoundError(f"{table} file {path} does not exist")
+    if names is None and header:
+        # DuckDB's sniffer fails the whole file on an over-long line anywhere in its sample,
+        # calling it line 1; sniffing the header alone and scanning with fixed columns
+        # quarantines that line under its true number like any other malformed row.
+        names = _header_names(path, table=table, sep=sep, encoding=encoding)
     con = duckdb.connect()
     try:
         options = {
@@ -112,6 +120,40 @@ def read_delimited(
         }
     )
     return rows, rej
+
+
+def _header_names(path: Path, *, table: str, sep: str, encoding: str) -> list[str] | None:
+    """The column names DuckDB's sniffer gives the file's first line (trimmed, duplicates
+    suffixed, blanks named ``column<i>``), read from that line alone; ``None`` for an empty
+    file (the full sniff then says what is wrong)."""
+    with path.open("rb") as fh:
+        first = fh.readline(MAX_LINE_BYTES + 3)
+    if not first:
+        return None
+    if len(first.rstrip(b"\r\n")) > MAX_LINE_BYTES:
+        raise SourceFormatError(f"{table} file {path}: line 1, the header, is over {MAX_LINE_BYTES} bytes")
+    with tempfile.TemporaryDirectory(prefix="recflow-header-") as tmp:
+        header_file = Path(tmp) / "header.csv"
+        header_file.write_bytes(first)
+        con = duckdb.connect()
+        try:
+            options = {
+                "delim": sep,
+                "header": True,
+                "all_varchar": True,
+                "quote": '"' if sep == "," else "",
+                "escape": '"' if sep == "," else "",
+                "encoding": encoding,
+            }
+            opts = ", ".join(f"{k} := ${k}" for k in options)
+            result = con.execute(
+                f"SELECT * FROM read_csv($path, {opts}) LIMIT 0", {"path": str(header_file), **options}
+            )
+            return [d[0] for d in result.description]
+        except duckdb.Error as exc:
+            raise SourceFormatError(f"cannot read the header of {table} file {path}: {exc}") from exc
+        finally:
+            con.close()
 
 
 def require_columns(df: pd.DataFrame, required: list[str], path: Path) -> None:
