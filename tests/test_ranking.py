@@ -61,9 +61,7 @@ def ranking_cases(draw: st.DrawFn) -> tuple[np.ndarray, int, set[int], np.ndarra
     scores = np.array(draw(st.lists(score_values, min_size=n, max_size=n)), dtype=np.float64)
     k = draw(st.integers(0, n + 3))
     exclude = set(draw(st.lists(st.integers(0, n - 1), max_size=n)))
-    key = (
-        np.random.default_rng(draw(st.integers(0, 2**32 - 1))).permutation(n) if draw(st.booleans()) else None
-    )
+    key = np.array(draw(st.permutations(range(n))), dtype=np.int64) if draw(st.booleans()) else None
     return scores, k, exclude, key
 
 
