@@ -29,9 +29,9 @@ from tasks.features import FEATURE_MODELS, load_item_features
 from tasks.harvest import ensure_pool, pool_fingerprint
 from tasks.load import LoadSummary, load_source
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, KCoreSummary, kcore_filter, make_splits
-from tasks.publish import BUNDLE_FORMAT, PublishResult, build_manifest, publish_bundle
+from tasks.publish import BUNDLE_FORMAT, PublishResult, build_manifest, live_score, publish_bundle
 from tasks.sources import SourceFormatError
-from tasks.train_models import bundle_vectors, results_dict
+from tasks.train_models import TRAIN_MODEL_DIR, bundle_vectors, is_torch_model, results_dict
 from tasks.training import (
     data_fingerprint,
     fit_for_serving,
@@ -95,9 +95,12 @@ def load_task(settings: Settings) -> LoadSummary:
 @task(name="k-core")
 def kcore_task(settings: Settings) -> KCoreSummary:
     with open_warehouse(settings.warehouse_path) as con:
-        result = kcore_filter(con, settings.kcore.user_k, settings.kcore.item_k)
+        result = kcore_filter(con, settings.kcore.user_k, settings.kcore.item_k, events=settings.events)
     get_run_logger().info(
+        "events admitted by train_from=%s (%d anonymous session events held back); "
         "k-core (users ≥ %d, items ≥ %d): %d → %d interactions in %d passes",
+        settings.events.train_from,
+        result.held_back,
         settings.kcore.user_k,
         settings.kcore.item_k,
         result.rows_before,
@@ -106,8 +109,9 @@ def kcore_task(settings: Settings) -> KCoreSummary:
     )
     _artifact(
         "kcore-summary",
-        "### k-core\n\n| user k | item k | before | after | removed | users | items | passes |\n"
-        "|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "### k-core\n\n| events admitted | held back | user k | item k | before | after | removed "
+        "| users | items | passes |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        f"| {settings.events.train_from} | {result.held_back:,} "
         f"| {settings.kcore.user_k} | {settings.kcore.item_k} "
         f"| {result.rows_before:,} | {result.rows_after:,} "
         f"| {result.removed:,} | {result.users_after:,} | {result.items_after:,} | {result.iterations} |\n",
@@ -185,8 +189,17 @@ def train_publish_task(
             fingerprint=fingerprint,
             embedding=settings.embedding if settings.embedding.enabled else None,
         )
-        live_valid = store.manifest(live).get("metrics", {}).get("valid", {}) if live else {}
+        # The live model scored on tonight's split: the gate compares like with like.
+        live_scored = live_score(store, data, list(settings.eval.ks))
+        logger.info(
+            "gate: live %s valid metrics %s (%s)", live_scored.version, live_scored.source, live_scored.how
+        )
+        live_valid = live_scored.valid
         with tempfile.TemporaryDirectory(prefix="recflow-report-") as tmp:
+            attachments: dict[str, Path] = {}
+            if not cold and is_torch_model(result.model):  # the next night's gate scores this one
+                result.model.save(Path(tmp) / TRAIN_MODEL_DIR)
+                attachments[TRAIN_MODEL_DIR] = Path(tmp) / TRAIN_MODEL_DIR
             report = report_for_models(
                 results_dict(settings, proto, [result]),
                 data,
@@ -202,7 +215,8 @@ def train_publish_task(
                 manifest,
                 vectors=vectors,
                 index=index,
-                attachments={"report": report.directory},
+                attachments={**attachments, "report": report.directory},
+                live_scored=live_scored,
             )
     _artifact(
         "eval-report", report.markdown, "Evaluation report with plots (metric by K, popularity, coverage)"
@@ -216,6 +230,7 @@ def train_publish_task(
             published,
             live_valid,
             index.metadata() if index is not None else None,
+            live_scored.source,
         ),
         "Validation and test metrics of tonight's model",
     )
@@ -256,8 +271,10 @@ def _metrics_markdown(
     pub: PublishResult,
     live_valid: dict[str, float],
     index: dict[str, Any] | None,
+    live_source: str = "stored",
 ) -> str:
-    """Tonight's metrics beside the live bundle's validation metrics, and the index check."""
+    """Tonight's metrics beside the live bundle's validation metrics (re-scored on tonight's
+    split, or as stored: ``live_source``), and the index check."""
     keys = [k for k in test if "@" in k]
     nan = float("nan")
     rows = "\n".join(
@@ -271,7 +288,7 @@ def _metrics_markdown(
     )
     return (
         f"### {model}\n\nPublished `{pub.version}`; live: `{pub.live}` ({pub.reason}){index_line}\n\n"
-        f"| metric | valid | live bundle (valid) | test |\n|---|---:|---:|---:|\n{rows}\n"
+        f"| metric | valid | live bundle (valid, {live_source}) | test |\n|---|---:|---:|---:|\n{rows}\n"
     )
 
 

@@ -163,8 +163,11 @@ def gate_publish_task(
     logger = get_run_logger()
     store = ArtifactStore(settings.bundles_dir, keep=settings.bundles_keep)
     champion = max(runs, key=lambda r: r.valid.get("ndcg@10", float("-inf")))
+    live = store.current_version()
+    # The gate re-scores the live model on this split: load the side information it reads too.
+    live_name = store.manifest(live).get("model", {}).get("name") if live else None
     with open_warehouse(settings.warehouse_path) as con:
-        data, proto = _load(settings, con, [champion.model_name])
+        data, proto = _load(settings, con, [champion.model_name, *([live_name] if live_name else [])])
         outcome = publish_champion(
             con,
             store,

@@ -72,6 +72,29 @@ class KCoreSettings(BaseModel):
     """Minimum interactions per item kept after filtering."""
 
 
+EventSource = Literal["all", "identified", "sessions_min_history"]
+
+
+class EventsSettings(BaseModel):
+    """Which serving events (contract C1) may train models and judge them at the gate.
+
+    Anyone can post an event for any session, so an anonymous session's events shape that
+    session and the ``global`` signal online but reach k-core, splits, training and the
+    gate's evaluation only when ``train_from`` admits them. Rows of batch sources
+    (MovieLens, CSV, MIND, ...) and events with a ``user_id`` or a named ``client`` are
+    identified and always admitted."""
+
+    train_from: EventSource = "sessions_min_history"
+    """``all``: every event; ``identified``: no anonymous session events; ``sessions_min_history``
+    (default): identified events, plus anonymous sessions with at least ``min_session_events``
+    events over at least two distinct items, so a flood of short or one-item sessions (a
+    script clicking without a cookie) never trains or becomes a validation target, while real
+    anonymous readers (a news site's audience) still do."""
+    min_session_events: PositiveInt = 4
+    """Events an anonymous session needs under ``sessions_min_history``: with 4, an admitted
+    session has at least two events of history before its held-out validation and test ones."""
+
+
 class ValidationSettings(BaseModel):
     """How strict the Great Expectations gates are."""
 
@@ -413,6 +436,7 @@ class Settings(BaseSettings):
     """Where ``recflow data demo`` puts fetched public datasets."""
     source: SourceSettings = Field(default_factory=SourceSettings)
     kcore: KCoreSettings = Field(default_factory=KCoreSettings)
+    events: EventsSettings = Field(default_factory=EventsSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)

@@ -201,6 +201,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        6,
+        "interactions.client: the app that sent a serving event (NULL: anonymous or batch-loaded)",
+        """
+        ALTER TABLE interactions ADD COLUMN client VARCHAR;
+        """,
+    ),
 ]
 
 

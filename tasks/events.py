@@ -9,8 +9,11 @@ re-read harmless anyway (a file that shrank is read again from the start).
 
 Mapping (C1): user_id = user_id or "session:"+session; value = 1.0 for click/like/share/dwell,
 0.0 for skip; ts = int(ts); seq = the line's number in its file; session_id = session;
-source_file = the file's name. Lines that are not valid events go to ``quarantine`` with the
-reason; events failing the interaction expectations (unknown item, time in the future) too.
+source_file = the file's name; client = client (NULL when missing, null or empty: anonymous).
+Lines that are not valid events go to ``quarantine`` with the reason; events failing the
+interaction expectations (unknown item, time in the future) too. Every valid event is kept:
+which anonymous ones may train is decided where the training data is built
+(``tasks/prepare.py::admitted_interactions_sql``).
 """
 
 from __future__ import annotations
@@ -96,6 +99,9 @@ def parse_event(line: str) -> dict[str, Any]:
     user = event.get("user_id")
     if user is not None and not isinstance(user, str):
         raise ValueError("field 'user_id' must be a string or null")
+    client = event.get("client")
+    if client is not None and not isinstance(client, str):
+        raise ValueError("field 'client' must be a string or null")
     dwell = event.get("dwell_s")
     if dwell is not None and (isinstance(dwell, bool) or not isinstance(dwell, int | float)):
         raise ValueError("field 'dwell_s' must be a number or null")
@@ -108,6 +114,7 @@ def parse_event(line: str) -> dict[str, Any]:
         "dwell_s": float(dwell) if dwell is not None else None,
         "ts": int(ts),
         "session_id": event["session"],
+        "client": client or None,
     }
 
 
@@ -199,8 +206,9 @@ def ingest_events(
                 con.register("new_events", clean)
                 con.execute(
                     "INSERT INTO interactions (event_id, user_id, item_id, event_type, value, dwell_s, ts, "
-                    "seq, session_id, source_file) SELECT event_id, user_id, item_id, event_type, value, "
-                    "dwell_s, ts, seq, session_id, source_file FROM new_events ON CONFLICT DO NOTHING"
+                    "seq, session_id, source_file, client) SELECT event_id, user_id, item_id, event_type, "
+                    "value, dwell_s, ts, seq, session_id, source_file, CAST(client AS VARCHAR) "
+                    "FROM new_events ON CONFLICT DO NOTHING"
                 )
                 con.unregister("new_events")
                 added = int(scalar(con, "SELECT count(*) FROM interactions")) - before

@@ -1,4 +1,9 @@
-"""k-core filtering and train/valid/test splits, in DuckDB SQL, recorded in the warehouse."""
+"""k-core filtering and train/valid/test splits, in DuckDB SQL, recorded in the warehouse.
+
+The k-core input is where the training data is built, so it is also the one place where
+serving events are admitted or held back (``events.train_from``): everything downstream
+(splits, training, evaluation, the gate) reads ``interactions_kcore`` only.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from storage.settings import EventsSettings
 from storage.warehouse import scalar
 
 KCORE_TABLE = "interactions_kcore"
@@ -13,13 +19,36 @@ LEAVE_LAST_OUT = "leave_last_out"
 TEMPORAL = "temporal"
 
 
+ANONYMOUS_SQL = "(client IS NULL AND session_id IS NOT NULL AND user_id = 'session:' || session_id)"
+"""An anonymous serving event: no ``user_id`` (ingestion made it ``session:<session>``) and no
+named client. Batch-loaded rows have no client but a real user id, so they never match."""
+
+
+def admitted_interactions_sql(source: str = "interactions", events: EventsSettings | None = None) -> str:
+    """A query over ``source`` keeping the rows ``events.train_from`` lets train (see
+    :class:`storage.settings.EventsSettings`); identified rows are always kept."""
+    rule = events or EventsSettings()
+    if rule.train_from == "all":
+        return f"SELECT * FROM {source}"
+    if rule.train_from == "identified":
+        return f"SELECT * FROM {source} WHERE NOT {ANONYMOUS_SQL}"
+    return (
+        f"SELECT * FROM {source} WHERE NOT {ANONYMOUS_SQL} OR user_id IN ("
+        f"SELECT user_id FROM {source} WHERE {ANONYMOUS_SQL} GROUP BY user_id "
+        f"HAVING count(*) >= {int(rule.min_session_events)} AND count(DISTINCT item_id) >= 2)"
+    )
+
+
 @dataclass(frozen=True)
 class KCoreSummary:
     rows_before: int
+    """Rows admitted by the event rule, before k-core filtering."""
     rows_after: int
     users_after: int
     items_after: int
     iterations: int
+    held_back: int = 0
+    """Anonymous session events the event rule kept out of training."""
 
     @property
     def removed(self) -> int:
@@ -32,15 +61,19 @@ def kcore_filter(
     item_k: int,
     source: str = "interactions",
     target: str = KCORE_TABLE,
+    events: EventsSettings | None = None,
 ) -> KCoreSummary:
     """Largest sub-log in which every user has ≥ ``user_k`` and every item ≥ ``item_k`` rows.
 
-    Removing a low-degree user can push an item below its k and vice versa, so deletion is
-    repeated until a pass removes nothing: the fixed point, which is the unique maximal k-core
-    (peeling never removes a row that belongs to any valid core). ``k = 0`` switches a side off.
+    Only rows the event rule ``events`` admits enter (default: :class:`EventsSettings`'s
+    default rule). Removing a low-degree user can push an item below its k and vice versa, so
+    deletion is repeated until a pass removes nothing: the fixed point, which is the unique
+    maximal k-core (peeling never removes a row that belongs to any valid core). ``k = 0``
+    switches a side off.
     """
-    con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM {source}")
+    con.execute(f"CREATE OR REPLACE TABLE {target} AS {admitted_interactions_sql(source, events)}")
     before = _count(con, target)
+    held_back = _count(con, source) - before
     iterations = 0
     while user_k > 0 or item_k > 0:
         iterations += 1
@@ -58,7 +91,7 @@ def kcore_filter(
     users, items = con.execute(
         f"SELECT count(DISTINCT user_id), count(DISTINCT item_id) FROM {target}"
     ).fetchall()[0]
-    return KCoreSummary(before, _count(con, target), int(users), int(items), iterations)
+    return KCoreSummary(before, _count(con, target), int(users), int(items), iterations, held_back)
 
 
 def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:

@@ -19,16 +19,17 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import duckdb
 import numpy as np
 import pandas as pd
 
 from models.ann import ItemIndex
-from models.base import Recommender
+from models.base import Recommender, select_items
+from models.registry import REGISTRY, build_model, load_model
 from storage.artifacts import ArtifactStore
-from tasks.training import SplitData
+from tasks.training import SplitData, evaluate, prepare_model
 
 BUNDLE_FORMAT = 2
 """Bumped whenever the bundle layout changes, so unchanged data still gets a new-format bundle."""
@@ -60,6 +61,132 @@ def gate_refusal(
     if live is None or old is None or new is None or new >= old - tolerance:
         return None
     return f"valid {metric} {new:.4f} < live {old:.4f} - tolerance {tolerance}; kept {live} live"
+
+
+LiveSource = Literal["rescored", "stored", "none"]
+
+
+@dataclass(frozen=True)
+class LiveScore:
+    """The live bundle's validation metrics the gate compares a candidate with."""
+
+    version: str | None
+    """The live bundle (None: nothing is live yet)."""
+    valid: dict[str, Any]
+    """Its validation metrics: on tonight's split when ``source`` is ``rescored``, else as stored."""
+    source: LiveSource
+    how: str
+    """Which model was scored, or why the stored number had to do."""
+
+    def record(self, metric: str, challenger: dict[str, Any], tolerance: float) -> dict[str, Any]:
+        """The manifest's ``gate`` entry: both numbers and where the live one came from."""
+        return {
+            "metric": metric,
+            "challenger": challenger.get(metric),
+            "live": self.valid.get(metric),
+            "live_version": self.version,
+            "live_source": self.source,
+            "live_how": self.how,
+            "tolerance": tolerance,
+        }
+
+
+class _OnCatalogue:
+    """A model fitted on another catalogue, scoring tonight's items by item id: histories are
+    mapped onto its indices (items it never had are dropped) and items it cannot score get
+    −∞, so they are never ranked above a target and an unknown target counts as a miss."""
+
+    def __init__(self, model: Recommender, model_ids: list[str], ids: list[str]) -> None:
+        position = {item: p for p, item in enumerate(model_ids)}
+        self.model = model
+        self.to_model = np.array([position.get(i, -1) for i in ids], dtype=np.int64)
+        self.known = self.to_model >= 0
+
+    def score(self, histories: list[np.ndarray], items: np.ndarray | None = None) -> np.ndarray:
+        mapped = [self.to_model[np.asarray(h, dtype=np.int64)] for h in histories]
+        theirs = self.model.score([m[m >= 0] for m in mapped])
+        out = np.full((len(histories), len(self.to_model)), -np.inf, dtype=np.float32)
+        out[:, self.known] = theirs[:, self.to_model[self.known]]
+        return select_items(out, items)
+
+
+def _bundle_item_ids(bundle: Path) -> list[str]:
+    with duckdb.connect(str(bundle / "catalog.duckdb"), read_only=True) as cat:
+        return [str(r[0]) for r in cat.execute("SELECT item_id FROM items ORDER BY item_idx").fetchall()]
+
+
+def _live_model(bundle: Path, manifest: dict[str, Any], data: SplitData) -> tuple[Recommender, str]:
+    """A model of the live bundle that never saw tonight's validation targets, and how it was had.
+
+    The served ``model/`` is not one: it was fitted on all of yesterday's interactions, which
+    hold most of tonight's validation targets. ``train_model/`` (fitted on yesterday's
+    training part) is, mapped onto tonight's items by id; otherwise the live model's config
+    is refitted on tonight's training part, exactly as the challenger was. Raises ValueError
+    when neither can be done."""
+    train_dir = bundle / "train_model"
+    if (train_dir / "model.json").is_file():
+        model = load_model(train_dir)
+        live_ids = _bundle_item_ids(bundle)
+        ids = [str(i) for i in data.item_ids]
+        n_items = getattr(model, "n_items", len(live_ids))
+        if n_items != len(live_ids):
+            raise ValueError(f"train_model/ has {n_items} items, the bundle's catalogue {len(live_ids)}")
+        if live_ids == ids:
+            return model, f"{bundle.name}/train_model (fitted on its training part)"
+        mapped = _OnCatalogue(model, live_ids, ids)
+        if not mapped.known.any():
+            raise ValueError("train_model/ knows none of tonight's items")
+        return cast(Recommender, mapped), (
+            f"{bundle.name}/train_model (fitted on its training part), {int(mapped.known.sum())} of "
+            f"tonight's {len(ids)} items mapped by id"
+        )
+    spec = manifest.get("model") or {}
+    name, params = spec.get("name"), spec.get("params") or {}
+    if name not in REGISTRY:
+        raise ValueError(f"the live bundle's model {name!r} is not a registered model")
+    model = build_model(name, **params)
+    if hasattr(model, "set_item_features") and data.item_features is None:
+        raise ValueError(f"{name} reads item features, which tonight's run did not load")
+    prepare_model(model, data)
+    if hasattr(model, "set_validation"):  # the same early stopping as the challenger's fit
+        model.set_validation(data.train, data.valid)
+    model.fit(data.matrix(("train",)), data.train)
+    return model, f"{bundle.name}'s {name} config refitted on tonight's training part"
+
+
+def stored_score(store: ArtifactStore, why: str = "as stored in its manifest") -> LiveScore:
+    """The live bundle's validation metrics as its manifest records them (no re-scoring)."""
+    live = store.current_version()
+    if live is None:
+        return LiveScore(None, {}, "none", "no live bundle")
+    return LiveScore(live, store.manifest(live).get("metrics", {}).get("valid", {}) or {}, "stored", why)
+
+
+def live_score(store: ArtifactStore, data: SplitData, ks: list[int], metric: str = "ndcg@10") -> LiveScore:
+    """The live bundle's validation metrics on ``data``'s split, so the gate compares two
+    numbers about the same users and targets (the stored number was measured on an older
+    split, whose targets differ once events arrive).
+
+    Falls back to the stored number, and says why in ``how``, when the live model cannot be
+    re-scored (a legacy bundle without its config, a model that needs side information
+    tonight's run did not load, a checkpoint that does not fit its catalogue). A live bundle
+    with no stored ``metric`` (a cold-start bundle) is not re-scored: the gate lets any
+    candidate replace it, as before.
+    """
+    live = store.current_version()
+    if live is None:
+        return stored_score(store)
+    manifest = store.manifest(live)
+    stored = manifest.get("metrics", {}).get("valid", {}) or {}
+    if stored.get(metric) is None:
+        return LiveScore(live, stored, "stored", f"live bundle {live} has no validation {metric}")
+    k = int(metric.split("@", 1)[1]) if "@" in metric else max(ks, default=10)
+    try:
+        model, how = _live_model(store.root / live, manifest, data)
+        valid = evaluate(model, data, "valid", sorted({*ks, k}))
+    except (ValueError, TypeError, KeyError, OSError, RuntimeError, duckdb.Error) as exc:
+        return LiveScore(live, stored, "stored", f"stored number: could not re-score {live} ({exc})")
+    return LiveScore(live, valid, "rescored", how)
 
 
 def build_manifest(
@@ -165,6 +292,7 @@ def publish_bundle(
     vectors: np.ndarray | None = None,
     index: ItemIndex | None = None,
     attachments: dict[str, Path] | None = None,
+    live_scored: LiveScore | None = None,
 ) -> PublishResult:
     """Write and commit a bundle; move ``CURRENT`` only if it is not worse than the live one.
 
@@ -172,14 +300,20 @@ def publish_bundle(
     directory copied in as it is, so it is checksummed and published with everything else.
 
     The gate (:func:`gate_refusal`) compares ``manifest["metrics"]["valid"][gate_metric]``
-    with the live bundle's; a bundle that loses by more than ``tolerance`` is kept for
-    inspection but not made live.
+    with the live bundle's: ``live_scored``, the live model scored on ``data``'s split by
+    :func:`live_score` (every publish path passes it; it is scored again should another
+    bundle have gone live meanwhile), or, without it, the live manifest's stored number. A
+    bundle that loses by more than ``tolerance`` is kept for inspection but not made live.
+    The manifest's ``gate`` records both numbers and how the live one was obtained.
     """
     live = store.current_version()
-    live_valid = store.manifest(live).get("metrics", {}).get("valid", {}) if live else {}
-    refusal = gate_refusal(
-        manifest.get("metrics", {}).get("valid", {}), live, live_valid, tolerance, gate_metric
-    )
+    if live_scored is None:
+        live_scored = stored_score(store, "as stored: the publisher gave no re-scored number")
+    elif live_scored.version != live:
+        live_scored = live_score(store, data, [], gate_metric)
+    challenger = manifest.get("metrics", {}).get("valid", {})
+    refusal = gate_refusal(challenger, live, live_scored.valid, tolerance, gate_metric)
+    manifest = {**manifest, "gate": live_scored.record(gate_metric, challenger, tolerance)}
     make_current = refusal is None
     reason = refusal or ("first bundle" if live is None else "not worse than the live bundle")
     with store.staging() as staged:

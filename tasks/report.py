@@ -51,7 +51,7 @@ def run_evaluation(
     results: list[TrainResult] = []
     with open_warehouse(settings.warehouse_path) as con:
         load_source(con, settings)
-        kcore_filter(con, settings.kcore.user_k, settings.kcore.item_k)
+        kcore_filter(con, settings.kcore.user_k, settings.kcore.item_k, events=settings.events)
         make_splits(con, KCORE_TABLE, settings.eval.temporal_cut_quantile)
         data = load_split_data(
             con, LEAVE_LAST_OUT, KCORE_TABLE, restrict_items_to_table=settings.kcore.item_k > 0

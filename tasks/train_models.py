@@ -41,7 +41,7 @@ from models.features import ItemFeatures
 from models.registry import build_model
 from storage.artifacts import ArtifactStore, file_sha256
 from storage.settings import Settings
-from tasks.publish import PublishResult, build_manifest, gate_refusal, publish_bundle
+from tasks.publish import LiveScore, PublishResult, build_manifest, gate_refusal, live_score, publish_bundle
 from tasks.training import SplitData, TrainResult, evaluate, record_run
 
 TRAIN_MODEL_DIR = "train_model"
@@ -298,11 +298,12 @@ def results_dict(settings: Settings, proto: dict[str, Any], runs: Sequence[Train
 
 
 def gate_markdown(
-    champion: RunResult, runs: list[RunResult], published: PublishResult, live_valid: dict[str, Any]
+    champion: RunResult, runs: list[RunResult], published: PublishResult, live_scored: LiveScore
 ) -> str:
-    """The champion/challenger decision as a table: every candidate against the live bundle."""
+    """The champion/challenger decision as a table: every candidate against the live bundle
+    (its metric re-scored on this split, or as stored when it could not be)."""
     nan = float("nan")
-    live = live_valid.get("ndcg@10", nan)
+    live = live_scored.valid.get("ndcg@10", nan)
     rows = "\n".join(
         f"| {'**' + r.model_name + '**' if r is champion else r.model_name} "
         f"| {r.valid.get('ndcg@10', nan):.4f} "
@@ -312,7 +313,8 @@ def gate_markdown(
     )
     return (
         f"### Champion / challenger\n\nChampion `{champion.model_name}`; published `{published.version}`; "
-        f"live: `{published.live}` ({published.reason})\n\n"
+        f"live: `{published.live}` ({published.reason}); live valid ndcg@10 {live_scored.source}: "
+        f"{live_scored.how}\n\n"
         "| model | valid ndcg@10 | live valid ndcg@10 | test ndcg@10 | test hr@10 | fit | start |\n"
         "|---|---:|---:|---:|---:|---:|---|\n" + rows + "\n"
     )
@@ -353,7 +355,9 @@ def publish_champion(
     serving_warm = serving_report = None
     started = time.perf_counter()
     live = store.current_version()
-    live_valid = store.manifest(live).get("metrics", {}).get("valid", {}) if live else {}
+    live_scored = live_score(store, data, list(settings.eval.ks))  # on this split, like the champion
+    live_valid = live_scored.valid
+    log(f"gate: live {live} valid ndcg@10 {live_scored.source} ({live_scored.how})")
 
     def write_report(directory: Path, notes: str) -> EvalReport:
         """The evaluation report of every candidate run, the same whether published or refused."""
@@ -375,7 +379,7 @@ def publish_champion(
             report = write_report(Path(tmp) / "report", f"Refused by the gate: {refusal}.")
         published = PublishResult(None, live, refusal)
         return ChampionOutcome(
-            published, report.markdown, gate_markdown(champion, runs, published, live_valid), None
+            published, report.markdown, gate_markdown(champion, runs, published, live_scored), None
         )
     if serving is None:
         if warm_start:
@@ -429,11 +433,12 @@ def publish_champion(
             vectors=vectors,
             index=index,
             attachments=attachments,
+            live_scored=live_scored,
         )
     log(
         f"bundle {published.version} written in {time.perf_counter() - started:.1f}s; "
         f"live: {published.live} ({published.reason})"
     )
     return ChampionOutcome(
-        published, report.markdown, gate_markdown(champion, runs, published, live_valid), serving_report
+        published, report.markdown, gate_markdown(champion, runs, published, live_scored), serving_report
     )

@@ -222,6 +222,9 @@ def test_warm_start_grows_the_catalogue_keeps_learned_rows_and_reruns_reproduce(
                 new_state["item_in.weight"][new_idx + 1], old_train_state["item_in.weight"][old_idx + 1]
             )
     manifest = store.manifest(warm.version)
+    # The gate scored the live bundle's train_model/ on today's split, its items mapped by id.
+    assert manifest["gate"]["live_source"] == "rescored" and manifest["gate"]["live_version"] == cold.version
+    assert f"of tonight's {len(new_ids)} items mapped by id" in manifest["gate"]["live_how"]
     assert manifest["warm_start"]["train"]["bundle"] == cold.version
     assert manifest["warm_start"]["serving"]["checkpoint"] == "model"
     with open_warehouse(settings.warehouse_path) as con:
@@ -291,11 +294,17 @@ def test_merge_two_seeded_fits_evaluates_gates_and_publishes_the_average(
     assert (again.version is None and store.current_version() == live_before) == (not went_live)
 
     # A merge worse than the live bundle is refused by the same gate, with the same message.
+    merged_live = store.current_version()
     better = train_models(models=["itemknn-recency"], overrides=overrides, tolerance=1.0)
     assert better.live == better.version == store.current_version()
     refused = merge_checkpoints(bundles=[a.version, b.version], weights=[3.0, 1.0], overrides=overrides)
     assert refused.valid_ndcg10["nextitem-mf"] < better.valid_ndcg10["itemknn-recency"]
     assert refused.version is None and refused.live == better.version == store.current_version()
+    # The live number was re-scored: the train-part model of a torch bundle, a refit otherwise.
+    assert (
+        store.manifest(better.version)["gate"]["live_how"]
+        == f"{merged_live}/train_model (fitted on its training part)"
+    )
     assert re.match(REFUSAL, refused.reason)
     assert refused.reason == gate_refusal(
         {"ndcg@10": refused.valid_ndcg10["nextitem-mf"]},
