@@ -78,11 +78,12 @@ CREATE TABLE sessions (
     session TEXT PRIMARY KEY,
     last_ts REAL NOT NULL,
     folded  INTEGER NOT NULL DEFAULT 0,
-    user_id TEXT
+    user_id TEXT,
+    created REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX sessions_by_last_ts ON sessions (last_ts);
-INSERT INTO sessions (session, last_ts, user_id)
-    SELECT session, MAX(ts), (SELECT e2.user_id FROM session_events e2 WHERE e2.session = e.session
+INSERT INTO sessions (session, last_ts, created, user_id)
+    SELECT session, MAX(ts), MIN(ts), (SELECT e2.user_id FROM session_events e2 WHERE e2.session = e.session
                                AND e2.user_id IS NOT NULL ORDER BY e2.seq DESC LIMIT 1)
     FROM session_events e GROUP BY session;
 """
@@ -111,6 +112,9 @@ class SessionState:
     """Recent (item_id, event, weight) in the order they happened."""
     folded: int = 0
     """How many events the summary stands for."""
+    created: float = 0.0
+    """When the store's row for the session was made: a session forgotten and started again
+    under the same name is another one, whatever a worker still caches of the old."""
     last_seq: int = 0
 
     @property
@@ -209,8 +213,8 @@ class SessionStore:
                 ).rowcount
                 if not updated:
                     self._con.execute(
-                        "INSERT INTO sessions (session, last_ts, user_id) VALUES (?, ?, ?)",
-                        (event.session, event.ts, event.user_id),
+                        "INSERT INTO sessions (session, last_ts, user_id, created) VALUES (?, ?, ?, ?)",
+                        (event.session, event.ts, event.user_id, time.time()),
                     )
                     self._sessions_seen += 1
                 if inserted:
@@ -231,15 +235,16 @@ class SessionStore:
 
     def _refresh(self, session: str) -> SessionState:
         meta = self._con.execute(
-            "SELECT folded, user_id FROM sessions WHERE session = ?", (session,)
+            "SELECT folded, user_id, created FROM sessions WHERE session = ?", (session,)
         ).fetchone()
         if meta is None:
             self._cache.pop(session, None)
             return SessionState(session)
-        folded, user_id = meta
+        folded, user_id, created = meta
         state = self._cache.get(session)
-        if state is None or state.folded != folded:  # new here, or another writer folded it
-            state = SessionState(session, folded=folded)
+        if state is None or (state.folded, state.created) != (folded, created):
+            # New here, folded by another writer, or forgotten and started again.
+            state = SessionState(session, folded=folded, created=created)
             for item, weight, engaged, seq in self._con.execute(
                 "SELECT item_id, weight, engaged, seq FROM session_summary WHERE session = ? ORDER BY seq",
                 (session,),

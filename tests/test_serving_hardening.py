@@ -188,6 +188,22 @@ def test_the_store_keeps_at_most_max_sessions(catalogue: Catalogue, tmp_path: Pa
         assert sessions.cached <= 50
 
 
+def test_a_forgotten_session_started_again_does_not_bring_back_its_past(tmp_path: Path) -> None:
+    """Two stores on one file, as two workers: one evicts a session the other caches; a new
+    session under the same name starts empty in both."""
+    a = SessionStore(tmp_path / "s.sqlite", max_sessions=1)
+    for n in range(3):
+        a.record(_like("reused", f"old{n}", 1, ts=time.time() - 60))
+    assert len(a.state("reused")) == 3
+    b = SessionStore(tmp_path / "s.sqlite", max_sessions=1)
+    b.record(_like("other", "x", 1))  # over the cap: the least recently active goes
+    assert a.count() == 1  # "reused" is gone from the file (a still caches it)
+    b.record(_like("reused", "new", 1))
+    assert [item for item, _, _ in a.state("reused").events] == ["new"]
+    a.close()
+    b.close()
+
+
 def test_sessions_and_keys_expire_after_the_retention_window(tmp_path: Path) -> None:
     store = SessionStore(tmp_path / "s.sqlite", ttl_hours=1.0)
     old = time.time() - 2 * 3600
@@ -201,7 +217,8 @@ def test_sessions_and_keys_expire_after_the_retention_window(tmp_path: Path) -> 
     assert len(reopened.state("stale")) == 0 and len(reopened.state("live")) == 1
     assert reopened.claim("key-0001")[0] == "done"  # claimed just now: inside the window
     reopened.close()
-    gone = SessionStore(tmp_path / "s.sqlite", ttl_hours=1e-6)
+    time.sleep(0.05)
+    gone = SessionStore(tmp_path / "s.sqlite", ttl_hours=1e-6)  # a 3.6 ms window: all expired
     assert gone.count() == 0 and gone.claim("key-0001")[0] == "new"
     gone.close()
 
