@@ -130,7 +130,14 @@ def serve(
     """Start the HTTP service on the live bundle (it follows CURRENT without restarts)."""
     import uvicorn
 
+    from serving.dependencies import OpenAdminError, check_admin_exposure
+
     settings = _settings()
+    try:  # the --host given here is not in the settings the app checks
+        check_admin_exposure(settings.serving, host or settings.serving.host)
+    except OpenAdminError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
     uvicorn.run(
         "serving.app:create_app",
         factory=True,

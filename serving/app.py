@@ -33,7 +33,7 @@ from fastapi import FastAPI
 
 from serving.bundle import BundleHolder
 from serving.cascade import pin_threads, set_search_threads
-from serving.dependencies import install_error_handlers
+from serving.dependencies import check_admin_exposure, install_error_handlers
 from serving.events import EventLog
 from serving.metrics import BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
 from serving.routers import admin, catalogue, docs, feed, recommend
@@ -53,7 +53,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     set_search_threads(settings.serving.search_threads)
     pin_threads()
-    app.state.sessions = await asyncio.to_thread(SessionStore, settings.catalogue_dir / "sessions.sqlite")
+    serving = settings.serving
+    app.state.sessions = await asyncio.to_thread(
+        SessionStore,
+        settings.catalogue_dir / "sessions.sqlite",
+        max_events=serving.session_max_events,
+        ttl_hours=serving.session_ttl_hours,
+        max_sessions=serving.session_max_sessions,
+    )
     await asyncio.to_thread(app.state.holder.start)
     try:
         yield
@@ -68,10 +75,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service for ``settings`` (default: ``Settings()``, i.e. env and config file).
 
     A factory rather than a module-level app, so tests and ``uvicorn --factory`` can build
-    independent instances with their own settings and bundle holder.
+    independent instances with their own settings and bundle holder. Raises
+    ``OpenAdminError`` when ``serving.host`` is beyond loopback and ``/admin/*`` has no key.
     """
     settings = settings if settings is not None else Settings()
     serving = settings.serving
+    check_admin_exposure(serving, serving.host)
     app = FastAPI(
         title="recflow",
         summary="Recommendations from the live recflow bundle.",

@@ -43,6 +43,9 @@ class Event:
     item_id: str
     event: EventType
     dwell_s: float | None
+    client: str | None = None
+    """The client app that sent it (``serving.client_keys``); None: anonymous (or a line
+    written before the field existed)."""
 
     @classmethod
     def new(
@@ -54,16 +57,20 @@ class Event:
         user_id: str | None = None,
         dwell_s: float | None = None,
         ts: float | None = None,
+        event_id: str | None = None,
+        client: str | None = None,
     ) -> Event:
-        """A fresh event with a uuid4 id and the current time (UTC Unix seconds)."""
+        """A fresh event at the current time (UTC Unix seconds), with the client's idempotency
+        key as its id, else a uuid4."""
         return cls(
-            event_id=uuid.uuid4().hex,
+            event_id=uuid.uuid4().hex if event_id is None else event_id,
             ts=time.time() if ts is None else ts,
             session=session,
             user_id=user_id,
             item_id=item_id,
             event=event,
             dwell_s=dwell_s,
+            client=client,
         )
 
     def to_line(self) -> bytes:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving.cascade import Stage, Strategy
 
 SESSION_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+EVENT_ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
 
 
 class Item(BaseModel):
@@ -63,7 +64,7 @@ class RecommendBody(BaseModel):
     )
     k: int = Field(10, ge=1, description="How many items to return.")
     mmr_lambda: float | None = Field(
-        None, ge=0.0, le=1.0, description="MMR trade-off; default from settings."
+        None, ge=0.0, le=1.0, allow_inf_nan=False, description="MMR trade-off; default from settings."
     )
     explore: bool | None = Field(None, description="Reserve an exploration slot; default from settings.")
 
@@ -117,12 +118,20 @@ class InteractBody(BaseModel):
 
     item_id: str = Field(min_length=1, max_length=256, description="The item's catalogue id.")
     event: Literal["click", "skip", "like", "share", "dwell"]
-    dwell_s: float | None = Field(None, ge=0.0, le=86_400.0, description="Seconds spent (dwell events).")
+    dwell_s: float | None = Field(
+        None, ge=0.0, le=86_400.0, allow_inf_nan=False, description="Seconds spent (dwell events)."
+    )
     session: str | None = Field(
         None, pattern=SESSION_PATTERN, description="Session id; default: the session cookie, else a new one."
     )
     user_id: str | None = Field(
         None, min_length=1, max_length=256, description="A known user of the bundle this session belongs to."
+    )
+    event_id: str | None = Field(
+        None,
+        pattern=EVENT_ID_PATTERN,
+        description="Idempotency key (e.g. a uuid4 hex): a retry with the same id is answered like "
+        "the first and is neither logged nor applied again. Default: a new id.",
     )
 
 

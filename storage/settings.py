@@ -167,6 +167,30 @@ class ServingSettings(BaseModel):
     """Cookie naming an anonymous reader's session."""
     admin_api_key: str | None = None
     """Key required in ``X-API-Key`` by ``/admin/*``; None leaves them open (loopback demo only)."""
+    allow_open_admin: bool = False
+    """Let a service bound beyond loopback start without ``admin_api_key`` (``/admin/*`` open to
+    anyone who can reach it). Without it such a service refuses to start."""
+    client_keys: dict[str, str] = Field(default_factory=dict)
+    """Client app name → key. Empty: ``/interact`` accepts anonymous events. Otherwise it needs
+    one of the keys in ``X-Client-Key`` (else 401) and logs the client's name with the event."""
+    session_max_events: int = Field(200, ge=1)
+    """Events a session keeps one by one; older ones fold into a per-item summary of at most
+    this many items, so a session's state (and the work per request) stays bounded."""
+    session_ttl_hours: float = Field(720.0, gt=0.0)
+    """A session (and the idempotency keys of its events) is forgotten this long after its last event."""
+    session_max_sessions: PositiveInt = 100_000
+    """Most sessions the store keeps; beyond it the least recently active are forgotten first."""
+
+    @field_validator("client_keys")
+    @classmethod
+    def _distinct_client_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        """Each client needs its own non-empty key: a shared one could not say who sent an event."""
+        if any(not name or not key for name, key in value.items()):
+            raise ValueError("client names and keys must be non-empty")
+        if len(set(value.values())) != len(value):
+            raise ValueError("each client needs its own key")
+        return value
+
     max_body_bytes: PositiveInt = 65_536
     """Largest request body accepted; bigger ones get 413."""
     max_history: PositiveInt = 1_000

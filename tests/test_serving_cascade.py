@@ -267,7 +267,8 @@ def test_interact_writes_the_c1_event_log(catalogue: Catalogue, client: httpx.Cl
         for raw in path.read_text().splitlines()
         if answer["event_id"] in raw
     )
-    assert set(line) == {"event_id", "ts", "session", "user_id", "item_id", "event", "dwell_s"}
+    assert set(line) == {"event_id", "ts", "session", "user_id", "item_id", "event", "dwell_s", "client"}
+    assert line["client"] is None  # anonymous: no serving.client_keys
 
 
 @pytest.mark.parametrize(

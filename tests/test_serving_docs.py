@@ -8,6 +8,8 @@ paths, parameters, bounds, descriptions, responses and operation ids. The one in
 difference is that the scored-item model is now one (``CascadeItem``): ``ScoredItem``, which
 only ``/recommend/{user_id}`` and ``/items/{item_id}/similar`` used, is gone and those two
 now reference ``CascadeItem``, whose ``stage`` is required (every listed item has one).
+Hardening (issue 16) changed ``POST /interact`` on purpose: its idempotency key
+(``event_id``), the client key header and its 401 / 409 answers (:func:`hardened`).
 """
 
 from __future__ import annotations
@@ -52,11 +54,45 @@ def merged_scored_item(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def hardened(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with ``POST /interact``'s additions: ``event_id``, ``X-Client-Key``, 401 and 409."""
+    spec = json.loads(json.dumps(spec))
+    body = spec["components"]["schemas"]["InteractBody"]["properties"]
+    body["event_id"] = {
+        "anyOf": [{"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$"}, {"type": "null"}],
+        "title": "Event Id",
+        "description": "Idempotency key (e.g. a uuid4 hex): a retry with the same id is answered like "
+        "the first and is neither logged nor applied again. Default: a new id.",
+    }
+    interact = spec["paths"]["/interact"]["post"]
+    interact["description"] += (
+        "\n\nWith an ``event_id`` (idempotency key) a retry is answered like the first time and\n"
+        "neither logged nor applied again (409 while the first is still in flight). With\n"
+        "``serving.client_keys`` set, an ``X-Client-Key`` is required (401 otherwise)."
+    )
+    description = "The client app's key, when `serving.client_keys` is set."
+    interact["parameters"].insert(
+        0,
+        {
+            "name": "x-client-key",
+            "in": "header",
+            "required": False,
+            "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "description": description,
+                       "title": "X-Client-Key"},
+            "description": description,
+        },
+    )  # fmt: skip
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorMessage"}}}}
+    interact["responses"]["401"] = {"description": "Unauthorized", **error}
+    interact["responses"]["409"] = {"description": "Conflict", **error}
+    return spec
+
+
 def test_openapi_is_the_document_from_before_the_split(tmp_path: Path) -> None:
     before = json.loads(BEFORE.read_text())
     after = json.loads(json.dumps(create_app(shaped_settings(tmp_path)).openapi()))
     assert "ScoredItem" not in after["components"]["schemas"]
-    expected = merged_scored_item(before)
+    expected = hardened(merged_scored_item(before))
     for path, operations in expected["paths"].items():
         assert after["paths"].get(path) == operations, path
     assert after == expected

@@ -17,9 +17,11 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from serving.dependencies import (
+    ClientDep,
     EventNotStoredError,
     EventsDep,
     HolderDep,
+    InFlightError,
     MetricsDep,
     NotFoundError,
     ServingDep,
@@ -29,7 +31,16 @@ from serving.dependencies import (
 from serving.events import Event
 from serving.routers import shared
 from serving.routers.params import ParamShapes
-from serving.schemas import TOO_LARGE, UNAVAILABLE, Feed, InteractBody, Interaction
+from serving.schemas import (
+    TOO_LARGE,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+    ErrorMessage,
+    Feed,
+    InteractBody,
+    Interaction,
+)
+from serving.sessions import SessionState
 
 logger = logging.getLogger("recflow.serving")
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -64,8 +75,9 @@ def router(shapes: ParamShapes) -> APIRouter:
         (set on the first visit); a new session gets a diverse fresh pool."""
         bundle = holder.get()
         user_id = query.user_id
-        session = shared.session_from(serving, None, session_cookie, response)
-        state = await run_in_threadpool(sessions.state, session)
+        session, known_session = shared.session_from(serving, None, session_cookie, response)
+        # A new session has no state: looking it up would only cache an empty entry per visit.
+        state = await run_in_threadpool(sessions.state, session) if known_session else SessionState(session)
         who = user_id or state.user_id
         if user_id is not None and user_id not in bundle.histories:
             raise NotFoundError(f"user {user_id!r} is not in bundle {bundle.version}")
@@ -109,7 +121,7 @@ def router(shapes: ParamShapes) -> APIRouter:
     @api.post(
         "/interact",
         response_model=Interaction,
-        responses={**UNAVAILABLE, **TOO_LARGE},
+        responses={**UNAVAILABLE, **TOO_LARGE, **UNAUTHORIZED, 409: {"model": ErrorMessage}},
         tags=["recommend"],
     )
     async def interact(
@@ -120,10 +132,15 @@ def router(shapes: ParamShapes) -> APIRouter:
         sessions: SessionsDep,
         events: EventsDep,
         metrics: MetricsDep,
+        client: ClientDep,
         session_cookie: CookieSession = None,
     ) -> dict[str, Any]:
         """Report what the reader did. The event is appended durably to the event log before
-        this answer, and (``update_mode: private``) changes the session's next answers."""
+        this answer, and (``update_mode: private``) changes the session's next answers.
+
+        With an ``event_id`` (idempotency key) a retry is answered like the first time and
+        neither logged nor applied again (409 while the first is still in flight). With
+        ``serving.client_keys`` set, an ``X-Client-Key`` is required (401 otherwise)."""
         bundle = holder.get()
         if body.item_id not in bundle.item_index:
             raise bad_request(
@@ -133,18 +150,30 @@ def router(shapes: ParamShapes) -> APIRouter:
             raise bad_request(
                 ("body", "user_id"), f"user {body.user_id!r} is not in bundle {bundle.version}", body.user_id
             )
-        session = shared.session_from(serving, body.session, session_cookie, response)
+        if body.event_id is not None:
+            kind, first = await run_in_threadpool(sessions.claim, body.event_id)
+            if kind == "done":  # a retry: answer like the first time, store nothing
+                assert first is not None
+                shared.session_from(serving, first["session"], session_cookie, response)
+                return first
+            if kind == "busy":
+                raise InFlightError(f"event {body.event_id!r} is still being stored; retry")
+        session, _ = shared.session_from(serving, body.session, session_cookie, response)
         event = Event.new(
             session=session,
             item_id=body.item_id,
             event=body.event,
             user_id=body.user_id,
             dwell_s=body.dwell_s,
+            event_id=body.event_id,
+            client=client,
         )
         try:
             await run_in_threadpool(events.append, event)
         except OSError as exc:
             logger.error("event log append failed: %s", exc)
+            if body.event_id is not None:
+                await run_in_threadpool(sessions.release, body.event_id)
             raise EventNotStoredError(f"the event log could not store the event ({exc}); retry") from exc
         metrics.events.labels(body.event).inc()
         applied = serving.update_mode == "private"
@@ -153,13 +182,16 @@ def router(shapes: ParamShapes) -> APIRouter:
             n_events = len(state)
         else:
             n_events = 0
-        return {
+        answer = {
             "event_id": event.event_id,
             "session": session,
             "applied": applied,
             "session_events": n_events,
             "update_mode": serving.update_mode,
         }
+        if body.event_id is not None:
+            await run_in_threadpool(sessions.settle, body.event_id, answer)
+        return answer
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index_page() -> HTMLResponse:

@@ -42,6 +42,7 @@ class ParamShapes:
             None,
             ge=0.0,
             le=1.0,
+            allow_inf_nan=False,
             description=f"MMR trade-off, 1 = relevance only (default {self.mmr_lambda}).",
         )
 

@@ -109,16 +109,18 @@ def reader(
 
 def session_from(
     serving: ServingSettings, explicit: str | None, cookie: str | None, response: Response
-) -> str:
-    """The request's session: explicit, else a valid cookie, else a new one (set as cookie)."""
+) -> tuple[str, bool]:
+    """The request's session and whether the reader brought it: explicit, else a valid cookie,
+    else a new one (set as cookie; it is stored only once the reader interacts)."""
+    known = True
     if explicit is not None:
         session = explicit
     elif cookie is not None and _SESSION_RE.match(cookie):
         session = cookie
     else:
-        session = uuid.uuid4().hex
+        session, known = uuid.uuid4().hex, False
     if session != cookie:
         response.set_cookie(
             serving.session_cookie, session, max_age=365 * 86400, httponly=True, samesite="lax"
         )
-    return session
+    return session, known
