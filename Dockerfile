@@ -42,4 +42,6 @@ EXPOSE 8000
 # 503 (no bundle published yet) or no answer: unhealthy. No curl in the slim image.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('RECFLOW_SERVING__PORT', '8000') + '/health', timeout=4)"]
+# Bound beyond loopback the service needs RECFLOW_SERVING__ADMIN_API_KEY (docker run -e ...):
+# without it, it refuses to start rather than leave /admin open.
 CMD ["recflow", "serve", "--host", "0.0.0.0"]
