@@ -61,6 +61,9 @@ import psutil
 
 from benchmarks.bench_serve import exchange, free_port, wait_ready
 from benchmarks.tiny_catalogue import CATALOGUE, write_config, write_tiny_catalogue
+from serving.events import read_events
+from storage.artifacts import ArtifactStore
+from storage.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = (
@@ -136,15 +139,11 @@ class World:
         }
 
     @property
-    def store(self) -> Any:
-        from storage.artifacts import ArtifactStore
-
+    def store(self) -> ArtifactStore:
         return ArtifactStore(self.home / CATALOGUE / "bundles")
 
     @property
     def events_dir(self) -> Path:
-        from storage.settings import Settings
-
         return Settings(home=self.home, catalogue=CATALOGUE).events_dir
 
     def users(self) -> list[str]:
@@ -348,8 +347,6 @@ class InteractClients:
 def kill9_service(world: World, args: argparse.Namespace) -> Outcome:
     """Kill -9 the service ``args.kills`` times under ``/interact`` load; count acknowledged
     events missing from the log."""
-    from serving.events import read_events
-
     port = free_port()
     proc = world.serve(port, "kill9-service")
     wait_ready(port, "/health", timeout=180)
