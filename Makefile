@@ -115,3 +115,13 @@ bench-serve: setup
 readme-examples: setup
 	test -f var/movielens-100k/bundles/CURRENT || $(BIN)/recflow run nightly
 	$(BIN)/python -m deployments.readme_examples --write
+
+# Crashes, hot swaps, a soak and hostile inputs on real processes (benchmarks/reliability.py):
+# kill -9 of the service under /interact load and of the nightly at each stage, six bundle
+# swaps under /recommend load, a 10-minute soak at 200 req/s; one line per scenario, the
+# details in var/bench/reliability.json. SOAK_SECONDS shortens the soak.
+SOAK_SECONDS ?= 600
+.PHONY: test-reliability
+test-reliability: setup
+	$(BIN)/recflow data demo
+	$(BIN)/python -m benchmarks.reliability --soak-seconds $(SOAK_SECONDS) --out var/bench/reliability.json

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from benchmarks.tiny_catalogue import write_config, write_tiny_catalogue
 
 REPO = Path(__file__).resolve().parents[1]
 # Not recflow's code: kept out of the wheel by pyproject's [tool.setuptools.packages.find].
@@ -82,26 +83,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _write_tiny_catalogue(root: Path) -> tuple[Path, Path]:
-    """36 readers and 24 films in three genres; each reader mostly watches one genre."""
-    rng = random.Random(7)
-    genres = ["Comedy", "Drama", "Sci-Fi"]
-    items = ["item_id,title,categories,year"]
-    for item in range(1, 25):
-        genre = genres[(item - 1) // 8]
-        items.append(f"{item},{genre} story number {item},{genre},{1990 + item}")
-    rows = ["user_id,item_id,rating,timestamp"]
-    for user in range(1, 37):
-        liked = list(range(1 + 8 * (user % 3), 9 + 8 * (user % 3)))
-        picks = [*rng.sample(liked, 6), rng.randint(1, 24)]
-        for step, item in enumerate(dict.fromkeys(picks)):
-            rows.append(f"{user},{item},{rng.choice([4, 5])},{880_000_000 + 3600 * (user * 10 + step)}")
-    interactions, item_file = root / "interactions.csv", root / "items.csv"
-    interactions.write_text("\n".join(rows) + "\n")
-    item_file.write_text("\n".join(items) + "\n")
-    return interactions, item_file
 
 
 @pytest.fixture
@@ -179,11 +160,8 @@ def test_installed_wheel_runs_nightly_and_serves_health(fresh_venv: Path, tmp_pa
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     assert not outside.resolve().is_relative_to(REPO)
-    interactions, items = _write_tiny_catalogue(outside)
-    (outside / "recflow.toml").write_text(
-        'catalogue = "tiny"\n\n[source]\n'
-        f'kind = "csv"\npath = "{interactions}"\nitems_path = "{items}"\nvalue_min = 1\nvalue_max = 5\n'
-    )
+    interactions, items = write_tiny_catalogue(outside)
+    write_config(outside, interactions, items)
     home = tmp_path / "home"
     env = _clean_env(home, tmp_path / "prefect")
     python, recflow = fresh_venv / "bin" / "python", fresh_venv / "bin" / "recflow"
