@@ -14,12 +14,13 @@ This module lives in ``storage`` so the offline tasks and the online service bot
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal, get_args
 
-import duckdb
-import pandas as pd
+if TYPE_CHECKING:  # only for annotations: serving imports this module and needs neither at run time
+    import duckdb
 
-if TYPE_CHECKING:
     from storage.settings import EventsSettings
 
 EventType = Literal["click", "like", "share", "dwell", "skip"]
@@ -72,8 +73,7 @@ def label_rows(con: duckdb.DuckDBPyConnection, table: str, events: EventsSetting
     ).df()
     changed = 0
     if len(pairs):
-        dwell = pairs["dwell_s"].astype(object).where(pairs["dwell_s"].notna(), None)
-        pairs["label"] = [label_of(e, d, events) for e, d in zip(pairs["event_type"], dwell, strict=True)]
+        pairs["label"] = labelled(zip(pairs["event_type"], pairs["dwell_s"], strict=True), events)
         con.register("event_labels", pairs)
         try:
             changed = con.execute(
@@ -92,11 +92,10 @@ def label_rows(con: duckdb.DuckDBPyConnection, table: str, events: EventsSetting
     return int(changed) + int(batch)
 
 
-def labelled(frame: pd.DataFrame, events: EventsSettings | None = None) -> pd.Series:
-    """The label of each row of an event frame (columns ``event_type``, ``dwell_s``)."""
-    dwell = frame["dwell_s"].astype(object).where(frame["dwell_s"].notna(), None)
-    return pd.Series(
-        [label_of(e, d, events) for e, d in zip(frame["event_type"], dwell, strict=True)],
-        index=frame.index,
-        dtype=object,
-    )
+def labelled(
+    events_and_dwells: Iterable[tuple[str, float | None]], events: EventsSettings | None = None
+) -> list[Label]:
+    """:func:`label_of` over (event, dwell seconds) pairs; a missing dwell may be NaN."""
+    return [
+        label_of(e, None if d is None or math.isnan(d) else float(d), events) for e, d in events_and_dwells
+    ]

@@ -212,7 +212,7 @@ def ingest_events(
                 quarantined = quarantine(con, outcome)
                 clean = outcome.clean.drop(columns=["row_number"])
                 clean["source_file"] = name
-                clean["label"] = labelled(clean, events)
+                clean["label"] = labelled(zip(clean["event_type"], clean["dwell_s"], strict=True), events)
                 before = int(scalar(con, "SELECT count(*) FROM interactions"))
                 con.register("new_events", clean)
                 con.execute(
