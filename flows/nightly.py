@@ -250,6 +250,7 @@ def ingest_events_task(settings: Settings) -> EventIngestSummary:
             value_min=settings.source.value_min,
             value_max=settings.source.value_max,
             future_skew_s=settings.source.future_skew_s,
+            events=settings.events,
         )
     get_run_logger().info("%s", summary.log_line())
     _artifact("event-log-ingestion", summary.markdown(), "Serving events ingested into interactions")

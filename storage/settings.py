@@ -30,6 +30,7 @@ from models.configs import (
     TwoTowerConfig,
     config_class,
 )
+from storage.labels import DEFAULT_LABELS, EventType, Label
 
 SourceKind = Literal["movielens", "csv", "parquet", "feeds", "mind"]
 
@@ -91,8 +92,28 @@ class EventsSettings(BaseModel):
     script clicking without a cookie) never trains or becomes a validation target, while real
     anonymous readers (a news site's audience) still do."""
     min_session_events: PositiveInt = 4
-    """Events an anonymous session needs under ``sessions_min_history``: with 4, an admitted
-    session has at least two events of history before its held-out validation and test ones."""
+    """Positive events an anonymous session needs under ``sessions_min_history``: with 4, an
+    admitted session has at least two events of history before its held-out validation and
+    test ones."""
+    labels: dict[EventType, Label] = Field(default_factory=lambda: dict(DEFAULT_LABELS))
+    """What each event means (``positive``, ``negative`` or ``weak_negative``), applied by
+    ``storage.labels.label_of``: only positives train retrieval models and become validation or
+    test targets; the others stay in ``interactions`` for the ranker. Defaults: click, like and
+    share positive, skip negative. Entries given here replace the default for that event only
+    (``labels = {like = "negative"}`` keeps the rest); ``dwell`` is not listed: its duration
+    decides (``dwell_positive_s``)."""
+    dwell_positive_s: float = Field(30.0, ge=0.0)
+    """A ``dwell`` event of at least this many seconds is positive; a shorter one, or one
+    without a duration, is a weak negative (the reader looked and left)."""
+
+    @field_validator("labels", mode="after")
+    @classmethod
+    def _labels_cover_every_event(cls, value: dict[EventType, Label]) -> dict[EventType, Label]:
+        if "dwell" in value:
+            raise ValueError(
+                "events.labels: 'dwell' is labelled by its duration; set events.dwell_positive_s instead"
+            )
+        return {**DEFAULT_LABELS, **value}
 
 
 class ValidationSettings(BaseModel):

@@ -208,6 +208,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE interactions ADD COLUMN client VARCHAR;
         """,
     ),
+    (
+        7,
+        "interactions.label: positive / negative / weak_negative (storage.labels; NULL: not labelled yet)",
+        """
+        ALTER TABLE interactions ADD COLUMN label VARCHAR;
+        """,
+    ),
 ]
 
 

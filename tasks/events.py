@@ -8,8 +8,11 @@ looked at again next time. Per file, the byte offset read so far is kept in
 re-read harmless anyway (a file that shrank is read again from the start).
 
 Mapping (C1): user_id = user_id or "session:"+session; value = 1.0 for click/like/share/dwell,
-0.0 for skip; ts = int(ts); seq = the line's number in its file; session_id = session;
-source_file = the file's name; client = client (NULL when missing, null or empty: anonymous).
+0.0 for skip; label = ``storage.labels.label_of`` under ``events.labels`` /
+``events.dwell_positive_s`` (positive, negative or weak_negative: only positives train
+retrieval models and become targets); ts = int(ts); seq = the line's number in its file;
+session_id = session; source_file = the file's name; client = client (NULL when missing,
+null or empty: anonymous).
 Lines that are not valid events go to ``quarantine`` with the reason; events failing the
 interaction expectations (unknown item, time in the future) too. Every valid event is kept:
 which anonymous ones may train is decided where the training data is built
@@ -29,9 +32,14 @@ import pandas as pd
 
 from expectations import quarantine, validate_interactions
 from expectations.suites import quarantine_id
+from storage.labels import EVENT_TYPES, labelled
+from storage.settings import EventsSettings
 from storage.warehouse import scalar
 
 EVENT_VALUES = {"click": 1.0, "like": 1.0, "share": 1.0, "dwell": 1.0, "skip": 0.0}
+"""The stored ``value`` of each event (kept for what reads it, e.g. demand counts); what an
+event means for training is its ``label``."""
+assert set(EVENT_VALUES) == set(EVENT_TYPES)
 
 
 @dataclass
@@ -130,8 +138,10 @@ def ingest_events(
     value_min: float = 0.0,
     value_max: float = 5.0,
     future_skew_s: int = 300,
+    events: EventsSettings | None = None,
 ) -> EventIngestSummary:
-    """Read what was appended to every ``*.jsonl`` since last time and insert it."""
+    """Read what was appended to every ``*.jsonl`` since last time and insert it, each event
+    labelled by the mapping in ``events`` (default: the default mapping)."""
     from tasks.load import upsert_users
 
     summary = EventIngestSummary()
@@ -202,12 +212,14 @@ def ingest_events(
                 quarantined = quarantine(con, outcome)
                 clean = outcome.clean.drop(columns=["row_number"])
                 clean["source_file"] = name
+                clean["label"] = labelled(zip(clean["event_type"], clean["dwell_s"], strict=True), events)
                 before = int(scalar(con, "SELECT count(*) FROM interactions"))
                 con.register("new_events", clean)
                 con.execute(
                     "INSERT INTO interactions (event_id, user_id, item_id, event_type, value, dwell_s, ts, "
-                    "seq, session_id, source_file, client) SELECT event_id, user_id, item_id, event_type, "
-                    "value, dwell_s, ts, seq, session_id, source_file, CAST(client AS VARCHAR) "
+                    "seq, session_id, source_file, client, label) SELECT event_id, user_id, item_id, "
+                    "event_type, value, dwell_s, ts, seq, session_id, source_file, CAST(client AS VARCHAR), "
+                    "label "
                     "FROM new_events ON CONFLICT DO NOTHING"
                 )
                 con.unregister("new_events")

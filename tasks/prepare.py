@@ -1,7 +1,9 @@
 """k-core filtering and train/valid/test splits, in DuckDB SQL, recorded in the warehouse.
 
 The k-core input is where the training data is built, so it is also the one place where
-serving events are admitted or held back (``events.train_from``): everything downstream
+rows are admitted or held back: only positives (``storage.labels``: a skip or a short dwell
+never trains a retrieval model nor becomes a target; it stays in ``interactions`` for the
+ranker), and of those, serving events by ``events.train_from``. Everything downstream
 (splits, training, evaluation, the gate) reads ``interactions_kcore`` only.
 """
 
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from storage.labels import POSITIVE, label_rows
 from storage.settings import EventsSettings
 from storage.warehouse import scalar
 
@@ -39,6 +42,19 @@ def admitted_interactions_sql(source: str = "interactions", events: EventsSettin
     )
 
 
+def positive_interactions_sql(source: str = "interactions") -> str:
+    """A query over ``source`` keeping its positives: the only rows retrieval models learn from
+    (``source`` must be labelled first, see :func:`storage.labels.label_rows`)."""
+    return f"SELECT * FROM {source} WHERE label = '{POSITIVE}'"
+
+
+def kcore_input_sql(source: str = "interactions", events: EventsSettings | None = None) -> str:
+    """The k-core input: the positives of ``source`` that ``events.train_from`` admits (an
+    anonymous session's history is counted in positives, so skips never make it admissible)."""
+    positives = positive_interactions_sql(source)
+    return f"WITH positives AS ({positives}) {admitted_interactions_sql('positives', events)}"
+
+
 @dataclass(frozen=True)
 class KCoreSummary:
     rows_before: int
@@ -48,7 +64,9 @@ class KCoreSummary:
     items_after: int
     iterations: int
     held_back: int = 0
-    """Anonymous session events the event rule kept out of training."""
+    """Positive anonymous session events the event rule kept out of training."""
+    not_positive: int = 0
+    """Negatives and weak negatives (skips, short dwells): never trained on, kept for the ranker."""
 
     @property
     def removed(self) -> int:
@@ -65,15 +83,19 @@ def kcore_filter(
 ) -> KCoreSummary:
     """Largest sub-log in which every user has ≥ ``user_k`` and every item ≥ ``item_k`` rows.
 
-    Only rows the event rule ``events`` admits enter (default: :class:`EventsSettings`'s
-    default rule). Removing a low-degree user can push an item below its k and vice versa, so
+    ``source`` is labelled first with the mapping in ``events`` (:func:`storage.labels.label_rows`),
+    then only its positives that the event rule admits enter (default: :class:`EventsSettings`'s
+    defaults). Removing a low-degree user can push an item below its k and vice versa, so
     deletion is repeated until a pass removes nothing: the fixed point, which is the unique
     maximal k-core (peeling never removes a row that belongs to any valid core). ``k = 0``
     switches a side off.
     """
-    con.execute(f"CREATE OR REPLACE TABLE {target} AS {admitted_interactions_sql(source, events)}")
+    label_rows(con, source, events)
+    con.execute(f"CREATE OR REPLACE TABLE {target} AS {kcore_input_sql(source, events)}")
     before = _count(con, target)
-    held_back = _count(con, source) - before
+    positives = int(scalar(con, f"SELECT count(*) FROM ({positive_interactions_sql(source)})"))
+    held_back = positives - before
+    not_positive = _count(con, source) - positives
     iterations = 0
     while user_k > 0 or item_k > 0:
         iterations += 1
@@ -91,7 +113,9 @@ def kcore_filter(
     users, items = con.execute(
         f"SELECT count(DISTINCT user_id), count(DISTINCT item_id) FROM {target}"
     ).fetchall()[0]
-    return KCoreSummary(before, _count(con, target), int(users), int(items), iterations, held_back)
+    return KCoreSummary(
+        before, _count(con, target), int(users), int(items), iterations, held_back, not_positive
+    )
 
 
 def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:

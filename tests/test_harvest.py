@@ -134,6 +134,8 @@ def test_event_log_ingestion_is_idempotent(con: duckdb.DuckDBPyConnection, tmp_p
     assert ("session:s1", "click", 1.0, None, "s1", "worker-1.jsonl") in rows
     assert ("u7", "skip", 0.0, None, "s1", "worker-1.jsonl") in rows
     assert ("session:s1", "dwell", 1.0, 12.5, "s1", "worker-1.jsonl") in rows
+    labels = dict(con.execute("SELECT event_type, label FROM interactions").fetchall())
+    assert labels == {"click": "positive", "skip": "negative", "dwell": "weak_negative"}  # 12.5 s < 30 s
     by_file = {f.file: f for f in first.files}
     assert by_file["worker-1.jsonl"].torn_tail and by_file["worker-2.jsonl"].duplicates == 1
     assert by_file["worker-2.jsonl"].malformed == 2 and by_file["worker-2.jsonl"].quarantined == 1
