@@ -60,6 +60,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_events=serving.session_max_events,
         ttl_hours=serving.session_ttl_hours,
         max_sessions=serving.session_max_sessions,
+        events=settings.events,
     )
     await asyncio.to_thread(app.state.holder.start)
     try:

@@ -35,8 +35,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from serving.events import Event
+from storage.labels import label_of
+from storage.settings import EventsSettings
 
-EVENT_WEIGHTS: dict[str, float] = {"like": 1.0, "share": 1.0, "click": 0.5, "dwell": 0.25, "skip": -0.5}
+EVENT_WEIGHTS: dict[str, float] = {"like": 1.0, "share": 1.0, "click": 0.5, "skip": -0.5}
 """How strongly each event pulls the session's user vector toward (or away from) the item."""
 DWELL_FULL_S = 30.0
 """Dwell time that counts as much as a click; shorter dwells count proportionally less."""
@@ -90,13 +92,22 @@ INSERT INTO sessions (session, last_ts, created, user_id)
 """One row per session (created with the table, from a store written before it existed)."""
 
 
-def event_weight(event: str, dwell_s: float | None) -> float:
-    """The signed strength of one event; dwell scales with time spent, up to a click's weight."""
+WEAK_NEGATIVE_WEIGHT = -0.1
+"""A glance-and-leave (a short dwell, by default) pulls away less than a skip."""
+
+
+def event_weight(event: str, dwell_s: float | None, events: EventsSettings | None = None) -> float:
+    """The signed strength of one event. Its sign comes from the one label mapping
+    (:func:`storage.labels.label_of`, the same one the nightly trains by), its size from
+    :data:`EVENT_WEIGHTS`; a positive dwell scales with time spent, up to a click's weight."""
+    label = label_of(event, dwell_s, events)
+    if label == "negative":
+        return EVENT_WEIGHTS["skip"]
+    if label == "weak_negative":
+        return WEAK_NEGATIVE_WEIGHT
     if event == "dwell":
-        if dwell_s is None:
-            return EVENT_WEIGHTS["dwell"]
-        return EVENT_WEIGHTS["click"] * min(max(dwell_s, 0.0) / DWELL_FULL_S, 1.0)
-    return EVENT_WEIGHTS[event]
+        return EVENT_WEIGHTS["click"] * min(max(dwell_s or 0.0, 0.0) / DWELL_FULL_S, 1.0)
+    return abs(EVENT_WEIGHTS[event])
 
 
 @dataclass
@@ -119,9 +130,9 @@ class SessionState:
 
     @property
     def positives(self) -> list[str]:
-        """Items the reader engaged with (everything but skips), oldest first: history to append."""
+        """Items the reader engaged with (events labelled positive), oldest first: history to append."""
         older = [item for item, (_, engaged) in self.summary.items() if engaged]
-        return older + [item for item, event, _ in self.events if event != "skip"]
+        return older + [item for item, _, weight in self.events if weight > 0]
 
     @property
     def touched(self) -> set[str]:
@@ -160,8 +171,11 @@ class SessionStore:
         max_events: int = 200,
         ttl_hours: float = 720.0,
         max_sessions: int = 100_000,
+        events: EventsSettings | None = None,
     ) -> None:
         self.path = Path(path)
+        self.events = events
+        """The label mapping (``events`` settings); None: its defaults."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_events = max_events
         self.ttl_s = ttl_hours * 3600.0
@@ -263,7 +277,7 @@ class SessionStore:
             (session, state.last_seq),
         ).fetchall()
         for seq, item_id, event, dwell_s in rows:
-            state.events.append((item_id, event, event_weight(event, dwell_s)))
+            state.events.append((item_id, event, event_weight(event, dwell_s, self.events)))
             state.last_seq = seq
         return state
 
@@ -281,7 +295,8 @@ class SessionStore:
         }
         for seq, item, event, dwell_s in rows:
             weight, engaged, _ = summary.get(item, (0.0, False, 0))
-            summary[item] = (weight + event_weight(event, dwell_s), engaged or event != "skip", seq)
+            w = event_weight(event, dwell_s, self.events)
+            summary[item] = (weight + w, engaged or w > 0, seq)
         # The strongest items, then the most recent, stand for the session's taste.
         kept = sorted(summary.items(), key=lambda kv: (abs(kv[1][0]), kv[1][2]), reverse=True)
         self._con.execute("DELETE FROM session_summary WHERE session = ?", (session,))

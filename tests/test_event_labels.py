@@ -238,3 +238,25 @@ def test_no_log_turns_a_skip_or_short_dwell_into_a_target(
     ).fetchall()[0][0]
     assert in_splits == 0
     con.close()
+
+
+def test_the_session_store_weighs_events_by_the_same_mapping(tmp_path: Path) -> None:
+    """Online, a skip or a short dwell never joins the session's history; the mapping decides."""
+    from serving.events import Event
+    from serving.sessions import SessionStore
+
+    store = SessionStore(tmp_path / "sessions.sqlite")
+    for item, event, dwell in [
+        ("a", "click", None),
+        ("b", "skip", None),
+        ("c", "dwell", 5.0),
+        ("d", "dwell", 45.0),
+    ]:
+        store.record(Event.new(session="s", item_id=item, event=event, dwell_s=dwell))
+    state = store.state("s")
+    assert state.positives == ["a", "d"]
+    assert [w > 0 for _, _, w in state.events] == [True, False, False, True]
+
+    relabelled = SessionStore(tmp_path / "other.sqlite", events=EventsSettings(labels={"click": "negative"}))
+    relabelled.record(Event.new(session="s", item_id="a", event="click"))
+    assert relabelled.state("s").positives == []
