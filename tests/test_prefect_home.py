@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.tiny_catalogue import CATALOGUE, write_config, write_tiny_catalogue
 from storage.settings import Settings
-from tests.test_wheel import _write_tiny_catalogue
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,11 +98,8 @@ def test_nightly_runs_outside_the_checkout_with_all_state_under_recflow_home(tmp
     cwd, home = tmp_path / "elsewhere", tmp_path / "home"
     cwd.mkdir()
     assert not cwd.resolve().is_relative_to(REPO)
-    interactions, items = _write_tiny_catalogue(cwd)
-    (cwd / "recflow.toml").write_text(
-        'catalogue = "tiny"\n\n[source]\n'
-        f'kind = "csv"\npath = "{interactions}"\nitems_path = "{items}"\nvalue_min = 1\nvalue_max = 5\n'
-    )
+    interactions, items = write_tiny_catalogue(cwd)
+    write_config(cwd, interactions, items)
     before = _tree(cwd)
     out = subprocess.run(
         [sys.executable, "-m", "deployments.cli", "run", "nightly"],
@@ -113,7 +110,7 @@ def test_nightly_runs_outside_the_checkout_with_all_state_under_recflow_home(tmp
         timeout=900,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    version = (home / "tiny" / "bundles" / "CURRENT").read_text().strip()
+    version = (home / CATALOGUE / "bundles" / "CURRENT").read_text().strip()
     assert version and f"live bundle: {version}" in " ".join(out.stdout.split())
     assert (home / "prefect" / "prefect.db").is_file()
     assert _tree(cwd) == before
