@@ -158,7 +158,8 @@ def evaluate(
         typer.Option(help="Evaluate only these models (repeatable); written to <dataset>-subset.json."),
     ] = None,
 ) -> None:
-    """Fit and evaluate the baselines with the full-ranking protocol; print and write JSON."""
+    """Fit and evaluate the models with full ranking on leave-last-out (parameters chosen on its
+    validation) and on the global temporal split; print both tables and write the JSON and report."""
     from storage.settings import Settings
     from tasks.report import CANDIDATES, print_report, run_evaluation
 

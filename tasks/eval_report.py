@@ -8,8 +8,12 @@ the bundle) and the PNGs, and a self-contained markdown string (images as base64
 for a Prefect markdown artifact: the Prefect 3.8 UI renders markdown images with a plain
 ``<img src>``, so data URIs show without any file server.
 
-Plots: metric by K per model; popularity of recommended items against the catalogue
-(share of recommendations per popularity decile); catalogue coverage by K; training curves.
+Tables: test HR, NDCG, MRR, recall, precision, MAP, coverage, novelty and intra-list
+diversity at 10 per model on leave-last-out (with validation NDCG@10, what chose the
+parameters), and the same on the global temporal split when the results have it
+(``temporal``). Plots: metric by K per model; popularity of recommended items against the
+catalogue (share of recommendations per popularity decile); catalogue coverage by K;
+training curves.
 """
 
 from __future__ import annotations
@@ -31,7 +35,18 @@ from models.metrics import coverage, mask_seen
 from models.ranking import NO_ITEM, top_k
 from tasks.training import Part, SplitData, list_tiebreak
 
-RANK_METRICS = ("ndcg", "hr", "mrr", "recall")
+RANK_METRICS = ("ndcg", "hr", "mrr", "recall", "precision", "map", "diversity")
+TABLE_METRICS = (
+    "hr@10",
+    "ndcg@10",
+    "mrr@10",
+    "recall@10",
+    "precision@10",
+    "map@10",
+    "coverage@10",
+    "novelty@10",
+    "diversity@10",
+)
 REPORT_MD = "report.md"
 DPI = 90
 
@@ -80,16 +95,21 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 def plot_metric_by_k(models: Mapping[str, Mapping[str, Any]], path: Path, split: str = "test") -> Path:
     names = [m for m in RANK_METRICS if any(metric_ks(v, m) for v in models.values())]
-    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(3.4 * max(len(names), 1), 3.2), squeeze=False)
-    for ax, metric in zip(axes[0], names, strict=False):
+    cols = min(max(len(names), 1), 4)
+    rows = -(-max(len(names), 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax, metric in zip(flat, names, strict=False):
         for model, values in models.items():
             ks = metric_ks(values, metric)
             if ks:
                 ax.plot(ks, [values[f"{metric}@{k}"] for k in ks], marker="o", label=model)
-        ax.set_title(f"{metric.upper()}@K ({split})")
+        ax.set_title(f"{metric.upper() if metric != 'diversity' else 'diversity'}@K ({split})")
         ax.set_xlabel("K")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    for ax in flat[len(names) :]:
+        ax.set_visible(False)
+    flat[0].legend(fontsize=7)
     return _save(fig, path)
 
 
@@ -155,20 +175,37 @@ def plot_training_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], path
     return _save(fig, path)
 
 
-def _metrics_table(models: Mapping[str, Mapping[str, Any]], valid: Mapping[str, Mapping[str, Any]]) -> str:
-    cols = [c for c in ("hr@10", "ndcg@10", "mrr@10", "recall@10", "coverage@10", "novelty@10")]
-    head = "| model | valid ndcg@10 | " + " | ".join(f"test {c}" for c in cols) + " | fit |\n"
-    head += "|---|" + "---:|" * (len(cols) + 2) + "\n"
+def _metrics_table(
+    models: Mapping[str, Mapping[str, Any]], valid: Mapping[str, Mapping[str, Any]] | None = None
+) -> str:
+    """One row per model: validation NDCG@10 when ``valid`` is given, then the test measures."""
     nan = float("nan")
+    head = "| model | " + ("valid ndcg@10 | " if valid is not None else "")
+    head += " | ".join(f"test {c}" for c in TABLE_METRICS) + " | fit |\n"
+    head += "|---|" + "---:|" * (len(TABLE_METRICS) + 1 + (valid is not None)) + "\n"
     rows = []
     for name, m in models.items():
-        cells = " | ".join(f"{float(m.get(c, nan)):.4f}" for c in cols)
+        first = f"{float(valid.get(name, {}).get('ndcg@10', nan)):.4f} | " if valid is not None else ""
+        cells = " | ".join(f"{float(m.get(c, nan)):.4f}" for c in TABLE_METRICS)
         fit = m.get("train_seconds")
-        rows.append(
-            f"| {name} | {float(valid.get(name, {}).get('ndcg@10', nan)):.4f} | {cells} | "
-            f"{'' if fit is None else f'{float(fit):.1f} s'} |"
-        )
+        rows.append(f"| {name} | {first}{cells} | {'' if fit is None else f'{float(fit):.1f} s'} |")
     return head + "\n".join(rows) + "\n"
+
+
+def _temporal_section(temporal: Mapping[str, Any]) -> str:
+    """The temporal protocol's table, or nothing when the results do not have it."""
+    models = temporal.get("models", {})
+    if not models:
+        return ""
+    proto = temporal.get("protocol", {})
+    return (
+        f"\n## Global temporal split\n\nOne cut at the {proto.get('cut_quantile', '?')} quantile of "
+        f"timestamps; the {proto.get('test_interactions', '?')} later interactions of "
+        f"{proto.get('test_users', '?')} users with earlier history are the test targets "
+        f"({proto.get('cold_users_left_out', '?')} users without any left out). No validation part: "
+        "each model keeps the parameters leave-last-out's validation chose, refitted on the "
+        "interactions before the cut.\n\n" + _metrics_table(models)
+    )
 
 
 def write_eval_report(
@@ -183,8 +220,8 @@ def write_eval_report(
     """Write ``report.md`` and the PNGs into ``out_dir``; return the self-contained markdown too.
 
     ``results`` is ``run_evaluation``'s dict (``models`` → test metrics, ``valid`` → valid
-    metrics, ``protocol``); ``recommendations`` maps a model to its test top-K lists;
-    ``popularity`` is the training interaction count per item index.
+    metrics, ``protocol``, optionally ``temporal``); ``recommendations`` maps a model to its
+    test top-K lists; ``popularity`` is the training interaction count per item index.
     """
     models: Mapping[str, Mapping[str, Any]] = results.get("models", {})
     if not models:
@@ -193,7 +230,7 @@ def write_eval_report(
     n_items = len(popularity)
     k_pop = min(10, *(r.shape[1] for r in recommendations.values())) if recommendations else 10
     plots: list[tuple[str, Path]] = [
-        ("Metrics by K (test)", plot_metric_by_k(models, out_dir / "metric_by_k.png")),
+        ("Metrics by K (test, leave-last-out)", plot_metric_by_k(models, out_dir / "metric_by_k.png")),
     ]
     if recommendations:
         plots.append(
@@ -223,8 +260,8 @@ def write_eval_report(
         f"{popularity_deciles(r, popularity, k_pop)[0]:.3f}\n"
         for m, r in recommendations.items()
     )
-    as_files = header + "\n" + coverage_lines
-    as_artifact = header + "\n" + coverage_lines
+    as_files = header + "\n" + coverage_lines + _temporal_section(results.get("temporal", {}))
+    as_artifact = as_files
     for caption, path in plots:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         as_files += f"\n## {caption}\n\n![{caption}]({path.name})\n"

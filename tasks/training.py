@@ -21,7 +21,15 @@ import scipy.sparse as sp
 
 from models.base import Recommender, histories_to_csr
 from models.features import ItemFeatures
-from models.metrics import coverage, mask_seen, metrics_at_k, novelty, target_ranks
+from models.metrics import (
+    RANK_METRICS,
+    coverage,
+    intra_list_diversity,
+    mask_seen,
+    metrics_at_k,
+    novelty,
+    target_ranks,
+)
 from models.ranking import popularity_rank, top_k
 from models.registry import build_model
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT
@@ -130,9 +138,11 @@ def evaluate(
 ) -> dict[str, float]:
     """Full-ranking metrics of ``model`` on ``part``; keys like ``ndcg@10``.
 
-    HR, NDCG, MRR and recall rank each target after every item tied with it
-    (``models/metrics.py``); coverage and novelty read the top-k lists cut as the service cuts
-    them (``models/ranking.py``, equal scores by the popularity rank of the history part)."""
+    HR, NDCG, MRR, recall, precision and MAP rank each target after every item tied with it
+    (``models/metrics.py``); coverage, novelty and intra-list diversity read the top-k lists
+    cut as the service cuts them (``models/ranking.py``, equal scores by the popularity rank
+    of the history part). ``diversity@K`` (by category) is there only when
+    ``data.item_features`` has categories for the listed items."""
     history_parts: tuple[str, ...] = ("train",) if part == "valid" else ("train", "valid")
     histories = data.histories(history_parts)
     targets = getattr(data, part)
@@ -149,12 +159,16 @@ def evaluate(
         recommended[start : start + len(batch)] = top_k(scores, max_k, tiebreak=tiebreak)
     ranked = metrics_at_k(ranks, ks)
     popularity = np.asarray(data.matrix(("train",)).sum(axis=0)).ravel()
+    categories = data.item_features.categories if data.item_features is not None else None
     out: dict[str, float] = {}
     for k in ks:
-        for metric in ("hr", "ndcg", "mrr", "recall"):
+        for metric in RANK_METRICS:
             out[f"{metric}@{k}"] = round(ranked[metric][k], 6)
         out[f"coverage@{k}"] = round(coverage(recommended, data.n_items, k), 6)
         out[f"novelty@{k}"] = round(novelty(recommended, popularity, data.n_users, k), 6)
+        diversity = None if categories is None else intra_list_diversity(recommended, categories, k)
+        if diversity is not None:
+            out[f"diversity@{k}"] = round(diversity, 6)
     out["users_evaluated"] = float(len(users))
     return out
 

@@ -65,6 +65,14 @@ def test_report_from_run_evaluation_results_and_fitted_models(ml100k_slice: Path
             f"| {name} | {results['valid'][name]['ndcg@10']:.4f} | {results['models'][name]['hr@10']:.4f} |"
             in md
         )
+    # The new measures beside the earlier ones, and the temporal protocol's table after them.
+    assert (
+        "| test precision@10 | test map@10 | test coverage@10 | test novelty@10 | test diversity@10 |" in md
+    )
+    temporal = results["temporal"]["models"]
+    assert set(temporal) == set(grid) and "## Global temporal split" in md
+    for name, m in temporal.items():
+        assert f"| {name} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['mrr@10']:.4f} |" in md
     # The artifact markdown is self-contained: each image a decodable PNG data URI.
     uris = re.findall(r"\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", report.markdown)
     assert len(uris) == 4 and all(base64.b64decode(u).startswith(PNG) for u in uris)

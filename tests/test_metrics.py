@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.baselines import PopularityModel
-from models.metrics import coverage, mask_seen, metrics_at_k, novelty, rank_metrics, target_ranks
+from models.metrics import (
+    coverage,
+    intra_list_diversity,
+    mask_seen,
+    metrics_at_k,
+    novelty,
+    rank_metrics,
+    target_ranks,
+)
 from models.ranking import NO_ITEM, top_k
 
 
@@ -109,6 +117,44 @@ def test_coverage_and_novelty() -> None:
     )
 
 
+def test_precision_and_map_hand_computed() -> None:
+    # user 0: targets 1 and 3 at ranks 1 and 3, target 9 outside the top 3;
+    # user 1: its one target at rank 2.
+    scores = np.stack([scores_listing([1, 2, 3, 4], 10), scores_listing([5, 6, 7], 10)])
+    m = rank_metrics(scores, [np.array([1, 3, 9]), np.array([6])], [1, 3])
+    assert m["precision"][3] == pytest.approx((2 / 3 + 1 / 3) / 2)
+    # AP@3: (P@1 + P@3) / min(3 targets, 3) = (1 + 2/3) / 3 for user 0; 1/2 for user 1
+    assert m["map"][3] == pytest.approx(((1 + 2 / 3) / 3 + 1 / 2) / 2)
+    assert m["precision"][1] == pytest.approx(1 / 2)
+    # AP@1 divides by min(3, 1) = 1: user 0's first place is a target, so 1
+    assert m["map"][1] == pytest.approx(1 / 2)
+    # all the first min(|T|, K) places targets: AP 1
+    perfect = rank_metrics(scores_listing([4, 2, 8], 10)[None, :], [np.array([2, 4, 8])], [2, 3])
+    assert perfect["map"][2] == perfect["map"][3] == 1.0
+    assert perfect["precision"][3] == 1.0 and perfect["precision"][2] == 1.0
+
+
+def test_precision_and_map_count_ties_against_the_model() -> None:
+    row = np.array([0.9, 0.5, 0.5, 0.5, 0.1])
+    # target 2 ties with 1 and 3: rank 4, not 2
+    m = rank_metrics(row[None, :], [np.array([2])], [3, 4])
+    assert (m["precision"][3], m["map"][3]) == (0.0, 0.0)
+    assert m["precision"][4] == pytest.approx(1 / 4) and m["map"][4] == pytest.approx(1 / 4)
+
+
+def test_intra_list_diversity_hand_computed() -> None:
+    #                       A  B  C
+    categories = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 0, 0]], dtype=np.float32)
+    lists = np.array([[0, 1, 2], [0, 3, 1], [3, 2, NO_ITEM]])
+    # list 0: d(0,1) = 1 - |{A}|/|{A,B}| = 0.5, d(0,2) = d(1,2) = 1 → 2.5 / 3
+    # list 1: item 3 has no category, only the pair (0, 1) counts → 0.5
+    # list 2: one categorised item, no pair: not counted
+    assert intra_list_diversity(lists, categories, 3) == pytest.approx((2.5 / 3 + 0.5) / 2)
+    assert intra_list_diversity(lists, categories, 2) == pytest.approx(0.5)  # only [0, 1]
+    assert intra_list_diversity(lists[2:], categories, 3) is None
+    assert intra_list_diversity(lists, np.zeros((4, 0), np.float32), 3) is None
+
+
 # Brute force: the worst order of the tied items, sorted outright ------------------------------
 def worst_case_ranks(row: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Candidates by score descending, non-targets before targets among equal scores; the
@@ -120,12 +166,25 @@ def worst_case_ranks(row: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.array([position.get(t, np.inf) for t in sorted(target_set)], dtype=np.float64)
 
 
+def average_precision(positions: np.ndarray, k: int) -> float:
+    """AP@K walking the list: at each target's position, the precision of the list so far."""
+    at = set(np.asarray(positions).tolist())
+    found, total = 0, 0.0
+    for position in range(1, k + 1):
+        if position in at:
+            found += 1
+            total += found / position
+    return total / min(len(positions), k)
+
+
 def list_metrics(positions: list[np.ndarray], ks: list[int]) -> dict[str, dict[int, float]]:
-    """HR, NDCG, MRR, recall from explicit list positions, the textbook way."""
-    out: dict[str, dict[int, float]] = {m: {} for m in ("hr", "ndcg", "mrr", "recall")}
+    """HR, NDCG, MRR, recall, precision and MAP from explicit list positions, the textbook way."""
+    out: dict[str, dict[int, float]] = {m: {} for m in ("hr", "ndcg", "mrr", "recall", "precision", "map")}
     users = [p for p in positions if len(p)]
     for k in ks if users else []:
         hits = [[q for q in p if q <= k] for p in users]
+        out["precision"][k] = float(np.mean([len(h) / k for h in hits]))
+        out["map"][k] = float(np.mean([average_precision(p, k) for p in users]))
         out["hr"][k] = float(np.mean([len(h) > 0 for h in hits]))
         out["mrr"][k] = float(np.mean([1 / min(h) if h else 0.0 for h in hits]))
         out["recall"][k] = float(np.mean([len(h) / len(p) for h, p in zip(hits, users, strict=True)]))
@@ -191,3 +250,82 @@ def test_without_ties_the_metrics_are_those_of_the_top_k_list(n_users: int, n_it
     for name in want:
         for k in want[name]:
             assert got[name][k] == pytest.approx(want[name][k])
+
+
+@settings(max_examples=200, deadline=None)
+@given(evaluation_cases())
+def test_precision_and_map_bounds(case: tuple[np.ndarray, list[np.ndarray]]) -> None:
+    """Per user P@K ≤ 1[hit] and AP@K ≤ 1[hit], so both means stay ≤ HR; K·P@K is the hit
+    count, so P@K ≤ Recall@K·|T|/K; with one target AP@K is the reciprocal rank."""
+    scores, targets = case
+    ranks = target_ranks(scores, targets)
+    ks = [1, 2, 5, 10]
+    m = metrics_at_k(ranks, ks)
+    for k in ks:
+        assert 0.0 <= m["precision"][k] <= m["hr"][k] + 1e-12
+        assert 0.0 <= m["map"][k] <= m["hr"][k] + 1e-12
+    single = [r[:1] for r in ranks]
+    one = metrics_at_k(single, ks)
+    for k in ks:
+        assert one["map"][k] == pytest.approx(one["mrr"][k])
+        assert one["precision"][k] == pytest.approx(one["hr"][k] / k)
+
+
+def pairwise_diversity(lists: np.ndarray, categories: np.ndarray, k: int) -> float | None:
+    """Intra-list diversity with Python sets, pair by pair."""
+    sets = [frozenset(np.flatnonzero(row).tolist()) for row in categories]
+    per_list = []
+    for row in lists[:, :k]:
+        items = [i for i in row.tolist() if i != NO_ITEM and sets[i]]
+        pairs = [(a, b) for x, a in enumerate(items) for b in items[x + 1 :]]
+        if pairs:
+            per_list.append(np.mean([1 - len(sets[a] & sets[b]) / len(sets[a] | sets[b]) for a, b in pairs]))
+    return float(np.mean(per_list)) if per_list else None
+
+
+@st.composite
+def category_cases(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    n_items, n_categories = draw(st.integers(1, 12)), draw(st.integers(1, 5))
+    cells = draw(st.lists(st.booleans(), min_size=n_items * n_categories, max_size=n_items * n_categories))
+    categories = np.array(cells, dtype=np.float32).reshape(n_items, n_categories)
+    n_users, width = draw(st.integers(1, 5)), draw(st.integers(1, 6))
+    lists = np.array(
+        draw(st.lists(st.integers(NO_ITEM, n_items - 1), min_size=n_users * width, max_size=n_users * width))
+    ).reshape(n_users, width)
+    return lists, categories
+
+
+@settings(max_examples=300, deadline=None)
+@given(category_cases(), st.integers(1, 6))
+def test_intra_list_diversity_matches_the_pairwise_definition(
+    case: tuple[np.ndarray, np.ndarray], k: int
+) -> None:
+    lists, categories = case
+    got, want = intra_list_diversity(lists, categories, k), pairwise_diversity(lists, categories, k)
+    if want is None:
+        assert got is None
+    else:
+        assert got is not None and 0.0 <= got <= 1.0 and got == pytest.approx(want)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(2, 10), st.integers(1, 6), st.integers(0, 2**32 - 1))
+def test_diversity_is_zero_for_one_category_and_one_for_disjoint_ones(
+    width: int, n_users: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    n_items = 3 * width
+    lists = np.stack([rng.permutation(n_items)[:width] for _ in range(n_users)])
+    one_genre = np.zeros((n_items, 4), np.float32)
+    one_genre[:, 2] = 1.0
+    assert intra_list_diversity(lists, one_genre, width) == 0.0
+    same_set = np.zeros((n_items, 4), np.float32)
+    same_set[:, [0, 3]] = 1.0  # every item in the same two categories: still 0
+    assert intra_list_diversity(lists, same_set, width) == 0.0
+    disjoint = np.eye(n_items, dtype=np.float32)  # every item its own category
+    assert intra_list_diversity(lists, disjoint, width) == 1.0
+    # the order of a list does not matter, only its set of items
+    shuffled = np.stack([rng.permutation(row) for row in lists])
+    mixed = (rng.random((n_items, 4)) < 0.5).astype(np.float32)
+    a, b = intra_list_diversity(lists, mixed, width), intra_list_diversity(shuffled, mixed, width)
+    assert (a is None and b is None) or a == pytest.approx(b)
