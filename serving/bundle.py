@@ -90,8 +90,14 @@ class DailyPool:
     """Item indices, best first."""
     topics: list[str | None]
     reasons: list[str | None]
+    """The harvest's machine-readable reason per row (freshness, outlets, topic rank...)."""
     dropped: int = 0
     """Pool rows naming items the catalogue does not hold (skipped, logged at load)."""
+    whys: list[str | None] = field(default_factory=list)
+    """Each row's reason in plain words: "top story in <topic>" for the best of its topic in
+    the pool, "trending in <topic>" for the others; None without a topic."""
+    position: dict[int, int] = field(default_factory=dict)
+    """Item index → its row, so the feed finds a listed item's pool row in O(1)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,6 +155,16 @@ class LoadedBundle:
     """Known user ids, sorted: the stable order of ``GET /users`` pages."""
     unit_vectors: np.ndarray | None = None
     """What MMR and de-duplication compare, unit rows: text vectors, else retrieval vectors."""
+    summaries: list[str | None] = field(default_factory=list)
+    """A story's summary (the feed's description), per item index; None where there is none."""
+    links: list[str | None] = field(default_factory=list)
+    """The canonical URL per item index."""
+    outlets: list[str | None] = field(default_factory=list)
+    """The representative outlet's name per item index (None for loaded catalogues)."""
+    published: list[str | None] = field(default_factory=list)
+    """Published time per item index as ISO 8601 UTC (``2026-11-26T09:14:00Z``), or None."""
+    published_s: np.ndarray | None = None
+    """Published time per item index in epoch seconds (NaN: unknown), for "new this hour"."""
 
     @property
     def rank_stage(self) -> RankStage:
@@ -396,6 +412,67 @@ class LoadedBundle:
             "year": self.years[idx],
         }
 
+    def story_record(self, idx: int) -> dict[str, Any]:
+        """What a reader sees of a story beyond :meth:`item_record` (nulls when the bundle's
+        catalog has no story columns, or the item has no such data)."""
+        if not self.links:
+            return {"summary": None, "link": None, "outlet": None, "published": None}
+        return {
+            "summary": self.summaries[idx],
+            "link": self.links[idx],
+            "outlet": self.outlets[idx],
+            "published": self.published[idx],
+        }
+
+    def explain(
+        self, result: CascadeResult, positives: np.ndarray, now_s: float
+    ) -> list[tuple[str | None, str | None, str | None]]:
+        """(topic, why in plain words, the pool's machine-readable reason) per listed item.
+
+        ``why`` follows the stage that placed the item and the reader: exploration is
+        "something different: <topic>"; a story published in the hour before ``now_s`` (epoch
+        seconds) is "new this hour"; a personalised pick is "because you read “<title>”",
+        naming the reader's positive (of the last :data:`EXPLAIN_POSITIVES`) nearest to it in
+        the bundle's item vectors; a pool pick is "top story in" / "trending in <topic>"; a
+        popularity fallback is "popular with readers". One small matrix product per request.
+        """
+        pool = self.pool
+        recent = positives[-EXPLAIN_POSITIVES:].astype(np.int64) if len(positives) else positives
+        nearest: dict[int, int] = {}
+        vectors = self.unit_vectors
+        personal = [i for i, st in zip(result.indices, result.stages, strict=True) if st in ("ranker", "mmr")]
+        if personal and len(recent):
+            if vectors is not None:
+                sims = vectors[personal] @ vectors[recent].T
+                sims[np.asarray(personal)[:, None] == recent[None, :]] = -np.inf
+                best = sims.argmax(axis=1).tolist()
+                nearest = {i: int(recent[j]) for i, j in zip(personal, best, strict=True)}
+            else:  # no vectors to compare: the latest thing read
+                nearest = dict.fromkeys(personal, int(recent[-1]))
+        published = self.published_s
+        out: list[tuple[str | None, str | None, str | None]] = []
+        for idx, stage in zip(result.indices, result.stages, strict=True):
+            pos = pool.position.get(idx) if pool is not None else None
+            topic = pool.topics[pos] if pool is not None and pos is not None else None
+            code = pool.reasons[pos] if pool is not None and pos is not None else None
+            label = topic or (self.categories[idx][0] if self.categories[idx] else None)
+            age = now_s - published[idx] if published is not None and len(published) else np.nan
+            why: str | None
+            if stage == "exploration":
+                why = f"something different: {label}" if label else "something different"
+            elif -300.0 < age < 3600.0:  # the last hour, and a few minutes of clock skew
+                why = "new this hour"
+            elif idx in nearest and self.titles[nearest[idx]]:
+                why = f"because you read \u201c{self.titles[nearest[idx]]}\u201d"
+            elif pool is not None and pos is not None and pool.whys[pos]:
+                why = pool.whys[pos]
+            elif stage in ("popular", "fresh_popular"):
+                why = f"popular in {label}" if label else "popular with readers"
+            else:
+                why = f"picked for you in {label}" if label else "picked for you"
+            out.append((topic, why, code))
+        return out
+
     def popular(self, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most popular items not in ``exclude``, and their popularity as scores."""
         order = self.popular_order
@@ -448,8 +525,25 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
         raise BundleError(f"bundle {version}: {CATALOG} is missing")
     con = duckdb.connect(str(catalog), read_only=True)
     try:
+        # Bundles written before the story columns existed still load: they read as nulls.
+        present = {
+            r[0]
+            for r in con.sql(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'items'"
+            ).fetchall()
+        }
+        story = ", ".join(
+            c if c in present else f"CAST(NULL AS {t}) AS {c}"
+            for c, t in [("summary", "VARCHAR"), ("link", "VARCHAR"), ("outlet", "VARCHAR")]
+        )
+        published = (
+            "CAST(epoch(published) AS DOUBLE) AS published_s"
+            if "published" in present
+            else "CAST(NULL AS DOUBLE) AS published_s"
+        )
         items_table = con.sql(
-            "SELECT item_idx, item_id, title, categories, year, popularity FROM items ORDER BY item_idx"
+            "SELECT item_idx, item_id, title, categories, year, popularity, "
+            f"{story}, {published} FROM items ORDER BY item_idx"
         ).to_arrow_table()
         hist_table = con.sql("SELECT user_id, items FROM user_histories").to_arrow_table()
         has_pool = bool(
@@ -534,6 +628,11 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
         titles=columns["title"],
         categories=categories,
         years=[int(y) if y is not None else None for y in columns["year"]],
+        summaries=columns["summary"],
+        links=columns["link"],
+        outlets=columns["outlet"],
+        published=[_iso(t) for t in columns["published_s"]],
+        published_s=np.array([np.nan if t is None else t for t in columns["published_s"]], dtype=np.float64),
     )
     cascade_ms, warm_history = warm_up(bundle)
     bundle = dataclasses.replace(bundle, cascade_ms=cascade_ms, warm_history=warm_history)
@@ -554,6 +653,8 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
 atexit.register(gc.unfreeze)
 
 WARM_UP_USERS = 16
+EXPLAIN_POSITIVES = 50
+"""How many of the reader's latest positives "because you read" chooses from (bounds its cost)."""
 
 
 def warm_up(bundle: LoadedBundle, users: int = WARM_UP_USERS) -> tuple[float, int]:
@@ -591,13 +692,31 @@ def _pool(table: pa.Table, item_index: dict[str, int], version: str) -> DailyPoo
         logger.warning("bundle %s: %d daily_pool rows name items not in the catalogue", version, dropped)
     if not keep:
         return None
+    indices = np.array([item_index[str(cols["item_id"][i])] for i in keep], dtype=np.int64)
+    topics = [cols["topic"][i] for i in keep]
+    whys: list[str | None] = []
+    led: set[str] = set()
+    for topic in topics:  # rows are in rank order: a topic's first row is its top story
+        lead = f"trending in {topic}" if topic in led else f"top story in {topic}"
+        whys.append(lead if topic else None)
+        if topic:
+            led.add(topic)
     return DailyPool(
         pool_date=str(cols["pool_date"][0]),
-        indices=np.array([item_index[str(cols["item_id"][i])] for i in keep], dtype=np.int64),
-        topics=[cols["topic"][i] for i in keep],
+        indices=indices,
+        topics=topics,
         reasons=[cols["reason"][i] for i in keep],
         dropped=dropped,
+        whys=whys,
+        position={int(idx): pos for pos, idx in enumerate(indices.tolist())},
     )
+
+
+def _iso(epoch_s: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 UTC with a ``Z`` (what the feed's ``published`` says)."""
+    if epoch_s is None:
+        return None
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _categories(

@@ -91,10 +91,22 @@ class AdHocRecommendation(BaseModel):
 
 
 class FeedItem(CascadeItem):
-    """A feed entry; ``topic`` and ``why`` come from today's pool when the bundle has one."""
+    """A feed entry: a story with what a reader needs to decide to open it, and why it is
+    here. Story fields are null where the catalogue has none (e.g. MovieLens)."""
 
-    topic: str | None = None
-    why: str | None = None
+    summary: str | None = Field(None, description="The story's summary, as its outlet gave it.")
+    link: str | None = Field(None, description="The story's canonical URL.")
+    outlet: str | None = Field(None, description="The outlet that carried it (the representative one).")
+    published: str | None = Field(None, description="When it was published: ISO 8601, UTC.")
+    topic: str | None = Field(None, description="Its topic in today's pool.")
+    why: str | None = Field(
+        None,
+        description="Why it is here, in plain words: 'because you read “…”', 'trending in sports', "
+        "'top story in world', 'new this hour', 'something different: science'.",
+    )
+    reason_code: str | None = Field(
+        None, description="The pool's machine-readable reason (freshness, outlets, topic rank)."
+    )
 
 
 class Feed(BaseModel):

@@ -4,8 +4,10 @@ Bundle layout (everything serving needs, nothing it must compute):
 
 * ``manifest.json`` — version, created, source run, model, metrics, protocol,
   data fingerprint, counts, checksums of every other file;
-* ``catalog.duckdb`` — ``items(item_idx, item_id, title, categories, year, popularity)``
-  with ``item_idx`` the model's column, ``user_histories(user_id, items INTEGER[])`` with
+* ``catalog.duckdb`` — ``items(item_idx, item_id, title, categories, year, popularity,
+  summary, link, outlet, published)`` with ``item_idx`` the model's column (a story's columns
+  are null where the warehouse has nothing: loaded catalogues have no outlet or time),
+  ``user_histories(user_id, items INTEGER[])`` with
   item indices in time order, and the latest ``daily_pool`` (contract C2) when the
   warehouse has one;
 * ``model/`` — the fitted model as written by its ``save``;
@@ -219,8 +221,25 @@ def build_manifest(
     return manifest
 
 
+def _outlets(con: duckdb.DuckDBPyConnection) -> str:
+    """A query of (item_id, outlet): each scraped story's representative outlet, the one whose
+    entry is the item's own canonical URL (else the earliest to publish it). Items that were
+    loaded rather than scraped (MovieLens, MIND) have no outlet rows, hence a null outlet."""
+    has_outlets = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'item_outlets'"
+    ).fetchall()[0][0]
+    if not has_outlets:
+        return "SELECT NULL::VARCHAR AS item_id, NULL::VARCHAR AS outlet WHERE false"
+    return (
+        "SELECT o.item_id, arg_min(o.source, (o.entry_url IS DISTINCT FROM i.url, o.published_ts, o.source))"
+        " AS outlet FROM item_outlets o JOIN items i USING (item_id) GROUP BY o.item_id"
+    )
+
+
 def write_catalog(path: Path, con: duckdb.DuckDBPyConnection, data: SplitData) -> None:
-    """``catalog.duckdb`` for serving: items with popularity, and every user's history."""
+    """``catalog.duckdb`` for serving: items with popularity and, for stories, what a reader
+    sees of them (summary, link, outlet, published UTC time; nulls where the warehouse has
+    none), and every user's history."""
     everything = data.histories(("train", "valid", "test"))
     popularity = np.bincount(
         np.concatenate(everything) if everything else np.zeros(0, np.int64), minlength=data.n_items
@@ -239,14 +258,22 @@ def write_catalog(path: Path, con: duckdb.DuckDBPyConnection, data: SplitData) -
     try:
         con.register("bundle_index", index)
         items = con.execute(
-            """
-            SELECT b.item_idx, b.item_id, i.title, i.categories, i.year, b.popularity
-            FROM bundle_index b LEFT JOIN items i USING (item_id) ORDER BY b.item_idx
+            f"""
+            SELECT b.item_idx, b.item_id, i.title, i.categories, i.year, b.popularity,
+                   i.description AS summary, i.url AS link, o.outlet,
+                   CASE WHEN i.published_ts IS NULL THEN NULL
+                        ELSE make_timestamp(i.published_ts * 1000000) END AS published
+            FROM bundle_index b LEFT JOIN items i USING (item_id)
+            LEFT JOIN ({_outlets(con)}) o USING (item_id) ORDER BY b.item_idx
             """
         ).df()
         con.unregister("bundle_index")
         out.register("items_df", items)
-        out.execute("CREATE TABLE items AS SELECT * FROM items_df")
+        out.execute(
+            "CREATE TABLE items AS SELECT item_idx, item_id, title, categories, year, popularity,"
+            " CAST(summary AS VARCHAR) AS summary, CAST(link AS VARCHAR) AS link,"
+            " CAST(outlet AS VARCHAR) AS outlet, CAST(published AS TIMESTAMP) AS published FROM items_df"
+        )
         out.register("hist_df", histories)
         out.execute(
             "CREATE TABLE user_histories AS SELECT user_id, CAST(items AS INTEGER[]) AS items FROM hist_df"

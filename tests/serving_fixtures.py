@@ -3,6 +3,8 @@
 Films in six genres (real all-MiniLM-L6-v2 vectors of their text), users who each like one
 or two genres, an exact duplicate (the same film under two ids, as feeds carry one story
 under several ids) and a ``daily_pool`` table as contract C2 puts it into ``catalog.duckdb``.
+Each film is also a story as the scraper stores one (summary, canonical URL, published time,
+outlets in ``item_outlets``): :data:`FRESH` was published minutes before the fixture was built.
 """
 
 from __future__ import annotations
@@ -58,6 +60,18 @@ GENRES: dict[str, list[str]] = {
 }
 DUPLICATE = ("toy-story-again", "Toy Story", "Animation")
 """The same film under a second id: near-duplicate removal must never list both."""
+PUBLISHED_BASE = 1_795_420_800  # 2026-11-23T06:00:00Z: item ``i`` was published ``i`` × 10 minutes before
+FRESH = "wes-4"
+"""Published 10 minutes before the catalogue was built: "new this hour"."""
+OUTLET = "Daily Planet"
+"""Every film's representative outlet; ``sci-0`` is also carried earlier by :data:`OTHER_OUTLET`
+under another URL, which must not make that one the representative."""
+OTHER_OUTLET = "Other Times"
+
+
+def story_of(item_id: str, title: str, genre: str) -> dict[str, str]:
+    """The summary and canonical URL the fixture gives each film."""
+    return {"summary": f"{title}, a {genre.lower()} story.", "link": f"https://planet.example/{item_id}"}
 
 
 def film_rows() -> list[tuple[str, str, str]]:
@@ -153,10 +167,37 @@ def build_catalogue(home: Path, *, with_pool: bool = True, serving: dict | None 
     data = make_split()
     ids = [str(i) for i in data.item_ids]
     vectors = item_vectors(con, embedding, ids)
+    add_stories(con, rows)  # after embedding: the vectors stay those of the titles alone
     pool = pool_for(data)
     publish_with_pool(ArtifactStore(settings.bundles_dir), con, data, vectors, pool if with_pool else None)
     con.close()
     return Catalogue(settings, data, vectors, pool["item_id"].tolist(), {r[0]: r[2] for r in rows})
+
+
+def add_stories(con: duckdb.DuckDBPyConnection, rows: list[tuple[str, str, str]]) -> None:
+    """Give each film what the scraper stores of a story: a description, a canonical URL, a
+    published time and its outlets (``tasks/scrape/store.py``'s columns)."""
+    fresh_ts = int(time.time()) - 600
+    for i, (item_id, title, genre) in enumerate(rows):
+        story = story_of(item_id, title, genre)
+        published = fresh_ts if item_id == FRESH else PUBLISHED_BASE - 600 * i
+        con.execute(
+            "UPDATE items SET description = ?, url = ?, published_ts = ? WHERE item_id = ?",
+            [story["summary"], story["link"], published, item_id],
+        )
+        con.execute(
+            "INSERT INTO item_outlets (item_id, feed_url, entry_url, source, title, published_ts, merged_by)"
+            " VALUES (?, 'https://planet.example/feed', ?, ?, ?, ?, 'new')",
+            [item_id, story["link"], OUTLET, title, published],
+        )
+    con.execute(
+        "INSERT INTO item_outlets (item_id, feed_url, entry_url, source, title, published_ts, merged_by)"
+        " VALUES ('sci-0', 'https://times.example/feed', 'https://times.example/sw', ?, 'Star Wars', ?, 'url')",
+        [OTHER_OUTLET, PUBLISHED_BASE - 7200],
+    )
+
+
+STORY_COLUMNS = ("summary", "link", "outlet", "published")
 
 
 def publish_with_pool(
@@ -165,13 +206,21 @@ def publish_with_pool(
     data: SplitData,
     vectors: np.ndarray,
     pool: pd.DataFrame | None,
+    *,
+    story_columns: bool = True,
 ) -> str:
-    """A bundle laid out as tasks/publish.py writes it, plus the C2 ``daily_pool`` table."""
+    """A bundle laid out as tasks/publish.py writes it, plus the C2 ``daily_pool`` table;
+    without ``story_columns``, its catalog is one written before items had them."""
     ids = [str(i) for i in data.item_ids]
     model = fit_for_serving(data, "itemknn", {"neighbors": 20})
     index = build_index(vectors, ids, IndexSettings())
     with store.staging() as staged:
         write_catalog(staged / "catalog.duckdb", con, data)
+        if not story_columns:
+            with duckdb.connect(str(staged / "catalog.duckdb")) as cat:
+                for column in STORY_COLUMNS:
+                    cat.execute(f"ALTER TABLE items DROP COLUMN {column}")
+                cat.execute("CHECKPOINT")
         if pool is not None:
             with duckdb.connect(str(staged / "catalog.duckdb")) as cat:
                 cat.register("pool_df", pool)

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from serving.events import read_events
-from tests.serving_fixtures import Catalogue, build_catalogue, serve
+from tests.serving_fixtures import OUTLET, Catalogue, build_catalogue, serve
 
 pytestmark = pytest.mark.slow  # headless Chromium and schemathesis
 
@@ -128,6 +128,19 @@ def test_like_in_the_browser_changes_the_feed(catalogue: Catalogue, browser: str
             before = json.loads(tools.evaluate(cards))
             assert len(before) == 10
             assert "fresh_popular_fallback" in tools.evaluate("document.getElementById('status').textContent")
+            # Each card is a story: its headline links to it, with outlet, age, summary and why.
+            story = json.loads(
+                tools.evaluate(
+                    "JSON.stringify((() => { const li = document.querySelector('li.card');"
+                    " const a = li.querySelector('a.title'); return {href: a && a.href,"
+                    " meta: li.querySelector('.meta').textContent, why: li.querySelector('.why').textContent,"
+                    " summary: li.querySelector('.summary').textContent}; })())"
+                )
+            )
+            first = before[0]
+            assert story["href"] == f"https://planet.example/{first}"
+            assert story["meta"].startswith(f"{OUTLET} · ") and " ago · " in story["meta"], story
+            assert story["summary"].endswith("story.") and story["why"], story
 
             liked = []
             for round_ in range(1, 4):

@@ -10,6 +10,8 @@ only ``/recommend/{user_id}`` and ``/items/{item_id}/similar`` used, is gone and
 now reference ``CascadeItem``, whose ``stage`` is required (every listed item has one).
 Hardening (issue 16) changed ``POST /interact`` on purpose: its idempotency key
 (``event_id``), the client key header and its 401 / 409 answers (:func:`hardened`).
+Feed items became stories (issue 14): ``FeedItem``'s story fields, ``why`` in plain words,
+``reason_code`` and ``GET /feed``'s ``session`` query parameter (:func:`stories`).
 """
 
 from __future__ import annotations
@@ -88,11 +90,62 @@ def hardened(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def _optional(title: str, description: str, **string: Any) -> dict[str, Any]:
+    return {
+        "anyOf": [{"type": "string", **string}, {"type": "null"}],
+        "title": title,
+        "description": description,
+    }
+
+
+def stories(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with feed items as stories: ``FeedItem``'s summary, link, outlet, published and
+    reason_code, ``topic`` and ``why`` described, and ``GET /feed``'s ``session`` parameter."""
+    spec = json.loads(json.dumps(spec))
+    item = spec["components"]["schemas"]["FeedItem"]
+    item["description"] = (
+        "A feed entry: a story with what a reader needs to decide to open it, and why it is\n"
+        "here. Story fields are null where the catalogue has none (e.g. MovieLens)."
+    )
+    props = item["properties"]
+    props["summary"] = _optional("Summary", "The story's summary, as its outlet gave it.")
+    props["link"] = _optional("Link", "The story's canonical URL.")
+    props["outlet"] = _optional("Outlet", "The outlet that carried it (the representative one).")
+    props["published"] = _optional("Published", "When it was published: ISO 8601, UTC.")
+    props["topic"] = _optional("Topic", "Its topic in today's pool.")
+    props["why"] = _optional(
+        "Why",
+        "Why it is here, in plain words: 'because you read \u201c\u2026\u201d', 'trending in sports', "
+        "'top story in world', 'new this hour', 'something different: science'.",
+    )
+    props["reason_code"] = _optional(
+        "Reason Code", "The pool's machine-readable reason (freshness, outlets, topic rank)."
+    )
+    feed = spec["paths"]["/feed"]["get"]
+    feed["description"] = (
+        "Today's pool ranked for this reader. A session cookie (or ``?session=``) identifies\n"
+        "an anonymous reader (the cookie is set on the first visit); a new session gets a diverse\n"
+        "fresh pool. Each item is a story (summary, link, outlet, published time) with ``why``\n"
+        "it is there in plain words."
+    )
+    description = "Session id, for clients without cookies; wins over the session cookie."
+    session = {
+        "name": "session",
+        "in": "query",
+        "required": False,
+        "schema": _optional("Session", description, pattern="^[A-Za-z0-9_-]{1,64}$"),
+        "description": description,
+    }
+    names = [p["name"] for p in feed["parameters"]]
+    feed["parameters"].insert(names.index("user_id") + 1, session)
+    return spec
+
+
 def test_openapi_is_the_document_from_before_the_split(tmp_path: Path) -> None:
     before = json.loads(BEFORE.read_text())
     after = json.loads(json.dumps(create_app(shaped_settings(tmp_path)).openapi()))
     assert "ScoredItem" not in after["components"]["schemas"]
-    expected = hardened(merged_scored_item(before))
+    expected = stories(hardened(merged_scored_item(before)))
     for path, operations in expected["paths"].items():
         assert after["paths"].get(path) == operations, path
     assert after == expected
@@ -101,7 +154,7 @@ def test_openapi_is_the_document_from_before_the_split(tmp_path: Path) -> None:
     assert recommend["k"]["schema"]["maximum"] == 50
     assert "(default 0.5)" in recommend["mmr_lambda"]["description"]
     feed = {p["name"]: p for p in after["paths"]["/feed"]["get"]["parameters"]}
-    assert feed["sid"]["in"] == "cookie"
+    assert feed["sid"]["in"] == "cookie" and feed["session"]["in"] == "query"
 
 
 def test_the_default_settings_document_their_own_bounds(tmp_path: Path) -> None:

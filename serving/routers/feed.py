@@ -8,6 +8,7 @@ first visit; its events change its next answers when ``serving.update_mode`` is 
 # No ``from __future__ import annotations``: FastAPI evaluates the endpoints' annotations,
 # and the parameter declarations below are built per app, inside ``router``.
 import logging
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,6 +33,7 @@ from serving.events import Event
 from serving.routers import shared
 from serving.routers.params import ParamShapes
 from serving.schemas import (
+    SESSION_PATTERN,
     TOO_LARGE,
     UNAUTHORIZED,
     UNAVAILABLE,
@@ -61,6 +63,11 @@ def router(shapes: ParamShapes) -> APIRouter:
         user_id: str | None = Field(
             None, min_length=1, max_length=256, description="A known user (else the session's)."
         )
+        session: str | None = Field(
+            None,
+            pattern=SESSION_PATTERN,
+            description="Session id, for clients without cookies; wins over the session cookie.",
+        )
 
     @api.get("/feed", response_model=Feed, responses=UNAVAILABLE, tags=["recommend"])
     async def feed(
@@ -71,11 +78,13 @@ def router(shapes: ParamShapes) -> APIRouter:
         sessions: SessionsDep,
         session_cookie: CookieSession = None,
     ) -> dict[str, Any]:
-        """Today's pool ranked for this reader. A session cookie identifies an anonymous reader
-        (set on the first visit); a new session gets a diverse fresh pool."""
+        """Today's pool ranked for this reader. A session cookie (or ``?session=``) identifies
+        an anonymous reader (the cookie is set on the first visit); a new session gets a diverse
+        fresh pool. Each item is a story (summary, link, outlet, published time) with ``why``
+        it is there in plain words."""
         bundle = holder.get()
         user_id = query.user_id
-        session, known_session = shared.session_from(serving, None, session_cookie, response)
+        session, known_session = shared.session_from(serving, query.session, session_cookie, response)
         # A new session has no state: looking it up would only cache an empty entry per visit.
         state = await run_in_threadpool(sessions.state, session) if known_session else SessionState(session)
         who = user_id or state.user_id
@@ -99,13 +108,10 @@ def router(shapes: ParamShapes) -> APIRouter:
             known=known or len(state) > 0,
         )
         items = shared.listed(bundle, result)
+        explained = bundle.explain(result, history, time.time())
+        for item, idx, (topic, why, code) in zip(items, result.indices, explained, strict=True):
+            item.update(bundle.story_record(idx), topic=topic, why=why, reason_code=code)
         pool = bundle.pool
-        if pool is not None:
-            where = {int(idx): pos for pos, idx in enumerate(pool.indices.tolist())}
-            for item, idx in zip(items, result.indices, strict=True):
-                pos = where.get(idx)
-                if pos is not None:
-                    item["topic"], item["why"] = pool.topics[pos], pool.reasons[pos]
         return {
             "session": session,
             "user_id": who,
