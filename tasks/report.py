@@ -17,8 +17,6 @@ ranking, training items excluded, on two splits of the same k-core:
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,6 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from models.registry import build_model
 from storage.settings import Settings
 from storage.warehouse import open_warehouse
 from tasks.eval_report import report_for_models
@@ -37,9 +34,7 @@ from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, TEMPORAL, kcore_filter, m
 from tasks.training import (
     SplitData,
     TrainResult,
-    evaluate,
     load_split_data,
-    prepare_model,
     protocol,
     record_run,
     train_and_evaluate,
@@ -110,7 +105,7 @@ def run_evaluation(
         temporal_models: dict[str, dict[str, Any]] = {}
         for label, params in chosen.items():
             args = {k: v for k, v in params.items() if k != "model"}
-            result = fit_and_test(temporal, params.get("model", label), args, ks)
+            result = train_and_evaluate(temporal, params.get("model", label), args, ks, validate=False)
             record_run(con, result, temporal_proto, "evaluation", None)
             temporal_models[label] = {
                 **result.test,
@@ -195,25 +190,6 @@ def temporal_split(
         "cold_test_interactions_left_out": int(cold_targets),
     }
     return data, proto
-
-
-def fit_and_test(data: SplitData, model_name: str, params: dict[str, Any], ks: list[int]) -> TrainResult:
-    """Fit on train and read the test part once (a split without validation: no selection,
-    and torch models stop early on their own hold-out of each user's last train item)."""
-    model = build_model(model_name, **params)
-    prepare_model(model, data)
-    started = time.perf_counter()
-    model.fit(data.matrix(("train",)), data.train)
-    seconds = time.perf_counter() - started
-    return TrainResult(
-        run_id=uuid.uuid4().hex,
-        model_name=model_name,
-        params=model.params(),
-        valid={},
-        test=evaluate(model, data, "test", ks),
-        train_seconds=round(seconds, 3),
-        model=model,
-    )
 
 
 def _curve(model: Any) -> dict[str, Any]:

@@ -201,12 +201,16 @@ class TrainResult:
 
 
 def train_and_evaluate(
-    data: SplitData, model_name: str, params: dict[str, Any], ks: list[int]
+    data: SplitData, model_name: str, params: dict[str, Any], ks: list[int], *, validate: bool = True
 ) -> TrainResult:
-    """Fit on train, evaluate on valid and test. Returns the fitted model too."""
+    """Fit on train, evaluate on valid and test. Returns the fitted model too.
+
+    ``validate=False`` is for a split without a validation part (the global temporal cut): no
+    early stopping on it, ``valid`` left empty, the test part read once; torch models then stop
+    on their own hold-out of each user's last train item."""
     model = build_model(model_name, **params)
     prepare_model(model, data)
-    if hasattr(model, "set_validation"):  # early stopping on the same validation NDCG@10
+    if validate and hasattr(model, "set_validation"):  # early stopping on the same validation NDCG@10
         model.set_validation(data.train, data.valid)
     started = time.perf_counter()
     model.fit(data.matrix(("train",)), data.train)
@@ -215,7 +219,7 @@ def train_and_evaluate(
         run_id=uuid.uuid4().hex,
         model_name=model_name,
         params=model.params(),
-        valid=evaluate(model, data, "valid", ks),
+        valid=evaluate(model, data, "valid", ks) if validate else {},
         test=evaluate(model, data, "test", ks),
         train_seconds=round(seconds, 3),
         model=model,
