@@ -170,7 +170,11 @@ def build_synthetic_bundle(home: Path, n: int = SYNTH_N, seed: int = 7) -> str:
             }
         ),
     )
-    warehouse.execute("CREATE TABLE items AS SELECT * FROM items_df")
+    # The columns of the warehouse's items that write_catalog reads; synthetic items have no story.
+    warehouse.execute(
+        "CREATE TABLE items AS SELECT *, CAST(NULL AS VARCHAR) AS description, "
+        "CAST(NULL AS VARCHAR) AS url, CAST(NULL AS BIGINT) AS published_ts FROM items_df"
+    )
     with store.staging() as staged:
         write_catalog(staged / "catalog.duckdb", warehouse, data)
         model.save(staged / "model")
