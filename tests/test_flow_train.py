@@ -79,7 +79,9 @@ def test_gate_refuses_a_worse_challenger_and_publishes_an_equal_one(
         "report/popularity.png",
     } <= set(manifest["checksums"])
     report_md = (store.root / champion.version / "report" / "report.md").read_text()
-    assert "![Metrics by K (test, leave-last-out)](metric_by_k.png)" in report_md and "| itemknn |" in report_md
+    assert (
+        "![Metrics by K (test, leave-last-out)](metric_by_k.png)" in report_md and "| itemknn |" in report_md
+    )
 
     worse = train_models(models=["popularity"], overrides=overrides)
     assert worse.valid_ndcg10["popularity"] < champion.valid_ndcg10[champion.champion]
