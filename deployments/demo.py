@@ -124,7 +124,7 @@ def run_demo(port: int = 8000, feed_days: int | None = None, console: Console | 
                 services.append((catalogue, port + i, start(f"serve-{catalogue}", cmd)))
             for catalogue, p, proc in services:
                 _wait_healthy(f"http://127.0.0.1:{p}/health", 180, proc, f"the {catalogue} service")
-                console.print(f"{catalogue:<14}http://127.0.0.1:{p}/  (docs: /docs)")
+                console.print(f"{catalogue:<16}http://127.0.0.1:{p}/  (docs: /docs)")
             console.print(f"logs in {logs}/; Ctrl-C stops everything")
             while all(p.poll() is None for _, p in procs):
                 time.sleep(1)

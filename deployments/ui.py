@@ -103,7 +103,7 @@ def run_ui(prefect_port: int = 4200, http_port: int = 8000, logs: Path | None = 
                     port,
                 ]
                 start(f"http-{catalogue}", cmd)
-                console.print(f"{catalogue:<14}http://127.0.0.1:{port}  (docs: /docs)")
+                console.print(f"{catalogue:<16}http://127.0.0.1:{port}  (docs: /docs)")
             console.print(f"logs in {logs}/; Ctrl-C stops everything")
             while all(p.poll() is None for _, p in procs):
                 time.sleep(1)
