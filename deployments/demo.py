@@ -91,7 +91,8 @@ def run_demo(port: int = 8000, feed_days: int | None = None, console: Console | 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    # SIGINT too: a shell starting `recflow demo &` leaves it ignored, and Ctrl-C is how it stops.
+    previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM: stop the children below
             demo_addresses = {
@@ -133,5 +134,6 @@ def run_demo(port: int = 8000, feed_days: int | None = None, console: Console | 
             return 1
     finally:
         _stop(procs, console)
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
