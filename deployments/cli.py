@@ -333,10 +333,9 @@ def run_harvest(
 @feeds_app.command("status")
 def feeds_status(catalogue: CatalogueOption = "news") -> None:
     """Each feed's health: last status, last success, failures in a row, paused."""
-    from storage.settings import Settings
     from storage.warehouse import open_warehouse
 
-    with open_warehouse(Settings(catalogue=catalogue).warehouse_path) as con:
+    with open_warehouse(_settings(catalogue).warehouse_path) as con:
         rows = con.execute(
             "SELECT name, last_status, last_success_at, consecutive_failures, paused, items_added_total, url "
             "FROM feeds ORDER BY paused DESC, consecutive_failures DESC, name"
@@ -355,11 +354,10 @@ def feeds_resume(
     catalogue: CatalogueOption = "news",
 ) -> None:
     """Un-pause feeds so the next scrape fetches them again."""
-    from storage.settings import Settings
     from storage.warehouse import open_warehouse
     from tasks.scrape import resume_feeds
 
-    with open_warehouse(Settings(catalogue=catalogue).warehouse_path) as con:
+    with open_warehouse(_settings(catalogue).warehouse_path) as con:
         count = resume_feeds(con, urls or None)
     console.print(f"{count} feed(s) resumed")
 
