@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from storage.settings import Settings
+from storage.settings import Settings, catalogue_settings
 from storage.warehouse import open_warehouse
 from tasks.demand import Wish, compute_wishlist, wishlist_markdown
 from tasks.harvest import Pool, harvest
@@ -53,6 +53,6 @@ def pool_task(settings: Settings) -> Pool:
 @flow(name="morning-harvest", log_prints=True)
 def morning_harvest(catalogue: str = "news", overrides: dict[str, Any] | None = None) -> Pool:
     """Recompute the wishlist from recent engagement and pick today's pool of stories."""
-    settings = Settings(**{"catalogue": catalogue, **(overrides or {})})
+    settings = catalogue_settings(catalogue, overrides)
     demand_task(settings)
     return pool_task(settings)

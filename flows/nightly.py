@@ -20,7 +20,7 @@ from expectations import DataQualityError
 from flows.embed import embed_in_process_task
 from models.configs import ModelOverrides
 from storage.artifacts import ArtifactStore
-from storage.settings import Settings
+from storage.settings import Settings, catalogue_settings
 from storage.warehouse import open_warehouse
 from tasks.cold_start import cold_start_reason, cold_start_result
 from tasks.eval_report import report_for_models
@@ -295,15 +295,19 @@ def _metrics_markdown(
 
 @flow(name="nightly-refresh", log_prints=True)
 def nightly_refresh(
-    overrides: dict[str, Any] | None = None, config: ModelOverrides | None = None
+    catalogue: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    config: ModelOverrides | None = None,
 ) -> PublishResult:
     """Refresh the catalogue's model from its source and publish a bundle if anything changed.
 
-    ``overrides`` are settings fields (as in the TOML file) applied on top of env/config;
+    ``catalogue`` names it (None: the settings' own, e.g. ``RECFLOW_CATALOGUE``; each
+    deployment passes its own); ``overrides`` are settings fields (as in the TOML file)
+    applied on top of env/config and the catalogue's block;
     ``config`` gives the configured model's hyper-parameters over the settings' (the Prefect
     UI shows it as a form; only the entry of ``model.name`` may be given).
     """
-    settings = Settings(**(overrides or {}))
+    settings = catalogue_settings(catalogue, overrides)
     params = model_params(settings, config)  # fails before any work on a bad parameter
     if settings.source.kind == "feeds":
         get_run_logger().info(

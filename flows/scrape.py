@@ -14,7 +14,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from storage.settings import Settings
+from storage.settings import Settings, catalogue_settings
 from storage.warehouse import open_warehouse
 from tasks.scrape import ScrapeSummary, ensure_demo_server, scrape
 
@@ -47,7 +47,7 @@ def scrape_feeds(
     catalogue: str = "news", only_due: bool = False, overrides: dict[str, Any] | None = None
 ) -> ScrapeSummary:
     """Fetch the configured feeds of ``catalogue`` and store new items; bad feeds are reported."""
-    settings = Settings(**{"catalogue": catalogue, **(overrides or {})})
+    settings = catalogue_settings(catalogue, overrides)
     logger = get_run_logger()
     server = ensure_demo_server(settings.feeds)
     if server is not None:

@@ -41,7 +41,7 @@ from serving.routers.params import ParamShapes
 from serving.schemas import Recommendation
 from serving.sessions import SessionStore
 from storage.artifacts import ArtifactStore
-from storage.settings import Settings
+from storage.settings import Settings, catalogue_settings
 
 __all__ = ["Recommendation", "create_app"]
 
@@ -73,13 +73,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service for ``settings`` (default: ``Settings()``, i.e. env and config file).
+    """Build the service for ``settings`` (default: the catalogue ``RECFLOW_CATALOGUE`` names, its
+    block of ``catalogues`` over env and config file: ``storage.settings.catalogue_settings``).
 
     A factory rather than a module-level app, so tests and ``uvicorn --factory`` can build
     independent instances with their own settings and bundle holder. Raises
     ``OpenAdminError`` when ``serving.host`` is beyond loopback and ``/admin/*`` has no key.
     """
-    settings = settings if settings is not None else Settings()
+    settings = settings if settings is not None else catalogue_settings()
     serving = settings.serving
     check_admin_exposure(serving, serving.host)
     app = FastAPI(

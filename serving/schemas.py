@@ -212,6 +212,7 @@ class Health(BaseModel):
     """Which bundle is live; ``degraded`` when ``CURRENT`` names a bundle that was refused."""
 
     status: Literal["ok", "degraded"]
+    catalogue: str = Field(description="The catalogue this process serves (one process per catalogue).")
     bundle_version: str
     model: str
     counts: Counts

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,9 @@ from models.configs import (
     config_class,
 )
 from storage.labels import DEFAULT_LABELS, EventType, Label
+
+CATALOGUE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+"""What a catalogue may be called: it names a directory under ``home``."""
 
 SourceKind = Literal["movielens", "csv", "parquet", "feeds", "mind"]
 
@@ -463,6 +467,10 @@ class HarvestSettings(BaseModel):
     """...and at least this many positive events back it."""
 
 
+def _default_catalogues() -> dict[str, dict[str, Any]]:
+    return {"movielens-100k": {}, "news": {}}
+
+
 class Settings(BaseSettings):
     """Everything recflow can be told; see the module docstring for where values come from."""
 
@@ -472,8 +480,15 @@ class Settings(BaseSettings):
         extra="forbid",
     )
 
-    catalogue: str = Field("movielens-100k", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    catalogue: str = Field("movielens-100k", pattern=CATALOGUE_NAME)
     """Name of the catalogue this instance serves; its files live under ``home/<catalogue>``."""
+    catalogues: dict[str, dict[str, Any]] = Field(default_factory=_default_catalogues)
+    """The configured catalogues, each with its own settings over the shared ones (a TOML
+    table per catalogue: ``[catalogues.shop] source = {kind = "csv", path = "..."}``). Every
+    flow has a deployment per catalogue listed here (scrape and harvest only for those whose
+    source is ``feeds``), and ``recflow demo`` serves each; a flow or ``recflow serve`` given
+    a catalogue applies its block (:func:`catalogue_settings`). Default: MovieLens-100K and
+    the news catalogue fed by the demo feeds."""
     home: Path = Field(Path("var"), validate_default=True)
     """Root of all state: warehouse, bundles, event log, evaluation reports, Prefect's database;
     a relative value is resolved against the working directory when the settings load."""
@@ -499,6 +514,25 @@ class Settings(BaseSettings):
     harvest: HarvestSettings = Field(default_factory=HarvestSettings)
     nrms: NRMSConfig = Field(default_factory=NRMSConfig)
     """NRMS, the news model: reads stories' words, learns from impressions."""
+
+    @field_validator("catalogues")
+    @classmethod
+    def _catalogue_blocks(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Names are catalogue names and blocks name settings fields, checked when the settings
+        load; a block's values are validated when that catalogue's settings are built."""
+        if not value:
+            raise ValueError("catalogues: configure at least one catalogue")
+        fields = set(cls.model_fields) - {"catalogue", "catalogues"}
+        for name, block in value.items():
+            if not re.fullmatch(CATALOGUE_NAME, name):
+                raise ValueError(f"catalogues: {name!r} is not a catalogue name (letters, digits, _ . -)")
+            unknown = sorted(set(block) - fields)
+            if unknown:
+                raise ValueError(
+                    f"catalogues.{name}: {unknown} are not settings a catalogue can set "
+                    "(any top-level field but catalogue and catalogues)"
+                )
+        return value
 
     @field_validator("home")
     @classmethod
@@ -575,6 +609,32 @@ class Settings(BaseSettings):
     @property
     def eval_dir(self) -> Path:
         return self.home / "eval"
+
+
+def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        below = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            merged[key] = _deep_merge(below, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def catalogue_settings(catalogue: str | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """The settings of one catalogue, as every flow and ``recflow serve`` build them.
+
+    Priority, highest first: ``overrides`` (a flow's parameter; its ``catalogue`` wins over
+    ``catalogue``), the catalogue's block of ``catalogues``, then the shared settings (env,
+    config file, defaults). ``catalogue`` None means the one the settings name
+    (``RECFLOW_CATALOGUE``, the config file's ``catalogue``, else ``movielens-100k``). A
+    catalogue that is not configured gets the shared settings alone."""
+    overrides = dict(overrides or {})
+    shared = Settings(**overrides)
+    name = overrides.get("catalogue") or catalogue or shared.catalogue
+    block = shared.catalogues.get(name, {})
+    return Settings(**_deep_merge(block, {**overrides, "catalogue": name}))
 
 
 def load_settings(**overrides: Any) -> Settings:
