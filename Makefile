@@ -90,6 +90,11 @@ clean:
 .PHONY: bench-scrape
 bench-scrape: setup
 	$(BIN)/python -m benchmarks.bench_scrape
+# Seconds from the end of a scrape until its new stories are servable (/items and /feed), with
+# the service running and no nightly; prints p50/p95 and writes var/bench/fresh.json (~10 min).
+.PHONY: bench-fresh
+bench-fresh: setup
+	$(BIN)/python -m benchmarks.bench_fresh
 # NRMS vs popularity vs text similarity on simulated readers of the demo feeds (a few minutes).
 .PHONY: eval-news
 eval-news: setup

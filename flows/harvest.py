@@ -2,16 +2,20 @@
 
 Orchestration only: :func:`tasks.demand.compute_wishlist` turns recent engagement into the
 wishlist, :func:`tasks.harvest.harvest` picks the pool and writes ``daily_pool``; both show
-their result as Prefect artifacts. The next nightly bundle carries the pool to serving.
+their result as Prefect artifacts. The pool goes live at once: ``publish-fresh`` publishes it
+(with the stories the live bundle lacks) as a delta the service hot-loads, so the pool served
+at 06:05 is the 06:00 pool; the next nightly bundle carries it too.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.fresh import publish_fresh_task
 from storage.settings import Settings, catalogue_settings
 from storage.warehouse import open_warehouse
 from tasks.demand import Wish, compute_wishlist, wishlist_markdown
@@ -55,4 +59,6 @@ def morning_harvest(catalogue: str = "news", overrides: dict[str, Any] | None = 
     """Recompute the wishlist from recent engagement and pick today's pool of stories."""
     settings = catalogue_settings(catalogue, overrides)
     demand_task(settings)
-    return pool_task(settings)
+    pool = pool_task(settings)
+    publish_fresh_task(settings, harvested_at=datetime.now(UTC))
+    return pool

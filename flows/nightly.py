@@ -259,10 +259,21 @@ def ingest_events_task(settings: Settings) -> EventIngestSummary:
 
 @task(name="ensure-daily-pool")
 def ensure_pool_task(settings: Settings) -> None:
-    """News catalogues: harvest today's pool if the morning harvest has not run yet."""
+    """News catalogues: harvest a first pool only when there has never been one.
+
+    The nightly does not harvest on its own otherwise: at 02:00 it would pick a pool of the
+    night's stories and the 06:00 morning harvest's pool would wait a day for the next bundle.
+    The bundle carries the latest pool; ``morning-harvest`` publishes each new one at once.
+    """
     with open_warehouse(settings.warehouse_path) as con:
-        pool = ensure_pool(con, settings.harvest, settings.embedding)
-    get_run_logger().info("%s", pool.log_line() if pool else "today's pool exists (morning-harvest)")
+        latest = con.execute("SELECT CAST(max(pool_date) AS VARCHAR) FROM daily_pool").fetchall()[0][0]
+        pool = ensure_pool(con, settings.harvest, settings.embedding) if latest is None else None
+    get_run_logger().info(
+        "%s",
+        pool.log_line()
+        if pool
+        else f"the bundle carries the pool of {latest} (morning-harvest publishes new ones)",
+    )
 
 
 def _metrics_markdown(

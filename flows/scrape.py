@@ -9,11 +9,13 @@ embedded default works on a fresh machine with no internet.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.fresh import publish_fresh_task
 from storage.settings import Settings, catalogue_settings
 from storage.warehouse import open_warehouse
 from tasks.scrape import ScrapeSummary, ensure_demo_server, scrape
@@ -64,4 +66,7 @@ def scrape_feeds(
             server.stop()
     if server is not None:
         summary.demo_server = server.base_url
+    # New stories go live now, as a delta of the live bundle, not at the next nightly.
+    summary.fetched_at = datetime.now(UTC)
+    summary.delta = publish_fresh_task(settings).log_line()
     return summary

@@ -72,7 +72,7 @@ def pin_threads() -> None:
         _thread_state.threads = _search_threads
 
 
-Stage = Literal["ranker", "mmr", "exploration", "fresh_popular", "popular", "similar", "search"]
+Stage = Literal["ranker", "mmr", "exploration", "fresh_popular", "popular", "similar", "search", "fresh"]
 Strategy = Literal["personalized", "fresh_popular_fallback", "popularity_fallback"]
 
 

@@ -37,7 +37,8 @@ class CascadeItem(Item):
     rank: int
     stage: Stage = Field(
         description="What put it here: ranker (top by relevance), mmr (pulled in for diversity), "
-        "exploration, fresh_popular / popular (fallbacks), similar, search."
+        "exploration, fresh_popular / popular (fallbacks), similar, search, fresh (a story newer "
+        "than the pool, from a delta: the freshness slot)."
     )
 
 
@@ -218,6 +219,11 @@ class Health(BaseModel):
     counts: Counts
     loaded_at: datetime
     detail: str | None = Field(None, description="Why the status is degraded, if it is.")
+    delta_seq: int | None = Field(
+        None, description="The delta of the live bundle served (fresh stories since it), if any."
+    )
+    fresh_items: int = Field(0, description="Stories served from deltas, not yet in a bundle.")
+    pool_date: str | None = Field(None, description="The daily pool served (from the bundle or a delta).")
 
 
 class Recommendation(BaseModel):

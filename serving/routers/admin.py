@@ -34,6 +34,9 @@ async def health(holder: HolderDep, request: Request) -> dict[str, Any]:
         "counts": bundle.counts,
         "loaded_at": bundle.loaded_at,
         "detail": detail,
+        "delta_seq": bundle.delta_seq,
+        "fresh_items": bundle.n_items - bundle.model_items,
+        "pool_date": bundle.pool.pool_date if bundle.pool is not None else None,
     }
 
 
