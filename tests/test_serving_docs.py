@@ -11,7 +11,8 @@ now reference ``CascadeItem``, whose ``stage`` is required (every listed item ha
 Hardening (issue 16) changed ``POST /interact`` on purpose: its idempotency key
 (``event_id``), the client key header and its 401 / 409 answers (:func:`hardened`).
 Feed items became stories (issue 14): ``FeedItem``'s story fields, ``why`` in plain words,
-``reason_code`` and ``GET /feed``'s ``session`` query parameter (:func:`stories`).
+``reason_code`` and ``GET /feed``'s ``session`` query parameter (:func:`stories`); fresh
+stories came from deltas (:func:`freshness`); ``/health`` names its catalogue (:func:`per_catalogue`).
 """
 
 from __future__ import annotations
@@ -167,11 +168,24 @@ def freshness(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def per_catalogue(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with ``/health``'s ``catalogue`` (one process serves one catalogue)."""
+    spec = json.loads(json.dumps(spec))
+    health = spec["components"]["schemas"]["Health"]
+    health["properties"]["catalogue"] = {
+        "type": "string",
+        "title": "Catalogue",
+        "description": "The catalogue this process serves (one process per catalogue).",
+    }
+    health["required"].insert(1, "catalogue")
+    return spec
+
+
 def test_openapi_is_the_document_from_before_the_split(tmp_path: Path) -> None:
     before = json.loads(BEFORE.read_text())
     after = json.loads(json.dumps(create_app(shaped_settings(tmp_path)).openapi()))
     assert "ScoredItem" not in after["components"]["schemas"]
-    expected = freshness(stories(hardened(merged_scored_item(before))))
+    expected = per_catalogue(freshness(stories(hardened(merged_scored_item(before)))))
     for path, operations in expected["paths"].items():
         assert after["paths"].get(path) == operations, path
     assert after == expected
