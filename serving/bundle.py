@@ -40,11 +40,13 @@ from models.registry import load_model
 from serving.cascade import (
     CascadeParams,
     CascadeResult,
+    ItemBoost,
     RankStage,
     RetrievalSpace,
     Stage,
     diversify,
     load_rank_stage,
+    minmax,
     personalized,
     pin_threads,
     retrieval_space,
@@ -197,6 +199,7 @@ class LoadedBundle:
         extra_vectors: np.ndarray | None = None,
         use_pool: bool = False,
         known: bool = True,
+        boost: ItemBoost | None = None,
     ) -> CascadeResult:
         """One reader's list through the cascade (or a fallback that says why).
 
@@ -204,13 +207,16 @@ class LoadedBundle:
         ``history``: item indices, oldest first (bundle history + the session's engaged items);
         ``exclude``: items never to show (defaults to ``history``); ``session_weights``: the
         session's (item_id, weight) events for the private delta; ``extra_vectors``: vectors
-        of free titles that count as history; ``use_pool``: candidates are today's pool.
+        of free titles that count as history; ``use_pool``: candidates are today's pool;
+        ``boost``: item scores every reader shares (``update_mode: global``).
         """
         pin_threads()
         exclude = np.unique(history) if exclude is None else exclude
         n_interactions = len(history) + (0 if extra_vectors is None else len(extra_vectors))
         if n_interactions < max(min_interactions, 1):
-            return self.fallback(who, n_interactions, params, exclude, min_interactions, known=known)
+            return self.fallback(
+                who, n_interactions, params, exclude, min_interactions, known=known, boost=boost
+            )
         if self.retrieval is None and use_pool and self.pool is not None:
             cand = self.pool.indices[~np.isin(self.pool.indices, exclude)]
             result = CascadeResult("personalized", pipeline=["pool", f"ranker:{self.ranker_name}"])
@@ -242,6 +248,7 @@ class LoadedBundle:
             delta=delta,
             extra_vectors=extra_vectors,
             pool=pool,
+            boost=boost,
         )
 
     def fallback(
@@ -253,9 +260,11 @@ class LoadedBundle:
         min_interactions: int,
         *,
         known: bool = True,
+        boost: ItemBoost | None = None,
     ) -> CascadeResult:
         """Fresh-and-popular items (today's pool, popularity within it) or, without a pool,
-        the most popular items; diversified by MMR when the bundle has item vectors."""
+        the most popular items; diversified by MMR when the bundle has item vectors. A
+        ``boost`` (global mode) adds its scores and brings its trending items in."""
         if not known:
             why = f"{who} has no history in bundle {self.version}"
         elif n_interactions == 0:
@@ -289,10 +298,16 @@ class LoadedBundle:
             depth = params.k if self.diversity_vectors is None else max(params.candidates, params.k)
             cand = cand[:depth]
             relevance = self.popularity[cand].astype(np.float64)
+            if boost is not None:
+                extra = boost.extra(cand, exclude)
+                cand = np.concatenate([cand, extra])
+                relevance = minmax(self.popularity[cand].astype(np.float64))
             result = CascadeResult(
                 "popularity_fallback", reason=f"{why}; showing the most popular items", pipeline=["popular"]
             )
             stage = "popular"
+        if boost is not None:
+            relevance = relevance + boost.scores[cand]
         result.candidates = len(cand)
         diversify(cand, relevance, self.diversity_vectors, params, result, base_stage=stage)
         return result
