@@ -23,7 +23,6 @@ on start, replays the last ``global_window_h`` of them. Every worker then holds 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from serving.cascade import ItemBoost
 from storage.labels import label_of
@@ -161,9 +161,9 @@ class GlobalSignals:
 
     def _apply(self, raw: bytes, kind: str, cutoff: float) -> None:
         try:
-            entry = json.loads(raw)
+            entry = orjson.loads(raw)
             ts = float(entry["ts"])
-        except (ValueError, KeyError, TypeError):
+        except (orjson.JSONDecodeError, ValueError, KeyError, TypeError):
             return
         if ts < cutoff:
             return

@@ -4,7 +4,7 @@ An impression is the other half of a click: a model learns "clicked against show
 clicked" only if what was shown is known. Each answer gets a ``request_id`` (returned in its
 body) and one JSON line under ``events_dir/impressions/<UTC day>[.<n>].jsonl``
 (``Settings.impressions_dir``; the event ingestion reads only the event area's own files, so
-the two logs never mix). The contract is in ``docs/contracts.md``, "Impression record".
+the two logs never mix). The record is contract C6 (``docs/contracts.md``).
 
 Why it is written this way:
 

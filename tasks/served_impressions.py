@@ -1,7 +1,7 @@
 """Ingest the serving impression log, and derive news-model training rows from it.
 
 Serving writes one JSON line per ``/feed`` and ``/recommend`` answer under
-``events_dir/impressions/`` (contract "Impression record" in ``docs/contracts.md``). The
+``events_dir/impressions/`` (contract C6 in ``docs/contracts.md``). The
 nightly reads what was appended since last time (byte offsets in ``event_log_offsets``, under
 ``impressions/<file>``; a torn last line is left for later, as with events) and inserts each
 impression once, by ``request_id``, into ``served_impressions``.
