@@ -30,6 +30,7 @@ from tasks.harvest import ensure_pool, pool_fingerprint
 from tasks.load import LoadSummary, load_source
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, KCoreSummary, kcore_filter, make_splits
 from tasks.publish import BUNDLE_FORMAT, PublishResult, build_manifest, live_score, publish_bundle
+from tasks.served_impressions import ingest_impressions
 from tasks.sources import SourceFormatError
 from tasks.train_models import TRAIN_MODEL_DIR, bundle_vectors, is_torch_model, results_dict
 from tasks.training import (
@@ -242,7 +243,10 @@ def train_publish_task(
 
 @task(name="ingest-event-log", retries=1, retry_delay_seconds=5)
 def ingest_events_task(settings: Settings) -> EventIngestSummary:
-    """Contract C1: serving's event log → interactions, idempotent by event id."""
+    """Contract C1: serving's event log → interactions, idempotent by event id; then the
+    impression log → ``served_impressions`` (by request id) and, for impressions whose click
+    window has closed, news-model training rows in ``impressions`` (events first: they
+    decide what was clicked)."""
     with open_warehouse(settings.warehouse_path) as con:
         summary = ingest_events(
             con,
@@ -252,8 +256,15 @@ def ingest_events_task(settings: Settings) -> EventIngestSummary:
             future_skew_s=settings.source.future_skew_s,
             events=settings.events,
         )
+        shown = ingest_impressions(
+            con, settings.impressions_dir, click_window_s=settings.events.impression_click_window_s
+        )
     get_run_logger().info("%s", summary.log_line())
+    get_run_logger().info("%s", shown.log_line())
     _artifact("event-log-ingestion", summary.markdown(), "Serving events ingested into interactions")
+    _artifact(
+        "impression-log-ingestion", shown.markdown(), "Served impressions ingested, training rows derived"
+    )
     return summary
 
 

@@ -35,6 +35,8 @@ from serving.bundle import BundleHolder
 from serving.cascade import pin_threads, set_search_threads
 from serving.dependencies import check_admin_exposure, install_error_handlers
 from serving.events import EventLog
+from serving.global_signals import GlobalSignals
+from serving.impressions import ImpressionLog
 from serving.metrics import BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
 from serving.routers import admin, catalogue, docs, feed, recommend
 from serving.routers.params import ParamShapes
@@ -63,10 +65,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         events=settings.events,
     )
     await asyncio.to_thread(app.state.holder.start)
+    impressions: ImpressionLog | None = app.state.impressions
+    if impressions is not None:
+        impressions.start()
+    signals: GlobalSignals | None = app.state.signals
+    if signals is not None:
+        await asyncio.to_thread(signals.start)  # replays the recent window first
     try:
         yield
     finally:
         await asyncio.to_thread(app.state.holder.stop)
+        if signals is not None:
+            await asyncio.to_thread(signals.stop)
+        if impressions is not None:
+            await asyncio.to_thread(impressions.close)  # writes what is queued
         app.state.events.close()
         app.state.sessions.close()
         del app.state.sessions
@@ -102,6 +114,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.metrics = ServiceMetrics()
     app.state.events = EventLog(settings.events_dir)
+    metrics = app.state.metrics
+    app.state.impressions = (
+        ImpressionLog(
+            settings.impressions_dir,
+            max_queue=serving.impression_queue,
+            flush_s=serving.impression_flush_s,
+            on_written=metrics.impressions_written.inc,
+            on_dropped=metrics.impressions_dropped.inc,
+        )
+        if serving.impressions
+        else None
+    )
+    app.state.signals = None
+    if serving.update_mode == "global":
+        signals = GlobalSignals(settings.events_dir, settings.impressions_dir, serving, settings.events)
+        metrics.global_items.set_function(signals.__len__)
+        app.state.signals = signals
     app.add_middleware(BodyLimitMiddleware, max_bytes=serving.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app, serving.reload_check_s)

@@ -41,11 +41,13 @@ from models.registry import load_model
 from serving.cascade import (
     CascadeParams,
     CascadeResult,
+    ItemBoost,
     RankStage,
     RetrievalSpace,
     Stage,
     diversify,
     load_rank_stage,
+    minmax,
     personalized,
     pin_threads,
     retrieval_space,
@@ -211,6 +213,7 @@ class LoadedBundle:
         extra_vectors: np.ndarray | None = None,
         use_pool: bool = False,
         known: bool = True,
+        boost: ItemBoost | None = None,
     ) -> CascadeResult:
         """One reader's list: :meth:`_recommend_model`, plus the freshness slot in the feed.
 
@@ -224,7 +227,7 @@ class LoadedBundle:
             return self._recommend_model(
                 who, history, params, min_interactions=min_interactions, exclude=exclude,
                 session_weights=session_weights, learning_rate=learning_rate,
-                extra_vectors=extra_vectors, use_pool=use_pool, known=known,
+                extra_vectors=extra_vectors, use_pool=use_pool, known=known, boost=boost,
             )  # fmt: skip
         history = np.asarray(history, dtype=np.int64)
         read_fresh = history[history >= base_n]
@@ -246,6 +249,7 @@ class LoadedBundle:
             extra_vectors=extra_vectors,
             use_pool=use_pool,
             known=known,
+            boost=boost,
         )
         if use_pool:
             self._fresh_slot(result, history, exclude, params, time.time())
@@ -316,6 +320,7 @@ class LoadedBundle:
         extra_vectors: np.ndarray | None = None,
         use_pool: bool = False,
         known: bool = True,
+        boost: ItemBoost | None = None,
     ) -> CascadeResult:
         """One reader's list through the cascade (or a fallback that says why).
 
@@ -323,13 +328,16 @@ class LoadedBundle:
         ``history``: item indices, oldest first (bundle history + the session's engaged items);
         ``exclude``: items never to show (defaults to ``history``); ``session_weights``: the
         session's (item_id, weight) events for the private delta; ``extra_vectors``: vectors
-        of free titles that count as history; ``use_pool``: candidates are today's pool.
+        of free titles that count as history; ``use_pool``: candidates are today's pool;
+        ``boost``: item scores every reader shares (``update_mode: global``).
         """
         pin_threads()
         exclude = np.unique(history) if exclude is None else exclude
         n_interactions = len(history) + (0 if extra_vectors is None else len(extra_vectors))
         if n_interactions < max(min_interactions, 1):
-            return self.fallback(who, n_interactions, params, exclude, min_interactions, known=known)
+            return self.fallback(
+                who, n_interactions, params, exclude, min_interactions, known=known, boost=boost
+            )
         if self.retrieval is None and use_pool and self.pool is not None:
             cand = self.pool.indices[~np.isin(self.pool.indices, exclude)]
             result = CascadeResult("personalized", pipeline=["pool", f"ranker:{self.ranker_name}"])
@@ -361,6 +369,7 @@ class LoadedBundle:
             delta=delta,
             extra_vectors=extra_vectors,
             pool=pool,
+            boost=boost,
         )
 
     def fallback(
@@ -372,9 +381,11 @@ class LoadedBundle:
         min_interactions: int,
         *,
         known: bool = True,
+        boost: ItemBoost | None = None,
     ) -> CascadeResult:
         """Fresh-and-popular items (today's pool, popularity within it) or, without a pool,
-        the most popular items; diversified by MMR when the bundle has item vectors."""
+        the most popular items; diversified by MMR when the bundle has item vectors. A
+        ``boost`` (global mode) adds its scores and brings its trending items in."""
         if not known:
             why = f"{who} has no history in bundle {self.version}"
         elif n_interactions == 0:
@@ -408,10 +419,16 @@ class LoadedBundle:
             depth = params.k if self.diversity_vectors is None else max(params.candidates, params.k)
             cand = cand[:depth]
             relevance = self.popularity[cand].astype(np.float64)
+            if boost is not None:
+                extra = boost.extra(cand, exclude)
+                cand = np.concatenate([cand, extra])
+                relevance = minmax(self.popularity[cand].astype(np.float64))
             result = CascadeResult(
                 "popularity_fallback", reason=f"{why}; showing the most popular items", pipeline=["popular"]
             )
             stage = "popular"
+        if boost is not None:
+            relevance = relevance + boost.scores[cand]
         result.candidates = len(cand)
         diversify(cand, relevance, self.diversity_vectors, params, result, base_stage=stage)
         return result

@@ -82,6 +82,10 @@ class ResolvedTitle(BaseModel):
 class AdHocRecommendation(BaseModel):
     """Recommendations for an ad-hoc history."""
 
+    request_id: str | None = Field(
+        None, description="This answer's id: its impression in the log (null only for old servers)."
+    )
+
     bundle_version: str
     model: str
     strategy: Strategy
@@ -112,6 +116,10 @@ class FeedItem(CascadeItem):
 
 class Feed(BaseModel):
     """Today's pool ranked for this reader (or diversified fresh items for a new session)."""
+
+    request_id: str | None = Field(
+        None, description="This answer's id: its impression in the log (null only for old servers)."
+    )
 
     session: str
     user_id: str | None
@@ -154,9 +162,11 @@ class Interaction(BaseModel):
     accepted: Literal[True] = True
     event_id: str
     session: str
-    applied: bool = Field(description="Whether it changed the session's state (update_mode private).")
+    applied: bool = Field(
+        description="Whether it changed the session's state (update_mode private or global)."
+    )
     session_events: int
-    update_mode: Literal["private", "none"]
+    update_mode: Literal["private", "global", "none"]
 
 
 class Category(BaseModel):
@@ -228,6 +238,10 @@ class Health(BaseModel):
 
 class Recommendation(BaseModel):
     """Top-k unseen items for a user."""
+
+    request_id: str | None = Field(
+        None, description="This answer's id: its impression in the log (null only for old servers)."
+    )
 
     user_id: str
     bundle_version: str

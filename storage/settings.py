@@ -109,6 +109,10 @@ class EventsSettings(BaseModel):
     dwell_positive_s: float = Field(30.0, ge=0.0)
     """A ``dwell`` event of at least this many seconds is positive; a shorter one, or one
     without a duration, is a weak negative (the reader looked and left)."""
+    impression_click_window_s: PositiveInt = 1800
+    """A logged impression's shown item counts as clicked when the same session (or user)
+    had a positive event on it within this many seconds after the impression. The nightly
+    derives training rows only for impressions whose window has closed."""
 
     @field_validator("labels", mode="after")
     @classmethod
@@ -183,9 +187,11 @@ class ServingSettings(BaseModel):
     """Cosine above which a candidate counts as a near-duplicate of an item already chosen."""
     exploration: bool = True
     """Reserve the last slot of a list for a relevant item unlike the rest (k >= 3)."""
-    update_mode: Literal["private", "none"] = "private"
+    update_mode: Literal["private", "global", "none"] = "private"
     """``private``: each session learns its own user-vector delta (shared weights frozen);
-    ``none``: interactions are logged but never change answers."""
+    ``global``: ``private``, plus item-level signals every reader shares between nightlies
+    (trending and click-through counts from the event log, time-decayed, blended into
+    ranking by ``global_*``); ``none``: interactions are logged but never change answers."""
     session_learning_rate: float = Field(0.5, ge=0.0)
     """Step of the private delta per unit of event weight (like = 1, skip = -0.5...)."""
     session_cookie: str = Field("recflow_session", pattern=r"^[A-Za-z0-9_-]+$")
@@ -215,6 +221,35 @@ class ServingSettings(BaseModel):
         if len(set(value.values())) != len(value):
             raise ValueError("each client needs its own key")
         return value
+
+    impressions: bool = True
+    """Log every ``/feed`` and ``/recommend`` answer as an impression (``events/impressions/``),
+    written in batches by a background writer; False turns the log off."""
+    impression_queue: PositiveInt = 10_000
+    """Impressions waiting for the writer at most; beyond it new ones are dropped (and counted
+    in ``recflow_impressions_dropped_total``) rather than slowing the answers down."""
+    impression_flush_s: float = Field(0.25, gt=0.0, le=60.0)
+    """How often the background writer appends what is queued (one ``os.write`` per batch)."""
+    global_half_life_h: float = Field(6.0, gt=0.0)
+    """``global`` mode: half-life of the trending and click-through counts."""
+    global_window_h: float = Field(48.0, gt=0.0)
+    """``global`` mode: how far back a starting process replays the event log (older events
+    have decayed away anyway)."""
+    global_trending_weight: float = Field(0.3, ge=0.0)
+    """``global`` mode: weight of an item's trending score (decayed positive events, scaled to
+    [0, 1] by the most trending item) in the rank score."""
+    global_ctr_weight: float = Field(0.1, ge=0.0)
+    """``global`` mode: weight of an item's smoothed click-through rate (positives per time
+    shown, relative to the best item's) in the rank score."""
+    global_ctr_prior: float = Field(10.0, ge=0.0)
+    """``global`` mode: impressions' worth of the average click-through rate every item starts
+    with, so one lucky click does not make an item's rate 100 %."""
+    global_max_items: PositiveInt = 50_000
+    """``global`` mode: items whose counts are kept at most; beyond it the weakest are dropped."""
+    global_poll_s: float = Field(0.5, gt=0.0)
+    """``global`` mode: how often each process reads the event log's new lines."""
+    global_trending_top: PositiveInt = 10
+    """``global`` mode: the feed says "trending" of the items among this many most trending."""
 
     max_body_bytes: PositiveInt = 65_536
     """Largest request body accepted; bigger ones get 413."""
@@ -605,6 +640,11 @@ class Settings(BaseSettings):
     @property
     def events_dir(self) -> Path:
         return self.catalogue_dir / "events"
+
+    @property
+    def impressions_dir(self) -> Path:
+        """Where serving logs impressions: beside the events, never mixed into their files."""
+        return self.events_dir / "impressions"
 
     @property
     def eval_dir(self) -> Path:
