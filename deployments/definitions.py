@@ -19,6 +19,7 @@ from flows.merge import merge_checkpoints
 from flows.nightly import nightly_refresh
 from flows.scrape import scrape_feeds
 from flows.train import train_models
+from flows.tune import tune_models
 from storage.settings import Settings
 
 NIGHTLY = "nightly-refresh/nightly"
@@ -26,6 +27,7 @@ EMBED = "embed-items/on-demand"
 BUILD_INDEX = "build-index/on-demand"
 TRAIN = "train-models/on-demand"
 MERGE = "merge-checkpoints/on-demand"
+TUNE = "tune-models/on-demand"
 SCRAPE = "scrape-feeds/hourly"
 HARVEST = "morning-harvest/morning"
 
@@ -97,6 +99,13 @@ def build_deployments(settings: Settings, overrides: dict[str, Any] | None = Non
             "on-demand",
             "training",
             "Weighted average of torch checkpoints, evaluated and gated like a trained model.",
+            None,
+        ),
+        deployment(
+            tune_models,
+            "on-demand",
+            "training",
+            "Optuna search (TPE, pruned on validation NDCG@10); the best config becomes the default.",
             None,
         ),
     ]

@@ -152,6 +152,7 @@ def test_deployments_are_registered_with_their_schedules(stack: tuple[httpx.Clie
         "build-index/on-demand",
         "train-models/on-demand",
         "merge-checkpoints/on-demand",
+        "tune-models/on-demand",
     ):
         assert client.get(f"/deployments/name/{name}").status_code == 200
 
