@@ -31,7 +31,8 @@ class TunedConfig(BaseModel):
     model: str
     """Registry name of the tuned model."""
     params: dict[str, Any]
-    """The searched parameters of the best trial (the rest stay the settings' defaults)."""
+    """The searched parameters of the best trial; the rest (epochs and early stopping among
+    them) stay the settings' values."""
     study: str
     """Optuna study name (one per tune-models run)."""
     trial: int = Field(ge=0)
@@ -45,7 +46,8 @@ class TunedConfig(BaseModel):
     trials: int = Field(ge=0)
     """Trials the study ran (complete, pruned or failed)."""
     fixed: dict[str, Any] = Field(default_factory=dict)
-    """Parameters held fixed in every trial (epoch cap, progress bar) and not part of the default."""
+    """Parameters every trial held fixed (the epoch cap, no progress bar): ``valid_ndcg10`` was
+    measured under them; they are not part of the default."""
     space: dict[str, Any] = Field(default_factory=dict)
     """The search space the study sampled from."""
 
