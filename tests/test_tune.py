@@ -230,3 +230,22 @@ def test_tune_flow_records_prunes_stores_and_becomes_the_default(
         and "optimisation plot" in result.output
     )
     assert ("now the default config" in result.output) or ("kept the stored config" in result.output)
+
+
+@pytest.mark.slow
+def test_trials_fan_out_over_a_local_dask_cluster(
+    prefect_api: None, ml100k_slice: Path, tmp_path: Path
+) -> None:
+    from flows.tune import tune_models
+
+    overrides = _overrides(tmp_path / "var", ml100k_slice)
+    overrides["tune"] = {**overrides["tune"], "dask_workers": 2}
+    with open_warehouse(Settings(**overrides).warehouse_path) as con:
+        load_source(con, Settings(**overrides))
+    space = SearchSpace(params={"dropout": FloatRange(low=0.0, high=0.4)}, replace=True)
+    outcome = tune_models(model="two-tower", trials=2, space=space, overrides=overrides)
+    assert [o.state for o in outcome.trials] == ["complete", "complete"]
+    # two trials at once: both started before either finished, so neither could judge the other
+    assert outcome.best_trial is not None and Path(str(outcome.tuned_path)).is_file()
+    with duckdb.connect(str(Settings(**overrides).warehouse_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM model_runs").fetchall() == [(2,)]
