@@ -245,7 +245,6 @@ def test_trials_fan_out_over_a_local_dask_cluster(
     space = SearchSpace(params={"dropout": FloatRange(low=0.0, high=0.4)}, replace=True)
     outcome = tune_models(model="two-tower", trials=2, space=space, overrides=overrides)
     assert [o.state for o in outcome.trials] == ["complete", "complete"]
-    # two trials at once: both started before either finished, so neither could judge the other
     assert outcome.best_trial is not None and Path(str(outcome.tuned_path)).is_file()
     with duckdb.connect(str(Settings(**overrides).warehouse_path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM model_runs").fetchall() == [(2,)]
