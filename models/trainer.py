@@ -13,7 +13,9 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +62,26 @@ class FitConfig:
     other processes share the cores: torch's worker threads spin waiting for each other."""
     max_seconds: float | None = None
     """Stop after the epoch that crosses this wall-clock budget (None: no budget)."""
+
+
+EpochHook = Callable[[int, float | None, dict[str, Any]], None]
+"""``hook(epoch, validation metric or None, curve row)``, called after every epoch."""
+
+_epoch_hook: ContextVar[EpochHook | None] = ContextVar("recflow_epoch_hook", default=None)
+
+
+@contextmanager
+def on_epoch(hook: EpochHook) -> Iterator[None]:
+    """Call ``hook`` after each epoch of every :func:`fit_module` run inside the block.
+
+    Why a context and not a model parameter: a tuner (``flows/tune.py``) watches any torch
+    model's validation curve without each model passing a callback through. The hook may
+    raise to stop training (Optuna's ``TrialPruned`` does); the exception leaves ``fit``."""
+    token = _epoch_hook.set(hook)
+    try:
+        yield
+    finally:
+        _epoch_hook.reset(token)
 
 
 @dataclass
@@ -128,6 +150,13 @@ def fit_module(
             }
         )
         bar.set_postfix(loss=f"{mean_loss:.4f}", val_ndcg10="-" if metric is None else f"{metric:.4f}")
+        hook = _epoch_hook.get()
+        if hook is not None:
+            try:
+                hook(epoch, metric, report.curve[-1])
+            except BaseException:
+                bar.close()
+                raise
         if metric is not None:
             if report.best_metric is None or metric > report.best_metric + 1e-6:
                 report.best_metric, report.best_epoch, stale = metric, epoch, 0

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -502,6 +502,28 @@ class HarvestSettings(BaseModel):
     """...and at least this many positive events back it."""
 
 
+class TuneSettings(BaseModel):
+    """The ``tune-models`` flow (Optuna) and whether its results become the defaults."""
+
+    use_tuned: bool = True
+    """Train a model with its stored tuned config (``<home>/<catalogue>/tuned/<model>.json``,
+    written by ``recflow run tune``) under the settings given explicitly: a value set in the
+    TOML file, the environment or a flow parameter still wins. False: the built-in defaults."""
+    max_epochs: PositiveInt = 15
+    """Epoch cap of each trial (early stopping and pruning usually end it sooner)."""
+    pruner_startup_trials: NonNegativeInt = 3
+    """Trials that finish unpruned before the median pruner may stop any."""
+    pruner_warmup_epochs: NonNegativeInt = 2
+    """Epochs a trial always runs before it may be pruned."""
+    dask_address: str | None = None
+    """Address of a running Dask scheduler (``tcp://host:8786``): trials fan out over its
+    workers, ``dask_workers`` at a time. None: trials run in the flow's process (or a local
+    cluster with ``dask_workers`` > 0)."""
+    dask_workers: NonNegativeInt = 0
+    """Trials run at once: with ``dask_address``, tasks in flight on that cluster; without it,
+    > 0 starts a local Dask cluster of this many processes (one thread each). 0: sequential."""
+
+
 def _default_catalogues() -> dict[str, dict[str, Any]]:
     return {"movielens-100k": {}, "news": {}}
 
@@ -549,6 +571,7 @@ class Settings(BaseSettings):
     harvest: HarvestSettings = Field(default_factory=HarvestSettings)
     nrms: NRMSConfig = Field(default_factory=NRMSConfig)
     """NRMS, the news model: reads stories' words, learns from impressions."""
+    tune: TuneSettings = Field(default_factory=TuneSettings)
 
     @field_validator("catalogues")
     @classmethod
@@ -611,18 +634,33 @@ class Settings(BaseSettings):
         """Model ``name``'s config as these settings give it: its block (``two_tower``,
         ``neumf``, ``nrms``; the baselines' knobs under ``model``), ``model.seed`` unless the
         block sets its own seed, then ``overrides``. A bad or unknown parameter fails with
-        the field's name."""
+        the field's name. With ``tune.use_tuned`` the stored tuned parameters
+        (:mod:`storage.tuned`) replace the defaults of the fields not set explicitly."""
         config_cls = config_class(name)
         block = {"two-tower": self.two_tower, "neumf": self.neumf, "nrms": self.nrms}.get(name)
         if block is not None:
             values = block.model_dump()
             own_seed = "seed" in block.model_fields_set
+            explicit = set(block.model_fields_set)
         else:
             values = {k: v for k, v in self.model.knn().items() if k in config_cls.model_fields}
             own_seed = False
+            knobs = {"knn_neighbors": "neighbors", "knn_shrink": "shrink", "recency_decay": "decay"}
+            explicit = {knobs[f] for f in self.model.model_fields_set if f in knobs}
+        values.update({k: v for k, v in self.tuned_params(name).items() if k not in explicit})
         if "seed" in config_cls.model_fields and not own_seed:
             values["seed"] = self.model.seed
         return config_cls.model_validate({**values, **(overrides or {})})
+
+    def tuned_params(self, name: str) -> dict[str, Any]:
+        """The stored tuned parameters of model ``name`` for this catalogue ({} when none or
+        ``tune.use_tuned`` is off)."""
+        if not self.tune.use_tuned:
+            return {}
+        from storage.tuned import read_tuned
+
+        tuned = read_tuned(self.catalogue_dir, name)
+        return dict(tuned.params) if tuned is not None else {}
 
     # Paths derived from the catalogue name -------------------------------------------------
     @property

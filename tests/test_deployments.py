@@ -153,7 +153,7 @@ def test_deployments_are_registered_with_their_schedules(stack: tuple[httpx.Clie
         assert schedule["schedule"]["timezone"] == "Europe/Berlin"
     assert Settings().schedule.scrape_cron == "0 * * * *"
     assert Settings().schedule.harvest_cron == "0 6 * * *"
-    for flow in ("embed-items", "build-index", "train-models", "merge-checkpoints"):
+    for flow in ("embed-items", "build-index", "train-models", "merge-checkpoints", "tune-models"):
         for catalogue in ("deployed", "news"):
             assert client.get(f"/deployments/name/{flow}/{catalogue}").status_code == 200
 
