@@ -173,6 +173,9 @@ class TwoTowerConfig(ModelConfig):
     """Show a tqdm bar per epoch."""
     max_seconds: float | None = Field(None, gt=0.0)
     """Stop training after this many seconds (best epoch kept); None: no limit."""
+    max_cpu_seconds: float | None = Field(None, gt=0.0)
+    """Stop training after this many seconds of CPU time (best epoch kept); None: no limit.
+    The nightly sets it to ``model.candidate_cpu_seconds``."""
 
 
 def _fusion_two_tower() -> TwoTowerConfig:
@@ -242,6 +245,9 @@ class NeuMFConfig(ModelConfig):
     """Show a tqdm bar per epoch."""
     max_seconds: float | None = Field(None, gt=0.0)
     """Stop training after this many seconds (best epoch kept); None: no limit."""
+    max_cpu_seconds: float | None = Field(None, gt=0.0)
+    """Stop training after this many seconds of CPU time (best epoch kept); None: no limit.
+    The nightly sets it to ``model.candidate_cpu_seconds``."""
 
     @field_validator("mlp_layers")
     @classmethod

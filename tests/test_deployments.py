@@ -70,6 +70,7 @@ def stack(
         "home": str(tmp / "var"),
         "catalogue": "deployed",
         "source": {"kind": "movielens", "path": str(ml100k_slice)},
+        "model": {"name": "itemknn-recency"},  # one model: not about choosing one
     }
     served: subprocess.Popen[bytes] | None = None
     client = httpx.Client(base_url=api, timeout=30)

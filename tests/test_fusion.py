@@ -99,3 +99,33 @@ def test_fusion_on_the_slice_tunes_weight_on_validation_and_round_trips(
     assert serving.weight == model.weight and serving.tried == {}
     assert isinstance(serving.knn, RecencyItemKNNModel)
     assert np.isfinite(evaluate(serving, data, "test", [10])["ndcg@10"])
+
+
+def test_settings_list_candidates_and_model_name_pins_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.nightly import candidate_params
+    from models.configs import ModelOverrides
+    from storage.settings import Settings
+
+    default = Settings()
+    assert default.model.served_candidates() == ["two-tower-knn", "itemknn-recency", "popularity"]
+    params = candidate_params(default)
+    assert list(params) == default.model.candidates
+    budget = default.model.candidate_cpu_seconds
+    assert params["two-tower-knn"]["two_tower"]["max_cpu_seconds"] == budget
+    assert params["two-tower-knn"]["two_tower"]["windows"] == "all"
+    assert params["itemknn-recency"] == {"neighbors": 300, "shrink": 0.0, "chunk": 1024, "decay": 0.6}
+    assert Settings(model={"name": "two-tower"}).model.served_candidates() == ["two-tower"]
+    assert candidate_params(Settings(model={"name": "neumf"}))["neumf"]["max_cpu_seconds"] == budget
+    given = Settings(model={"name": "popularity", "candidates": ["itemknn"]})
+    assert given.model.served_candidates() == ["itemknn"]
+    assert Settings(model={"candidates": []}).model.served_candidates() == ["itemknn-recency"]
+    monkeypatch.setenv("RECFLOW_MODEL__CANDIDATE_CPU_SECONDS", "30")
+    assert candidate_params(Settings())["two-tower-knn"]["two_tower"]["max_cpu_seconds"] == 30
+    overrides = ModelOverrides.model_validate({"two-tower-knn": {"two_tower": {"max_cpu_seconds": 5}}})
+    assert candidate_params(Settings(), overrides)["two-tower-knn"]["two_tower"]["max_cpu_seconds"] == 5
+    with pytest.raises(ValueError, match="unknown model 'bpr'"):
+        Settings(model={"candidates": ["bpr"]})
+    with pytest.raises(ValueError, match="twice"):
+        Settings(model={"candidates": ["popularity", "popularity"]})
+    with pytest.raises(ValueError, match=r"config given for \['neumf'\]"):
+        candidate_params(Settings(), ModelOverrides.model_validate({"neumf": {"dim": 4}}))
