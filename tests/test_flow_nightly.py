@@ -215,7 +215,7 @@ def test_nightly_trains_every_candidate_and_publishes_the_best_on_validation(
     assert published.version is not None and published.live == published.version
     manifest = ArtifactStore(settings.bundles_dir).manifest(published.version)
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
-        rows = con.execute("SELECT model_name, params, metrics FROM model_runs").fetchall()
+        rows = con.execute("SELECT model, params, metrics FROM model_runs").fetchall()
     valid = {name: json.loads(metrics)["valid"]["ndcg@10"] for name, _, metrics in rows}
     assert sorted(valid) == sorted(settings.model.candidates) and len(rows) == 4
     order = settings.model.candidates  # equal validation NDCG@10: the first listed wins
