@@ -62,6 +62,9 @@ class FitConfig:
     other processes share the cores: torch's worker threads spin waiting for each other."""
     max_seconds: float | None = None
     """Stop after the epoch that crosses this wall-clock budget (None: no budget)."""
+    max_cpu_seconds: float | None = None
+    """Stop after the epoch that crosses this budget of the process's CPU time (None: no
+    budget): unlike wall-clock time it does not shrink when other processes share the cores."""
 
 
 EpochHook = Callable[[int, float | None, dict[str, Any]], None]
@@ -113,7 +116,7 @@ def fit_module(
     report = FitReport()
     best_state: dict[str, torch.Tensor] | None = None
     stale = 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
     bar = tqdm(range(1, config.epochs + 1), desc=desc, unit="epoch", disable=not config.progress)
     for epoch in bar:
@@ -168,6 +171,8 @@ def fit_module(
         else:
             report.best_epoch = epoch
         if config.max_seconds is not None and time.perf_counter() - started > config.max_seconds:
+            break
+        if config.max_cpu_seconds is not None and time.process_time() - cpu_started > config.max_cpu_seconds:
             break
     bar.close()
     if best_state is not None:

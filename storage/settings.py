@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from models.configs import (
+    FusionConfig,
     ModelConfig,
     NeuMFConfig,
     NRMSConfig,
@@ -152,13 +153,42 @@ class ModelSettings(BaseModel):
     The knobs are :class:`models.configs.RecencyItemKNNConfig`'s fields under their
     settings names (``knn_neighbors`` is its ``neighbors``), defaults and bounds included."""
 
-    name: Literal["itemknn-recency", "itemknn", "popularity", "two-tower", "neumf"] = "itemknn-recency"
-    """Model served from the bundle."""
+    name: Literal["itemknn-recency", "itemknn", "popularity", "two-tower", "neumf", "two-tower-knn"] = (
+        "itemknn-recency"
+    )
+    """Model served from the bundle when ``candidates`` is empty; setting it (and not
+    ``candidates``) pins the nightly to this one model. ``train-models`` trains it by default."""
+    candidates: list[str] = Field(default_factory=lambda: ["two-tower-knn", "itemknn-recency", "popularity"])
+    """Models the nightly refresh trains, each within ``candidate_cpu_seconds``; the best on
+    validation NDCG@10 is published (through the gate). Empty: only ``name``."""
+    candidate_cpu_seconds: float = Field(600.0, gt=0.0)
+    """CPU-time budget of each candidate's training (torch models stop at the epoch that
+    crosses it and keep their best epoch so far)."""
     knn_neighbors: int = _knob(RecencyItemKNNConfig, "neighbors")
     knn_shrink: float = _knob(RecencyItemKNNConfig, "shrink")
     recency_decay: float = _knob(RecencyItemKNNConfig, "decay")
     seed: int = 42
     """Seed for everything random in training (a model block's own ``seed`` wins when set)."""
+
+    @field_validator("candidates")
+    @classmethod
+    def _known_candidates(cls, names: list[str]) -> list[str]:
+        for name in names:
+            config_class(name)  # an unknown name fails with the list of known ones
+        if len(set(names)) != len(names):
+            raise ValueError(f"model.candidates lists a model twice: {names}")
+        return names
+
+    @model_validator(mode="after")
+    def _name_pins_the_model(self) -> ModelSettings:
+        """``model.name`` given without ``model.candidates``: the nightly serves that model."""
+        if "name" in self.model_fields_set and "candidates" not in self.model_fields_set:
+            self.candidates = [self.name]
+        return self
+
+    def served_candidates(self) -> list[str]:
+        """The models the nightly refresh chooses among (``[name]`` when none are listed)."""
+        return list(self.candidates) or [self.name]
 
     def knn(self) -> dict[str, Any]:
         """The ItemKNN knobs under their config names."""
@@ -565,6 +595,8 @@ class Settings(BaseSettings):
     """The two-tower retriever's hyper-parameters (``model.name = "two-tower"``)."""
     neumf: NeuMFConfig = Field(default_factory=NeuMFConfig)
     """NeuMF's hyper-parameters (``model.name = "neumf"``)."""
+    two_tower_knn: FusionConfig = Field(default_factory=FusionConfig)
+    """The fused two-tower + ItemKNN-recency model's hyper-parameters (``two-tower-knn``)."""
     bundles_keep: PositiveInt = 5
     """Number of published bundles kept on disk (the live one is never deleted)."""
     feeds: FeedsSettings = Field(default_factory=FeedsSettings)
@@ -637,7 +669,12 @@ class Settings(BaseSettings):
         the field's name. With ``tune.use_tuned`` the stored tuned parameters
         (:mod:`storage.tuned`) replace the defaults of the fields not set explicitly."""
         config_cls = config_class(name)
-        block = {"two-tower": self.two_tower, "neumf": self.neumf, "nrms": self.nrms}.get(name)
+        block = {
+            "two-tower": self.two_tower,
+            "neumf": self.neumf,
+            "nrms": self.nrms,
+            "two-tower-knn": self.two_tower_knn,
+        }.get(name)
         if block is not None:
             values = block.model_dump()
             own_seed = "seed" in block.model_fields_set

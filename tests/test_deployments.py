@@ -68,7 +68,13 @@ def stack(
     )
     overrides = {
         "home": str(tmp / "var"),
-        "catalogues": {"deployed": {"source": {"kind": "movielens", "path": str(ml100k_slice)}}, "news": {}},
+        "catalogues": {
+            "deployed": {
+                "source": {"kind": "movielens", "path": str(ml100k_slice)},
+                "model": {"name": "itemknn-recency"},  # one model: not about choosing one
+            },
+            "news": {},
+        },
     }
     served: subprocess.Popen[bytes] | None = None
     client = httpx.Client(base_url=api, timeout=30)
