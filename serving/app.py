@@ -36,7 +36,7 @@ from serving.cascade import pin_threads, set_search_threads
 from serving.dependencies import check_admin_exposure, install_error_handlers
 from serving.events import EventLog
 from serving.metrics import BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
-from serving.routers import admin, catalogue, docs, feed, recommend
+from serving.routers import admin, catalogue, docs, feed, intent, recommend
 from serving.routers.params import ParamShapes
 from serving.schemas import Recommendation
 from serving.sessions import SessionStore
@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     shapes = ParamShapes.from_settings(serving)
     app.include_router(recommend.router(shapes))
+    app.include_router(intent.router(shapes))
     app.include_router(feed.router(shapes))
     app.include_router(catalogue.router(shapes))
     app.include_router(admin.router)
