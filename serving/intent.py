@@ -488,5 +488,5 @@ def why(space: IntentSpace, reading: Reading, idx: int, contrib: dict[str, float
         elif part == "popularity":
             words.append("popular")
         elif part == "user" and user is not None:
-            words.append(f"fits {user}'s taste")
+            words.append(f"fits user {user}'s taste")
     return " · ".join(words) if words else "best of what is left"

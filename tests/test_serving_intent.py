@@ -100,7 +100,7 @@ def test_user_score_blends_in_and_seen_items_are_excluded(client: httpx.Client) 
     assert body["user_id"] == "u0" and body["weights"]["user"] > 0.8
     assert not seen & {i["item_id"] for i in body["items"]}
     assert body["items"][0]["parts"]["user"] > 0
-    assert "fits u0's taste" in body["items"][0]["why"]
+    assert "fits user u0's taste" in body["items"][0]["why"]
     missing = client.post("/recommend/intent", json={"text": "a film", "user_id": "nobody"})
     assert missing.status_code == 404 and "nobody" in missing.json()["detail"]
 
