@@ -9,7 +9,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from fastapi import FastAPI
 
+from serving import intent
 from serving.intent import clauses, find, load_lexicon
 from tests.serving_fixtures import Catalogue, build_catalogue, serve
 
@@ -20,9 +22,14 @@ def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Catalogue:
 
 
 @pytest.fixture(scope="module")
-def client(catalogue: Catalogue) -> Any:
-    with serve(catalogue.settings) as (_app, http):
-        yield http
+def served(catalogue: Catalogue) -> Any:
+    with serve(catalogue.settings) as (app, http):
+        yield app, http
+
+
+@pytest.fixture(scope="module")
+def client(served: tuple[FastAPI, httpx.Client]) -> httpx.Client:
+    return served[1]
 
 
 def ask(client: httpx.Client, **body: Any) -> dict[str, Any]:
@@ -150,3 +157,14 @@ def test_negators_reach_three_words_within_a_clause() -> None:
     assert np.array_equal(
         [h.start for h in find(["sci-fi"], clauses("Sci-Fi? sci-fi!"), frozenset())], [0, 0]
     )
+
+
+def test_lexicon_vectors_are_computed_once_per_bundle(served: tuple[FastAPI, httpx.Client]) -> None:
+    app, client = served
+    ask(client, text="something funny")
+    bundle = app.state.holder.get()
+    space = intent._spaces[bundle]
+    ask(client, text="something sad")
+    assert intent.intent_space(bundle) is space, "the same vectors serve every request"
+    assert space.anchor_vectors.shape[0] == sum(len(m.anchors) for m in load_lexicon().moods.values())
+    assert space.genres == bundle.category_names
