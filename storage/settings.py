@@ -195,6 +195,25 @@ class ModelSettings(BaseModel):
         return {"neighbors": self.knn_neighbors, "shrink": self.knn_shrink, "decay": self.recency_decay}
 
 
+class IntentSettings(BaseModel):
+    """``POST /recommend/intent``: how a sentence's parts are blended (``serving/intent.py``).
+
+    The four weights are relative (they are divided by their sum); a request may override any.
+    """
+
+    user_weight: float = Field(0.25, ge=0.0, le=1.0)
+    """The user's own model score (ignored without a known ``user_id``)."""
+    genre_weight: float = Field(0.4, ge=0.0, le=1.0)
+    """How well an item's genres match the genres the text named or implied."""
+    popularity_weight: float = Field(0.15, ge=0.0, le=1.0)
+    similarity_weight: float = Field(0.2, ge=0.0, le=1.0)
+    """Cosine between the text's vector and the item's text vector."""
+    mood_threshold: float = Field(0.6, gt=0.0, lt=1.0)
+    """Cosine to a mood's nearest anchor sentence from which the mood counts as read."""
+    genre_threshold: float = Field(0.55, gt=0.0, lt=1.0)
+    """Cosine to a genre's description from which the genre counts as implied."""
+
+
 class ServingSettings(BaseModel):
     """The HTTP service."""
 
@@ -291,6 +310,8 @@ class ServingSettings(BaseModel):
     """A bundle whose cascade measured (at load, p90 of 16 users at k = 10) at most this many ms
     runs ordinary requests on the event loop; slower bundles, and deep requests (k > 50, or a
     history longer than twice the longest measured), go to the thread pool (a ~0.1 ms hop)."""
+    intent: IntentSettings = Field(default_factory=IntentSettings)
+    """Defaults of ``POST /recommend/intent``."""
     opentelemetry: bool = False
     """FastAPI's native OpenTelemetry spans, metrics and logs (exported through the process's
     OpenTelemetry providers). Off by default: the service has its own Prometheus ``/metrics``,
