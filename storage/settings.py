@@ -37,7 +37,31 @@ from storage.labels import DEFAULT_LABELS, EventType, Label
 CATALOGUE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 """What a catalogue may be called: it names a directory under ``home``."""
 
-SourceKind = Literal["movielens", "csv", "parquet", "feeds", "mind"]
+SourceKind = Literal["movielens", "csv", "parquet", "feeds", "mind", "amazon", "books"]
+
+
+class AmazonRules(BaseModel):
+    """Which Amazon Reviews 2023 reviews become interactions (``source.kind = "amazon"``)."""
+
+    min_rating: float = Field(3.0, ge=1.0, le=5.0)
+    """A review is a positive interaction when its star rating is at least this; lower ones are dropped."""
+    verified_only: bool = True
+    """Keep only reviews marked ``verified_purchase``."""
+    since_year: int = Field(2015, ge=1990, le=2100)
+    """Drop reviews written before 1 January of this year (UTC)."""
+    kcore: int = Field(5, ge=0)
+    """Users and items with fewer kept reviews are dropped, repeatedly, until every one has this many."""
+    chunk_lines: PositiveInt = 50_000
+    """Lines parsed per chunk: memory stays bounded by one chunk whatever the file's size."""
+
+
+class BooksSettings(BaseModel):
+    """Side features of a books catalogue (``source.kind = "books"``)."""
+
+    top_authors: PositiveInt = 50
+    """Authors with the most books become one-hot item features; the rest share an 'other' slot."""
+    top_categories: PositiveInt = 30
+    """Same for categories (Goodbooks' language code when the file has no categories)."""
 
 
 class SourceSettings(BaseModel):
@@ -59,6 +83,10 @@ class SourceSettings(BaseModel):
     """Earliest legal interaction time, Unix seconds."""
     future_skew_s: PositiveInt = 300
     """How far in the future a timestamp may lie before it counts as bad clock data."""
+    amazon: AmazonRules = Field(default_factory=AmazonRules)
+    """Review rules of the ``amazon`` kind."""
+    books: BooksSettings = Field(default_factory=BooksSettings)
+    """Feature settings of the ``books`` kind."""
 
     @model_validator(mode="after")
     def _scale_is_ordered(self) -> SourceSettings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from storage.settings import SourceSettings
+from tasks.sources.amazon import read_amazon
 from tasks.sources.common import SourceData, SourceFormatError
 from tasks.sources.mind import read_mind
 from tasks.sources.movielens import read_movielens
@@ -25,4 +26,6 @@ def read_source(source: SourceSettings) -> SourceData:
         return read_movielens(source.path)
     if source.kind == "mind":
         return read_mind(source.path)
+    if source.kind == "amazon":
+        return read_amazon(source.path, source.items_path, source.amazon)
     return read_tabular(source.path, source.items_path)
