@@ -157,11 +157,11 @@ def _runner(settings: Settings) -> Any:
 
 @flow(name="tune-models", log_prints=True)
 def tune_models(
+    catalogue: str | None = None,
     model: str = "two-tower",
     trials: PositiveInt = 30,
     time_budget_s: float | None = None,
     space: SearchSpace | None = None,
-    catalogue: str | None = None,
     seed: int = 42,
     enqueue: list[dict[str, Any]] | None = None,
     start_from_defaults: bool = True,

@@ -104,6 +104,7 @@ def test_nightly_publishes_parent_asins_with_cleaned_text(prefect_api: None, tmp
         "source": {"kind": "amazon", "path": str(reviews), "items_path": str(meta)},
         # the tiny fixture's 4 broken lines are 6-14 % of its files, over the 5 % default
         "validation": {"max_failure_share": 0.2},
+        "model": {"name": "itemknn-recency"},  # one cheap model: the test is about the source
     }
     result = nightly_refresh(overrides=overrides)
     store = ArtifactStore(Settings(**overrides).bundles_dir)
