@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from serving import filters
 from serving.dependencies import (
     ClientDep,
     EventNotStoredError,
@@ -38,10 +39,13 @@ from serving.schemas import (
     TOO_LARGE,
     UNAUTHORIZED,
     UNAVAILABLE,
+    BoostParam,
+    CategoriesParam,
     ErrorMessage,
     Feed,
     InteractBody,
     Interaction,
+    ModeParam,
 )
 from serving.sessions import SessionState
 
@@ -69,6 +73,9 @@ def router(shapes: ParamShapes) -> APIRouter:
             pattern=SESSION_PATTERN,
             description="Session id, for clients without cookies; wins over the session cookie.",
         )
+        categories: CategoriesParam = None
+        mode: ModeParam = "strict"
+        category_boost: BoostParam = None
 
     @api.get("/feed", response_model=Feed, responses=UNAVAILABLE, tags=["recommend"])
     async def feed(
@@ -93,8 +100,17 @@ def router(shapes: ParamShapes) -> APIRouter:
         if user_id is not None and user_id not in bundle.histories:
             raise NotFoundError(f"user {user_id!r} is not in bundle {bundle.version}")
         history, exclude, weights, known = shared.reader(serving, bundle, who, state)
+        filt = filters.resolve(
+            bundle,
+            query.categories,
+            query.mode,
+            query.category_boost,
+            serving.category_boost,
+            ("query", "categories"),
+        )
+        depth, exclude = filters.widen(filt, bundle, query.k, exclude)
         p = shared.cascade_params(
-            serving, query.k, query.mmr_lambda, query.explore, who, session, bundle.version, len(state)
+            serving, depth, query.mmr_lambda, query.explore, who, session, bundle.version, len(state)
         )
         result = await shared.run_cascade(
             serving,
@@ -110,6 +126,7 @@ def router(shapes: ParamShapes) -> APIRouter:
             known=known or len(state) > 0,
             boost=(boost := shared.global_boost(request.app.state, bundle)),
         )
+        result = filters.finish(filt, result, query.k)
         items = shared.listed(bundle, result)
         explained = bundle.explain(result, history, time.time())
         trending = set(boost.top.tolist()) if boost is not None else set()
@@ -130,6 +147,7 @@ def router(shapes: ParamShapes) -> APIRouter:
             "reason": result.reason,
             "session_events": len(state),
             "cascade": shared.cascade_info(result, p),
+            "filter": filters.info(filt),
             "items": items,
         }
 
