@@ -362,6 +362,22 @@ class ItemList(BaseModel):
     items: list[CascadeItem]
 
 
+class StoryItem(CascadeItem):
+    """A listed item with its story fields (null where the catalogue has none, e.g. MovieLens)."""
+
+    summary: str | None = Field(None, description="The story's summary, as its outlet gave it.")
+    link: str | None = Field(None, description="The story's canonical URL.")
+    outlet: str | None = Field(None, description="The outlet that carried it (the representative one).")
+    published: str | None = Field(None, description="When it was published: ISO 8601, UTC.")
+
+
+class SimilarList(ItemList):
+    """Items nearest to an item, best first, each with its story fields (the news page's
+    "more like this" links to them)."""
+
+    items: list[StoryItem]  # type: ignore[assignment]
+
+
 class ErrorMessage(BaseModel):
     """The body of every 401, 404, 413 and 503."""
 

@@ -15,7 +15,7 @@ Feed items became stories (issue 14): ``FeedItem``'s story fields, ``why`` in pl
 stories came from deltas (:func:`freshness`); ``/health`` names its catalogue (:func:`per_catalogue`). Answers
 carry the ``request_id`` of their impression, and ``global`` joined the update modes
 (:func:`impressions_and_global`). Category filters joined ``/recommend``, ``/feed`` and
-``/search`` (:func:`filters`).
+``/search`` (:func:`filters`); similar items carry their story fields (:func:`similar_stories`).
 """
 
 from __future__ import annotations
@@ -293,12 +293,41 @@ def filters(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def similar_stories(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with similar items as stories (the news page's "more like this" links them):
+    ``/items/{item_id}/similar`` answers a ``SimilarList`` of ``StoryItem`` (``CascadeItem``
+    plus ``FeedItem``'s summary, link, outlet and published), replacing ``ItemList``."""
+    spec = json.loads(json.dumps(spec))
+    schemas = spec["components"]["schemas"]
+    story = json.loads(json.dumps(schemas["CascadeItem"]))
+    for name in ("summary", "link", "outlet", "published"):
+        story["properties"][name] = schemas["FeedItem"]["properties"][name]
+    story["title"] = "StoryItem"
+    story["description"] = (
+        "A listed item with its story fields (null where the catalogue has none, e.g. MovieLens)."
+    )
+    schemas["StoryItem"] = story
+    listed = schemas.pop("ItemList")
+    listed["properties"]["items"]["items"] = {"$ref": "#/components/schemas/StoryItem"}
+    listed["title"] = "SimilarList"
+    listed["description"] = (
+        "Items nearest to an item, best first, each with its story fields (the news page's\n"
+        '"more like this" links to them).'
+    )
+    schemas["SimilarList"] = listed
+    ok = spec["paths"]["/items/{item_id}/similar"]["get"]["responses"]["200"]
+    ok["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/SimilarList"}
+    return spec
+
+
 def test_openapi_is_the_document_from_before_the_split(tmp_path: Path) -> None:
     before = json.loads(BEFORE.read_text())
     after = json.loads(json.dumps(create_app(shaped_settings(tmp_path)).openapi()))
     assert "ScoredItem" not in after["components"]["schemas"]
-    expected = filters(
-        impressions_and_global(per_catalogue(freshness(stories(hardened(merged_scored_item(before))))))
+    expected = similar_stories(
+        filters(
+            impressions_and_global(per_catalogue(freshness(stories(hardened(merged_scored_item(before))))))
+        )
     )
     for path, operations in expected["paths"].items():
         assert after["paths"].get(path) == operations, path

@@ -28,9 +28,9 @@ from serving.schemas import (
     CategoriesParam,
     History,
     ItemDetail,
-    ItemList,
     ModeParam,
     SearchResult,
+    SimilarList,
     UserPage,
     UserPageQuery,
 )
@@ -125,7 +125,7 @@ def router(shapes: ParamShapes) -> APIRouter:
             "popularity": int(bundle.popularity[idx]),
         }
 
-    @api.get("/items/{item_id}/similar", response_model=ItemList, responses={**NOT_FOUND, **UNAVAILABLE})
+    @api.get("/items/{item_id}/similar", response_model=SimilarList, responses={**NOT_FOUND, **UNAVAILABLE})
     async def similar(item_id: ItemId, holder: HolderDep, k: K = 10) -> dict[str, Any]:
         """Items whose text is nearest to this item's (cosine over sentence-transformer vectors)."""
         bundle = holder.get()
@@ -133,7 +133,10 @@ def router(shapes: ParamShapes) -> APIRouter:
         if idx is None:
             raise NotFoundError(f"item {item_id!r} is not in bundle {bundle.version}")
         rows, scores = await run_in_threadpool(bundle.similar, idx, k)
-        return shared.item_list(bundle, rows, scores, query=item_id, stage="similar")
+        listed = shared.item_list(bundle, rows, scores, query=item_id, stage="similar")
+        for item, row in zip(listed["items"], rows.tolist(), strict=True):
+            item.update(bundle.story_record(int(row)))
+        return listed
 
     @api.get("/search", response_model=SearchResult, responses=UNAVAILABLE)
     async def search(

@@ -1,5 +1,7 @@
 """The reader's side: ``/feed`` (today's pool ranked for a session), ``/interact`` (what the
-reader did, logged durably) and the feed page at ``/`` that uses both.
+reader did, logged durably) and the feed page at ``/`` that uses both: a news reader
+(``static/news.html``) for a news catalogue (source ``feeds`` or ``mind``), the item view
+(``static/index.html``) for any other.
 
 An anonymous reader is a session, named by a cookie (``serving.session_cookie``) set on the
 first visit; its events change its next answers when ``serving.update_mode`` is ``private``
@@ -51,12 +53,15 @@ from serving.sessions import SessionState
 
 logger = logging.getLogger("recflow.serving")
 STATIC = Path(__file__).resolve().parents[1] / "static"
+NEWS_SOURCES = ("feeds", "mind")
+"""Source kinds whose items are news stories: their catalogue's ``/`` is the news reader."""
 
 
-def router(shapes: ParamShapes) -> APIRouter:
-    """The feed, interaction and page routes, with the app's cookie name and ``k`` bound."""
+def router(shapes: ParamShapes, news: bool = False) -> APIRouter:
+    """The feed, interaction and page routes, with the app's cookie name and ``k`` bound;
+    ``news``: ``/`` is the news reader rather than the item view."""
     api = APIRouter()
-    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    page = (STATIC / ("news.html" if news else "index.html")).read_text(encoding="utf-8")
     CookieSession = Annotated[str | None, shapes.session_cookie_param()]
 
     class FeedQuery(BaseModel):
@@ -229,7 +234,7 @@ def router(shapes: ParamShapes) -> APIRouter:
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index_page() -> HTMLResponse:
-        """The feed page: today's items with like / skip buttons."""
+        """The feed page: today's stories (news) or items with like / skip buttons."""
         return HTMLResponse(page)
 
     return api
