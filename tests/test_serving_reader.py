@@ -143,3 +143,15 @@ def test_other_catalogues_keep_the_item_view(catalogue: Catalogue, tmp_path: Pat
         news = client.get("/").text
     assert "<h1>Your feed</h1>" in movie and "li.story" not in movie
     assert "<h1>The News</h1>" in news and "more like this" in news
+
+
+def test_the_reader_screenshot(catalogue: Catalogue, tmp_path: Path) -> None:
+    """``make reader-screenshot``'s PNG, taken of the reader over a live bundle."""
+    from deployments.screenshot_reader import screenshot_reader
+
+    png = screenshot_reader(tmp_path / "reader.png", as_news(catalogue.settings, tmp_path), height=800)
+    head = png.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(head[16:20], "big") == 1000 and int.from_bytes(head[20:24], "big") == 800
+    with pytest.raises(SystemExit, match="item view"):
+        screenshot_reader(tmp_path / "movies.png", catalogue.settings)
