@@ -114,10 +114,10 @@ def test_the_news_reader_in_the_browser(catalogue: Catalogue, browser: str, tmp_
             # More like this: the stories nearest to it, listed under it, linking to them.
             target = after[0]
             click(tools, "li.story button.similar")
-            tools.wait_until("document.querySelectorAll('li.story .similar li').length > 0")
+            tools.wait_until("document.querySelectorAll('li.story .alike li').length > 0")
             similar = json.loads(
                 tools.evaluate(
-                    "JSON.stringify([...document.querySelectorAll('li.story .similar li')]"
+                    "JSON.stringify([...document.querySelectorAll('li.story .alike li')]"
                     ".map(li => [li.dataset.itemId, li.querySelector('a.related').href]))"
                 )
             )
