@@ -483,13 +483,18 @@ class LoadedBundle:
         taste: np.ndarray | None = None,
         taste_weight: float = 0.0,
         top_categories: int = 3,
+        among: np.ndarray | None = None,
+        boost: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, float]]]:
         """Items nearest to the query's intent, and the categories that steered it.
 
         The query vector is moved toward the centroids of the ``top_categories`` categories it
         resembles most (weights: softmax of cosine / 0.05, so a clear match dominates), by
         ``category_weight``; then blended with ``taste`` (a user vector) by ``taste_weight``.
-        Scores are cosines to the final query vector.
+        Scores are cosines to the final query vector. With ``among`` (sorted item indices, a
+        category filter's items): only those items (``boost`` None), or every item with
+        ``boost`` added to the scores of those (exact: the top ``k`` overall merged with the
+        top ``k`` of ``among``).
         """
         _, index = self._require_index()
         q = self._encode([query])[0]
@@ -507,6 +512,9 @@ class LoadedBundle:
             t = taste / max(float(np.linalg.norm(taste)), 1e-12)
             q = (1.0 - taste_weight) * q + taste_weight * t
         q = (q / max(float(np.linalg.norm(q)), 1e-12)).astype(np.float32)
+        if among is not None:
+            rows, scores = _search_among(index, self._require_index()[0], q, k, among, boost)
+            return rows, scores, matched
         scores, rows = index.search(q[None, :], k)
         keep = rows[0] >= 0
         return rows[0][keep], scores[0][keep], matched
@@ -945,6 +953,24 @@ def _iso(epoch_s: float | None) -> str | None:
     if epoch_s is None:
         return None
     return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _search_among(
+    index: ItemIndex, vectors: np.ndarray, q: np.ndarray, k: int, among: np.ndarray, boost: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` of :meth:`LoadedBundle.search_steered` under a category filter."""
+    own = (vectors[among] @ q).astype(np.float32)
+    top = np.argsort(-own, kind="stable")[:k]
+    rows, scores = among[top], own[top]
+    if boost is None:
+        return rows, scores
+    sims, found = index.search(q[None, :], k)
+    keep = found[0] >= 0
+    merged = dict(zip(found[0][keep].tolist(), sims[0][keep].tolist(), strict=True))
+    for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
+        merged[row] = score + boost
+    order = sorted(merged, key=lambda r: -merged[r])[:k]
+    return np.asarray(order, dtype=np.int64), np.asarray([merged[r] for r in order], dtype=np.float32)
 
 
 def _categories(

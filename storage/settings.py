@@ -264,6 +264,9 @@ class ServingSettings(BaseModel):
     """Cosine above which a candidate counts as a near-duplicate of an item already chosen."""
     exploration: bool = True
     """Reserve the last slot of a list for a relevant item unlike the rest (k >= 3)."""
+    category_boost: float = Field(0.5, ge=0.0, le=1.0)
+    """How far ``mode=soft`` category filters lift matching items when a request does not say
+    (0 = not at all, 1 = above every other item of the deeper list; see serving/filters.py)."""
     update_mode: Literal["private", "global", "none"] = "private"
     """``private``: each session learns its own user-vector delta (shared weights frozen);
     ``global``: ``private``, plus item-level signals every reader shares between nightlies

@@ -32,6 +32,7 @@ def _env(home: Path) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "HF_HUB_OFFLINE": "1",
+        "RECFLOW_MODEL__NAME": "itemknn-recency",  # one cheap model: the test is about where state goes
     }
 
 
