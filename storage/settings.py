@@ -254,6 +254,12 @@ class ServingSettings(BaseModel):
     # The recommendation cascade and online learning (serving/cascade.py, serving/sessions.py).
     candidates: PositiveInt = 200
     """N: candidates retrieved from the item index per request, before ranking and diversity."""
+    rank_weights: dict[str, float] = Field(
+        default_factory=lambda: {"click": 1.0, "like": 0.5, "skip": -0.5, "dwell": 0.3}
+    )
+    """News rank stage (models/news_ranker.py): the feed's score is the sum over events of
+    weight × the event head's probability (a skip weighs negatively). Read when the ranker is
+    trained (train-models, the nightly) and stored with it."""
     min_interactions: int = Field(3, ge=0)
     """M: users with fewer interactions (bundle history + session) get the fresh-and-popular fallback."""
     mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)
