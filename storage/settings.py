@@ -295,6 +295,19 @@ class ServingSettings(BaseModel):
     session_max_sessions: PositiveInt = 100_000
     """Most sessions the store keeps; beyond it the least recently active are forgotten first."""
 
+    @field_validator("rank_weights")
+    @classmethod
+    def _known_rank_events(cls, value: dict[str, float]) -> dict[str, float]:
+        """The news ranker has one head per event in ``click, like, skip, dwell``."""
+        unknown = sorted(set(value) - {"click", "like", "skip", "dwell"})
+        if unknown:
+            raise ValueError(
+                f"rank_weights: {unknown} are not ranker events; expected click, like, skip, dwell"
+            )
+        if not value.get("click"):
+            raise ValueError("rank_weights: 'click' needs a non-zero weight (the feed would ignore clicks)")
+        return value
+
     @field_validator("client_keys")
     @classmethod
     def _distinct_client_keys(cls, value: dict[str, str]) -> dict[str, str]:

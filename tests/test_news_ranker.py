@@ -127,3 +127,17 @@ def test_rank_stage_follows_the_session_topic(tmp_path: Path) -> None:
     scores = stage.score(sports_reads, candidates)
     top10 = candidates[np.argsort(-scores)[:10]]
     assert (topics[top10] == 2).sum() >= 6
+
+
+def test_settings_name_a_bad_rank_weight() -> None:
+    from pydantic import ValidationError
+
+    from storage.settings import Settings
+
+    assert (
+        Settings(serving={"rank_weights": {"click": 1.0, "skip": -1.0}}).serving.rank_weights["skip"] == -1.0
+    )
+    with pytest.raises(ValidationError, match=r"rank_weights: \['share'\] are not ranker events"):
+        Settings(serving={"rank_weights": {"click": 1.0, "share": 0.5}})
+    with pytest.raises(ValidationError, match="'click' needs a non-zero weight"):
+        Settings(serving={"rank_weights": {"skip": -1.0}})
