@@ -36,6 +36,8 @@ import pyarrow.compute as pc
 
 from models.ann import ItemIndex
 from models.base import Recommender
+from models.news_ranker import ItemFacts, NewsRankStage, is_news_ranker
+from models.news_ranker import unit_rows as news_unit_rows
 from models.ranking import top_k
 from models.registry import load_model
 from serving.cascade import (
@@ -656,6 +658,26 @@ def rank_unseen(scores: np.ndarray, seen: np.ndarray, k: int, tiebreak: np.ndarr
     return top_k(scores, k, exclude=seen, tiebreak=tiebreak)
 
 
+def news_rank_stage(
+    directory: Path,
+    item_ids: list[str],
+    model: Any,
+    vectors: np.ndarray | None,
+    columns: dict[str, list[Any]],
+    categories: list[list[str]],
+) -> tuple[NewsRankStage, str]:
+    """The bundle's news ranker over its items: text vectors, publication times and the
+    first category of each story as its topic, as the ranker was trained on them."""
+    names = sorted({c[0] for c in categories if c})
+    number = {n: i + 1 for i, n in enumerate(names)}
+    facts = ItemFacts(
+        None if vectors is None else news_unit_rows(vectors),
+        np.array([np.nan if t is None else t for t in columns["published_s"]], dtype=np.float64),
+        np.array([number[c[0]] if c else 0 for c in categories], dtype=np.int64),
+    )
+    return NewsRankStage.load(directory, item_ids, facts, model), "news-ranker"
+
+
 def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
     """Verify a bundle's checksums, then read all of it into memory.
 
@@ -742,9 +764,13 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
 
             load_text_model(text_model)  # warm, off the request path; cached across bundles
 
-    ranker, ranker_name = load_rank_stage(path, model)
-    space = retrieval_space(model, vectors, index, item_ids)
     categories = [list(c) if c is not None else [] for c in columns["categories"]]
+    ranker: RankStage
+    if is_news_ranker(path / "ranker"):  # the news feed's rank stage: features, not embeddings
+        ranker, ranker_name = news_rank_stage(path / "ranker", item_ids, model, vectors, columns, categories)
+    else:
+        ranker, ranker_name = load_rank_stage(path, model)
+    space = retrieval_space(model, vectors, index, item_ids)
     names, counts, centroids = _categories(categories, vectors)
     diversity = vectors if vectors is not None else (space.vectors if space is not None else None)
     bundle = LoadedBundle(
