@@ -154,7 +154,7 @@ def test_a_delta_whose_nrms_vectors_do_not_fit_is_refused(bundle: LoadedBundle) 
     # A damaged file fails its checksum; a delta without NRMS vectors ranks fresh stories by text.
     seq = write(bundle, np.ones((len(FRESH), dim), np.float32))
     path = delta_dir(store, bundle.version) / f"{seq:06d}" / NRMS_VECTORS
-    path.write_bytes(path.read_bytes()[:-4] + np.float32([2]).tobytes())
+    path.write_bytes(path.read_bytes()[:-4] + np.array([2], np.float32).tobytes())
     with pytest.raises(DeltaError, match=f"checksum mismatch for {NRMS_VECTORS}"):
         read_delta(store, bundle.version, seq)
     plain = apply_delta(bundle, read_delta(store, bundle.version, write(bundle, None)))
