@@ -4,7 +4,8 @@ Why deltas: a bundle is rebuilt at night, but news is worth reading only while i
 A delta carries what the live bundle lacks (new stories' metadata and text vectors, and the
 latest daily pool) so the service can serve them within a minute of the scrape, without
 retraining. The model is untouched: new stories are ranked by text in the feed's freshness
-slot until the next nightly bundle takes them in.
+slot until the next nightly bundle takes them in (when the bundle serves NRMS, by its news
+rank stage over the NRMS vectors the delta carries, encoded at publish).
 
 Layout, beside the bundles it extends::
 
