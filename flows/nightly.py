@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -35,6 +36,7 @@ from tasks.served_impressions import ingest_impressions
 from tasks.sources import SourceFormatError
 from tasks.train_models import TRAIN_MODEL_DIR, bundle_vectors, is_torch_model, results_dict
 from tasks.training import (
+    SplitData,
     TrainResult,
     data_fingerprint,
     fit_for_serving,
@@ -200,6 +202,7 @@ def train_publish_task(
         proto = protocol(data, list(settings.eval.ks), settings.kcore.model_dump())
         cold = cold_start_reason(data) if settings.source.kind == "feeds" else None
         tried: list[tuple[TrainResult, float]] = []
+        skipped: dict[str, str] = {}  # candidate → why it could not train tonight
         if cold:
             logger.info("cold start: %s", cold)
             result = cold_start_result(data)
@@ -210,6 +213,11 @@ def train_publish_task(
                     con, data, settings.embedding if settings.embedding.enabled else None
                 )
             for name, params in candidates.items():
+                why = untrainable(name, data)
+                if why is not None:
+                    logger.info("candidate %s skipped: %s", name, why)
+                    skipped[name] = why
+                    continue
                 cpu = time.process_time()
                 candidate = train_and_evaluate(data, name, params, list(settings.eval.ks))
                 cpu = time.process_time() - cpu
@@ -222,11 +230,13 @@ def train_publish_task(
                     candidate.train_seconds,
                     cpu,
                 )
+            if not tried:
+                raise ValueError(f"no nightly candidate could train: {skipped}")
             result = pick_best([r for r, _ in tried])
             if not single:
                 _artifact(
                     "nightly-candidates",
-                    candidates_markdown(tried, result),
+                    candidates_markdown(tried, result, skipped),
                     "Candidate models on validation NDCG@10; the best is published",
                 )
         logger.info(
@@ -248,13 +258,19 @@ def train_publish_task(
             fingerprint=fingerprint,
             embedding=settings.embedding if settings.embedding.enabled else None,
             extra={
-                "candidates": {
-                    r.model_name: {"run_id": r.run_id, "valid_ndcg@10": r.valid.get("ndcg@10")}
-                    for r, _ in tried
-                }
+                **(
+                    {
+                        "candidates": {
+                            r.model_name: {"run_id": r.run_id, "valid_ndcg@10": r.valid.get("ndcg@10")}
+                            for r, _ in tried
+                        }
+                    }
+                    if len(tried) > 1
+                    else {}
+                ),
+                **({"skipped_candidates": skipped} if skipped else {}),
             }
-            if len(tried) > 1
-            else None,
+            or None,
         )
         # The live model scored on tonight's split: the gate compares like with like.
         live_scored = live_score(store, data, list(settings.eval.ks))
@@ -360,6 +376,15 @@ def ensure_pool_task(settings: Settings) -> None:
     )
 
 
+def untrainable(name: str, data: SplitData) -> str | None:
+    """Why candidate ``name`` cannot train on ``data`` tonight, or None. NRMS is the news
+    catalogue's candidate once readers have clicked in logged impressions: before that it
+    would learn next-click from histories alone, which the other candidates do more cheaply."""
+    if name == "nrms" and not any(bool(np.any(li.impression.clicked)) for li in data.impressions or []):
+        return "no logged impressions with a click to learn from yet"
+    return None
+
+
 def pick_best(results: list[TrainResult]) -> TrainResult:
     """The candidate with the best validation NDCG@10 (equal: the first listed). The test part
     plays no role in the choice."""
@@ -368,8 +393,11 @@ def pick_best(results: list[TrainResult]) -> TrainResult:
     return max(results, key=lambda r: (r.valid.get("ndcg@10", float("-inf")), -results.index(r)))
 
 
-def candidates_markdown(tried: list[tuple[TrainResult, float]], best: TrainResult) -> str:
-    """The candidates' table: validation NDCG@10 (what chose), test NDCG/HR@10, time."""
+def candidates_markdown(
+    tried: list[tuple[TrainResult, float]], best: TrainResult, skipped: dict[str, str] | None = None
+) -> str:
+    """The candidates' table: validation NDCG@10 (what chose), test NDCG/HR@10, time; then
+    the candidates that could not train tonight, with why."""
     nan = float("nan")
     rows = "\n".join(
         f"| {'**' + r.model_name + '**' if r is best else r.model_name} | {r.valid.get('ndcg@10', nan):.4f} "
@@ -380,7 +408,10 @@ def candidates_markdown(tried: list[tuple[TrainResult, float]], best: TrainResul
     return (
         f"### Nightly candidates\n\nPublished candidate: `{best.model_name}` (best validation "
         "ndcg@10).\n\n| model | valid ndcg@10 | test ndcg@10 | test hr@10 | fit (wall) | CPU "
-        "(fit + evaluation) |\n|---|---:|---:|---:|---:|---:|\n" + rows + "\n"
+        "(fit + evaluation) |\n|---|---:|---:|---:|---:|---:|\n"
+        + rows
+        + "\n"
+        + "".join(f"\nSkipped `{name}`: {why}.\n" for name, why in (skipped or {}).items())
     )
 
 

@@ -14,6 +14,7 @@ bundle it began with while new requests see the new one. Nothing is ever half-sw
 from __future__ import annotations
 
 import atexit
+import copy
 import dataclasses
 import gc
 import logging
@@ -178,6 +179,9 @@ class LoadedBundle:
     """The delta of this bundle's version applied, or None."""
     fresh: np.ndarray | None = None
     """Delta stories newer than the pool's harvest and not in it: the freshness slot's candidates."""
+    fresh_stage: NewsRankStage | None = None
+    """The news rank stage over every row, delta stories included (their NRMS vectors came with
+    the delta): what ranks the freshness slot. None: cosine to recent reads plus recency."""
 
     @property
     def model_items(self) -> int:
@@ -267,8 +271,10 @@ class LoadedBundle:
     ) -> None:
         """Give up to :data:`FRESH_SHARE` of the list to stories newer than the pool (in place).
 
-        They are ranked by cosine to the reader's recent reads (none: 0) plus recency (halves
-        every :data:`FRESH_HALF_LIFE_H` hours), and interleaved from the second position on,
+        They are ranked by the news rank stage (NRMS score, age, topic... as for the model's
+        stories) when the delta carried NRMS vectors (:attr:`fresh_stage`), else by cosine to
+        the reader's recent reads (none: 0) plus recency (halves every
+        :data:`FRESH_HALF_LIFE_H` hours), and interleaved from the second position on,
         so a big story at noon reaches readers before tomorrow's bundle. Exact search: the
         fresh stories of a day are few.
         """
@@ -278,16 +284,19 @@ class LoadedBundle:
         cand = fresh[~np.isin(fresh, exclude) & ~np.isin(fresh, np.asarray(result.indices, dtype=np.int64))]
         if not len(cand):
             return
-        sim = np.zeros(len(cand), dtype=np.float64)
-        recent = history[-EXPLAIN_POSITIVES:]
-        if len(recent):
-            taste = vectors[recent].mean(axis=0)
-            norm = float(np.linalg.norm(taste))
-            if norm > 0:
-                sim = (vectors[cand] @ (taste / norm)).astype(np.float64)
-        published = self.published_s[cand] if self.published_s is not None else np.full(len(cand), np.nan)
-        age_h = np.clip((now_s - np.nan_to_num(published, nan=now_s - 86400.0)) / 3600.0, 0.0, None)
-        score = sim + 0.5 ** (age_h / FRESH_HALF_LIFE_H)
+        if self.fresh_stage is not None:
+            score = np.asarray(self.fresh_stage.score(history, cand), dtype=np.float64)
+        else:
+            sim = np.zeros(len(cand), dtype=np.float64)
+            recent = history[-EXPLAIN_POSITIVES:]
+            if len(recent):
+                taste = vectors[recent].mean(axis=0)
+                norm = float(np.linalg.norm(taste))
+                if norm > 0:
+                    sim = (vectors[cand] @ (taste / norm)).astype(np.float64)
+            published = self.published_s[cand] if self.published_s is not None else np.full(len(cand), np.nan)
+            age_h = np.clip((now_s - np.nan_to_num(published, nan=now_s - 86400.0)) / 3600.0, 0.0, None)
+            score = sim + 0.5 ** (age_h / FRESH_HALF_LIFE_H)
         order = np.argsort(-score, kind="stable")
         slots = min(len(cand), max(1, math.ceil(params.k * FRESH_SHARE)))
         picked = [(int(cand[i]), float(score[i])) for i in order[:slots]]
@@ -885,16 +894,20 @@ def apply_delta(base: LoadedBundle, delta: Delta) -> LoadedBundle:
     if harvested_s is not None:  # "newer than the pool": published after its harvest (or undated)
         newer = np.isnan(published_s[rows_new]) | (published_s[rows_new] > harvested_s)
     fresh = rows_new[newer & ~in_pool[rows_new]]
+    categories = base.categories + [list(it.get("categories") or []) for it in items]
+    all_vectors = np.concatenate([base.vectors, new_vecs])
+    fresh_stage = _nrms_fresh_stage(base, delta, keep, all_vectors, published_s, categories)
     return dataclasses.replace(
         base,
         base_items=n0,
         delta_seq=delta.seq,
         fresh=fresh,
+        fresh_stage=fresh_stage,
         pool=pool,
         item_ids=item_ids,
         item_index=item_index,
         titles=base.titles + [it.get("title") for it in items],
-        categories=base.categories + [list(it.get("categories") or []) for it in items],
+        categories=categories,
         years=base.years + [None] * n_new,
         summaries=(base.summaries or [None] * n0) + [it.get("summary") for it in items],
         links=(base.links or [None] * n0) + [it.get("link") for it in items],
@@ -904,9 +917,57 @@ def apply_delta(base: LoadedBundle, delta: Delta) -> LoadedBundle:
         popularity=np.concatenate([base.popularity, np.zeros(n_new, dtype=base.popularity.dtype)]),
         popular_order=np.concatenate([base.popular_order, rows_new]),
         popular_rank=np.concatenate([base.popular_rank, rows_new]),
-        vectors=np.concatenate([base.vectors, new_vecs]),
+        vectors=all_vectors,
         unit_vectors=np.concatenate([base.unit_vectors, unit_rows(new_vecs)]) if n_new else base.unit_vectors,
         loaded_at=datetime.now(UTC),
+    )
+
+
+def _nrms_fresh_stage(
+    base: LoadedBundle,
+    delta: Delta,
+    keep: list[int],
+    vectors: np.ndarray,
+    published_s: np.ndarray,
+    categories: list[list[str]],
+) -> NewsRankStage | None:
+    """The bundle's news rank stage extended to the delta's stories, or None when the bundle
+    serves no NRMS-fed news ranker or the delta carries no NRMS vectors (an older publisher).
+
+    The NRMS model is a copy whose news matrix has the delta's vectors appended (the live one
+    is untouched, so a refused delta changes nothing); the new stories have no clicks or
+    impressions yet, and a topic the ranker never saw reads as none."""
+    stage = base.ranker
+    if not isinstance(stage, NewsRankStage) or stage.nrms is None or delta.nrms_vectors is None:
+        return None
+    nrms = stage.nrms
+    n0, n_new = base.n_items, len(keep)
+    if nrms.news_vectors.shape[0] != n0:
+        raise DeltaError(f"bundle {base.version}: NRMS holds {nrms.news_vectors.shape[0]} stories, not {n0}")
+    new_news = np.ascontiguousarray(delta.nrms_vectors[keep], dtype=np.float32)
+    if n_new and new_news.shape[1] != nrms.news_vectors.shape[1]:
+        raise DeltaError(
+            f"delta {delta.base_version}+{delta.seq}: NRMS vectors of dim {new_news.shape[1]}, "
+            f"the bundle's NRMS has {nrms.news_vectors.shape[1]}"
+        )
+    if not np.isfinite(new_news).all():
+        raise DeltaError(f"delta {delta.base_version}+{delta.seq}: NRMS vectors hold NaN or inf")
+    extended = copy.copy(nrms)  # shares the network (read-only at serving), not the matrix
+    extended.news_vectors = np.concatenate([nrms.news_vectors, new_news.reshape(n_new, -1)])
+    names = sorted({c[0] for c in base.categories if c})  # the numbering news_rank_stage gave
+    number = {n: i + 1 for i, n in enumerate(names)}
+    facts = ItemFacts(
+        news_unit_rows(vectors),
+        published_s,
+        np.array([number.get(c[0], 0) if c else 0 for c in categories], dtype=np.int64),
+    )
+    zeros = np.zeros(n_new, np.float64)
+    return NewsRankStage(
+        stage.ranker,
+        facts,
+        extended,
+        np.concatenate([stage.clicks, zeros]),
+        np.concatenate([stage.shown, zeros]),
     )
 
 

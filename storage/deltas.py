@@ -4,11 +4,13 @@ Why deltas: a bundle is rebuilt at night, but news is worth reading only while i
 A delta carries what the live bundle lacks (new stories' metadata and text vectors, and the
 latest daily pool) so the service can serve them within a minute of the scrape, without
 retraining. The model is untouched: new stories are ranked by text in the feed's freshness
-slot until the next nightly bundle takes them in.
+slot until the next nightly bundle takes them in (when the bundle serves NRMS, by its news
+rank stage over the NRMS vectors the delta carries, encoded at publish).
 
 Layout, beside the bundles it extends::
 
     <bundles>/deltas/<base version>/<seq>/{items.json, vectors.npy, pool.json, manifest.json}
+                                          (+ nrms_vectors.npy when the bundle's model is NRMS)
     <bundles>/deltas/<base version>/LATEST      (the sequence number the service should serve)
 
 Each delta is **cumulative** (every story the base lacks, not only the last scrape's), so
@@ -40,6 +42,8 @@ LATEST = "LATEST"
 ITEMS = "items.json"
 VECTORS = "vectors.npy"
 POOL = "pool.json"
+NRMS_VECTORS = "nrms_vectors.npy"
+"""The new stories' NRMS news vectors, encoded at publish so that a request encodes no story."""
 KEEP_DELTAS = 3
 """Complete deltas kept per base (the latest is what serves; older ones are for inspection)."""
 ITEM_FIELDS = ("item_id", "title", "categories", "summary", "link", "outlet", "published_s")
@@ -62,6 +66,8 @@ class Delta:
     """(len(items), d) float32 text vectors, row ``i`` for ``items[i]``."""
     pool: dict[str, Any] | None
     """``{"pool_date", "harvested_s", "rows": [{"item_id", "topic", "reason"}...]}`` or None."""
+    nrms_vectors: np.ndarray | None = None
+    """(len(items), d) float32 NRMS news vectors when the base bundle's model is NRMS, else None."""
 
 
 def delta_dir(store: ArtifactStore, base_version: str) -> Path:
@@ -89,12 +95,18 @@ def write_delta(
     vectors: np.ndarray,
     pool: dict[str, Any] | None,
     extra: dict[str, Any] | None = None,
+    nrms_vectors: np.ndarray | None = None,
 ) -> int:
-    """Write, checksum and publish the next delta of ``base_version``; returns its sequence."""
+    """Write, checksum and publish the next delta of ``base_version``; returns its sequence.
+
+    ``nrms_vectors``: the stories' NRMS news vectors (row ``i`` for ``items[i]``), shipped as
+    their own checksummed file when the base bundle serves NRMS."""
     if base_version not in store.versions():
         raise DeltaError(f"no complete bundle {base_version!r} under {store.root} to extend")
     if len(items) != len(vectors):
         raise DeltaError(f"{len(items)} items but {len(vectors)} vectors")
+    if nrms_vectors is not None and len(nrms_vectors) != len(items):
+        raise DeltaError(f"{len(items)} items but {len(nrms_vectors)} NRMS vectors")
     root = delta_dir(store, base_version)
     root.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -109,6 +121,8 @@ def write_delta(
             np.save(staged / VECTORS, np.ascontiguousarray(vectors, dtype=np.float32))
             if pool is not None:
                 (staged / POOL).write_text(json.dumps(pool))
+            if nrms_vectors is not None:
+                np.save(staged / NRMS_VECTORS, np.ascontiguousarray(nrms_vectors, dtype=np.float32))
             checksums = {p.name: fsync_file_sha256(p) for p in sorted(staged.iterdir())}
             manifest = {
                 **(extra or {}),
@@ -183,4 +197,10 @@ def read_delta(store: ArtifactStore, base_version: str, seq: int) -> Delta:
     if vectors.ndim != 2 or vectors.shape[0] != len(items):
         raise DeltaError(f"delta {base_version}+{seq}: {vectors.shape} vectors for {len(items)} items")
     pool = json.loads((path / POOL).read_text()) if POOL in checksums else None
-    return Delta(base_version, seq, manifest, items, np.asarray(vectors, dtype=np.float32), pool)
+    nrms = None
+    if NRMS_VECTORS in checksums:
+        nrms = np.load(path / NRMS_VECTORS)
+        if nrms.ndim != 2 or nrms.shape[0] != len(items):
+            raise DeltaError(f"delta {base_version}+{seq}: {nrms.shape} NRMS vectors for {len(items)} items")
+        nrms = np.asarray(nrms, dtype=np.float32)
+    return Delta(base_version, seq, manifest, items, np.asarray(vectors, dtype=np.float32), pool, nrms)

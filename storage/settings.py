@@ -625,8 +625,13 @@ class TuneSettings(BaseModel):
     > 0 starts a local Dask cluster of this many processes (one thread each). 0: sequential."""
 
 
+NEWS_CANDIDATES = ["nrms", "itemknn-recency", "popularity"]
+"""The news catalogue's nightly candidates: NRMS once there are clicked impressions to learn
+from (skipped with its reason before), else the cheap baselines."""
+
+
 def _default_catalogues() -> dict[str, dict[str, Any]]:
-    return {"movielens-100k": {}, "news": {}}
+    return {"movielens-100k": {}, "news": {"model": {"candidates": list(NEWS_CANDIDATES)}}}
 
 
 class Settings(BaseSettings):
@@ -646,7 +651,7 @@ class Settings(BaseSettings):
     flow has a deployment per catalogue listed here (scrape and harvest only for those whose
     source is ``feeds``), and ``recflow demo`` serves each; a flow or ``recflow serve`` given
     a catalogue applies its block (:func:`catalogue_settings`). Default: MovieLens-100K and
-    the news catalogue fed by the demo feeds."""
+    the news catalogue fed by the demo feeds, whose nightly tries :data:`NEWS_CANDIDATES`."""
     home: Path = Field(Path("var"), validate_default=True)
     """Root of all state: warehouse, bundles, event log, evaluation reports, Prefect's database;
     a relative value is resolved against the working directory when the settings load."""

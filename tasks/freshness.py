@@ -5,6 +5,8 @@ after the morning harvest (its pool goes live at once, instead of waiting for th
 nightly bundle). Both publish the same thing, cumulatively: every warehouse story of the
 last ``window_hours`` that the live bundle does not hold (metadata + text vectors from the
 embedding cache, encoding only what is not cached yet) and the warehouse's latest pool.
+When the live bundle's model is NRMS, its news encoder encodes the fresh stories here too
+(:func:`nrms_story_vectors`), so the service scores them with NRMS without encoding anything.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from storage.artifacts import ArtifactStore
 from storage.deltas import delta_dir, latest_seq, read_delta, write_delta
 from storage.settings import EmbeddingSettings
 from tasks.embedding import embed_items, item_vectors
+from tasks.features import item_texts
 from tasks.publish import _outlets
 
 CATALOG = "catalog.duckdb"
@@ -50,6 +53,30 @@ class DeltaSummary:
 def _base_item_ids(store: ArtifactStore, version: str) -> set[str]:
     with duckdb.connect(str(store.root / version / CATALOG), read_only=True) as cat:
         return {str(r[0]) for r in cat.execute("SELECT item_id FROM items").fetchall()}
+
+
+def nrms_story_vectors(
+    con: duckdb.DuckDBPyConnection,
+    store: ArtifactStore,
+    base: str,
+    items: list[dict[str, Any]],
+    vectors: np.ndarray,
+) -> np.ndarray | None:
+    """The live bundle's NRMS news vectors of ``items`` (None when its model is not NRMS).
+
+    Each story is read as in training: "title. description", its MiniLM vector (``vectors``,
+    the text model the bundle was embedded with) and its alphabetically first category as topic.
+    """
+    if ((store.manifest(base).get("model") or {}).get("name")) != "nrms":
+        return None
+    from models.nrms import NRMSModel
+
+    model = NRMSModel.load(store.root / base / "model")
+    ids = [it["item_id"] for it in items]
+    if not ids:
+        return np.zeros((0, model.dim), dtype=np.float32)
+    topics = [min(it["categories"]) if it["categories"] else None for it in items]
+    return model.encode_stories(item_texts(con, ids), vectors, topics)
 
 
 def _pool(
@@ -147,7 +174,8 @@ def publish_delta(
     if pool is not None:  # the service can place only pool rows it can serve
         servable = known | {it["item_id"] for it in items}
         pool["rows"] = [r for r in pool["rows"] if r["item_id"] in servable]
-    seq = write_delta(store, base, items, vectors, pool, extra={"text_model": text_model})
+    nrms = nrms_story_vectors(con, store, base, items, vectors)
+    seq = write_delta(store, base, items, vectors, pool, extra={"text_model": text_model}, nrms_vectors=nrms)
     return DeltaSummary(
         base,
         seq,

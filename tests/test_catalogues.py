@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from prefect.utilities.callables import parameter_schema
@@ -29,6 +30,30 @@ def test_default_catalogues_are_movielens_and_news() -> None:
     assert catalogue_settings().catalogue == "movielens-100k"
     assert catalogue_settings().source.kind == "movielens"
     assert catalogue_settings("news").source.kind == "feeds"
+    # The news nightly tries NRMS (skipped until clicked impressions exist) and the baselines;
+    # MovieLens keeps the shared candidates.
+    assert Settings().catalogues["news"] == {
+        "model": {"candidates": ["nrms", "itemknn-recency", "popularity"]}
+    }
+    assert catalogue_settings("news").model.served_candidates() == ["nrms", "itemknn-recency", "popularity"]
+    assert "nrms" not in catalogue_settings().model.served_candidates()
+
+
+def test_nrms_is_skipped_with_its_reason_until_readers_clicked_an_impression() -> None:
+    from flows.nightly import untrainable
+    from models.nrms import Impression
+    from tasks.features import LoggedImpression
+    from tasks.training import SplitData
+
+    data = SplitData("s", np.array(["u"]), np.array(["a", "b"]), [np.array([0])], [], [])
+    assert untrainable("nrms", data) == "no logged impressions with a click to learn from yet"
+    shown = Impression(np.array([0]), np.array([1]), np.array([False]))
+    data.impressions = [LoggedImpression("u", 1.0, shown, np.zeros(1))]
+    assert untrainable("nrms", data) is not None, "shown but never clicked: nothing to learn"
+    clicked = Impression(np.array([0]), np.array([1]), np.array([True]))
+    data.impressions.append(LoggedImpression("u", 2.0, clicked, np.zeros(1)))
+    assert untrainable("nrms", data) is None
+    assert untrainable("itemknn-recency", SplitData("s", np.array([]), np.array([]), [], [], [])) is None
 
 
 def test_environment_names_the_catalogue_when_no_parameter_does(monkeypatch: pytest.MonkeyPatch) -> None:

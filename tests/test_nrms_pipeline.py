@@ -1,7 +1,8 @@
 """NRMS through ``train-models`` on a real Prefect API: a news catalogue whose warehouse holds
 an impression log (demo stories read by simulated personas, loaded as a MIND split) trains
 NRMS on clicked-versus-shown, publishes it with every story's news vector precomputed, and
-the next run warm-starts from the live bundle's checkpoint."""
+the next run warm-starts from the live bundle's checkpoint. Stories scraped after the training
+reach the feed through a freshness delta carrying their NRMS vectors, encoded at publish."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,9 +18,11 @@ import pytest
 from models.nrms import NRMSModel
 from models.registry import load_model
 from storage.artifacts import ArtifactStore
+from storage.deltas import latest_seq, read_delta
 from storage.settings import Settings
 from storage.warehouse import connect, open_warehouse
-from tasks.load import load_source
+from tasks.freshness import publish_delta
+from tasks.load import load_source, upsert_items
 from tasks.sources import read_source
 from tasks.train_models import recorded_config
 from tests.serving_fixtures import serve
@@ -42,6 +46,41 @@ def write_mind_split(directory: Path, items: pd.DataFrame, log: pd.DataFrame) ->
         shown = " ".join(f"{s}-{int(c)}" for s, c in zip(row.shown, row.clicked, strict=True))
         lines.append(f"{n}\t{row.user_id}\t{when}\t{' '.join(row.history)}\t{shown}")
     (directory / "behaviors.tsv").write_text("\n".join(lines) + "\n")
+
+
+def items_of(bundle: Path) -> list[str]:
+    """The bundle's item ids in model order."""
+    with duckdb.connect(str(bundle / "catalog.duckdb"), read_only=True) as con:
+        return [str(r[0]) for r in con.execute("SELECT item_id FROM items ORDER BY item_idx").fetchall()]
+
+
+def seed_fresh_stories(settings: Settings, originals: pd.DataFrame) -> list[str]:
+    """Store copies of ``originals`` as just-scraped stories and publish the delta; their ids."""
+    ids = [f"fresh-{i}" for i in originals.index]
+    with connect(settings.warehouse_path) as con:
+        upsert_items(
+            con,
+            pd.DataFrame(
+                {
+                    "item_id": ids,
+                    "title": originals["title"].tolist(),
+                    "categories": [[t, t] for t in originals["topic"]],
+                    "year": pd.array([None] * len(ids), dtype="Int64"),
+                    "description": originals["text"].tolist(),
+                    "url": [f"https://news.example/{i}" for i in ids],
+                    "row_number": range(len(ids)),
+                }
+            ),
+            "news-sim",
+        )
+        now = int(datetime.now(UTC).timestamp())
+        for item_id in ids:
+            con.execute("UPDATE items SET published_ts = ? WHERE item_id = ?", [now - 60, item_id])
+        summary = publish_delta(
+            con, ArtifactStore(settings.bundles_dir), settings.embedding, settings.harvest.window_hours
+        )
+    assert summary.items == len(ids), summary
+    return ids
 
 
 def sports_in(feed: dict, topic_of: dict[str, str]) -> int:
@@ -106,6 +145,36 @@ def test_train_models_trains_nrms_ranks_the_feed_and_the_session_survives_a_trai
         assert before["strategy"] == "personalized"
         assert "ranker:news-ranker" in before["cascade"]["pipeline"], before["cascade"]
         assert sports_in(before, topic_of) >= 6, [topic_of.get(i["item_id"]) for i in before["items"]]
+
+        # Two stories scraped after the training (a sports one and another, word for word like
+        # two trained ones): the freshness update encodes them with the bundle's NRMS, and the
+        # fresh slot ranks them for this reader with the ranker over their NRMS scores.
+        originals = [sports[-1], next(i for i in items["item_id"] if topic_of[i] != "sports")]
+        fresh = seed_fresh_stories(settings, items.set_index("item_id").loc[originals])
+        seq = latest_seq(store, str(first.live))
+        assert seq is not None
+        delta = read_delta(store, str(first.live), seq)
+        order = [it["item_id"] for it in delta.items]
+        assert delta.nrms_vectors is not None and sorted(order) == sorted(fresh)
+        position = {str(i): n for n, i in enumerate(items_of(bundle))}
+        original_of = dict(zip(fresh, originals, strict=True))
+        trained_rows = model.encode_items()[[position[original_of[i]] for i in order]]
+        assert np.allclose(delta.nrms_vectors, trained_rows, atol=1e-4), "encoded as in training"
+        client.post("/admin/reload")
+        live = _app.state.holder.bundle
+        assert live.delta_seq == seq and live.fresh_stage is not None
+        assert np.array_equal(live.fresh_stage.nrms.encode_items()[-2:], delta.nrms_vectors)
+        slot = [
+            i["item_id"]
+            for i in client.get("/feed", params={"k": 10, "session": session}).json()["items"]
+            if i["stage"] == "fresh"
+        ]
+        rows = live.indices_of(order)
+        reads = live.indices_of(sports[:4])
+        scores = live.fresh_stage.score(reads, rows)
+        nrms_scores = live.fresh_stage.nrms.score([reads], rows)[0]
+        expected = [order[i] for i in np.argsort(-scores, kind="stable")]
+        assert slot == expected, (slot, scores, nrms_scores)
 
         # The next training (warm from the live checkpoint) publishes; the session's clicks
         # still steer the feed of the new bundle.
