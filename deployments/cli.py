@@ -603,9 +603,11 @@ def ab(
     hash of their session; per-arm metrics with 95 % intervals (the ab-test flow: a Prefect
     artifact and var/<catalogue>/ab/<run>/report.md, report.png, result.json)."""
     from flows.ab import ab_test
+    from tasks.ab import parse_arm
 
     _needs_prefect()
     try:
+        parse_arm(a, "a"), parse_arm(b, "b")  # a bad spec is refused before a flow run starts
         outcome = ab_test(
             catalogue=catalogue,
             a=a,

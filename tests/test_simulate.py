@@ -186,3 +186,48 @@ def test_ab_reports_both_arms_split_by_session_and_tells_a_worse_arm(
         logged |= {json.loads(line)["session"] for line in path.read_text().splitlines() if line}
     assert set(outcome.sessions) <= logged  # both arms logged their impressions
     assert parse_arm("x:serving.update_mode=none", "a").overrides == {"serving": {"update_mode": "none"}}
+
+
+def test_the_commands_reach_the_service_and_the_flow(
+    news: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`recflow simulate` against a running service (--base-url) and `recflow ab`, as a user runs them."""
+    from typer.testing import CliRunner
+
+    from deployments.cli import app
+
+    overrides = news["overrides"]
+    monkeypatch.setenv("RECFLOW_HOME", overrides["home"])
+    settings = catalogue_settings("news", overrides)
+    with ServiceThread(settings) as url:
+        done = CliRunner().invoke(
+            app,
+            ["simulate", "--personas", "5", "--days", "1", "--seed", "2", "--base-url", url, "--run", "cli"],
+            env={"COLUMNS": "200"},
+        )
+    assert done.exit_code == 0, done.output
+    assert "day 1:" in done.output and f"run cli against {url}" in done.output
+    assert any(e.session.startswith("sim-cli-") for e in read_events(settings.events_dir))
+
+    done = CliRunner().invoke(
+        app,
+        [
+            "ab",
+            "--a",
+            "one:",
+            "--b",
+            "two:serving.mmr_lambda=0.5",
+            "--personas",
+            "6",
+            "--seed",
+            "2",
+            "--run",
+            "cliab",
+        ],
+        env={"COLUMNS": "200"},
+    )
+    assert done.exit_code == 0, done.output
+    assert "click-through" in done.output and (settings.catalogue_dir / "ab" / "cliab" / "report.md").exists()
+
+    bad = CliRunner().invoke(app, ["ab", "--a", "x:serving.mmr_lambda", "--b", "", "--personas", "4"])
+    assert bad.exit_code == 2 and "is not key=value" in bad.output
