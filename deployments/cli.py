@@ -603,11 +603,12 @@ def ab(
     hash of their session; per-arm metrics with 95 % intervals (the ab-test flow: a Prefect
     artifact and var/<catalogue>/ab/<run>/report.md, report.png, result.json)."""
     from flows.ab import ab_test
-    from tasks.ab import parse_arm
+    from tasks.ab import arm_settings, parse_arm
 
     _needs_prefect()
-    try:
-        parse_arm(a, "a"), parse_arm(b, "b")  # a bad spec is refused before a flow run starts
+    try:  # a bad spec or an unpublished bundle is refused before a flow run starts
+        for arm in (parse_arm(a, "a"), parse_arm(b, "b")):
+            arm_settings(catalogue, None, arm)
         outcome = ab_test(
             catalogue=catalogue,
             a=a,

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from storage.artifacts import ArtifactStore
 from storage.settings import Settings, catalogue_settings
 from tasks.simulate import SimulationResult, Visit
 
@@ -57,8 +58,10 @@ def parse_value(text: str) -> Any:
 
 def parse_arm(spec: str, default_name: str) -> Arm:
     """``[name:]key=value[,key=value…]`` with dotted settings keys, e.g.
-    ``control:serving.update_mode=none,serving.exploration=false``; an empty spec (or just
-    ``name:``) is the catalogue's settings as they are. Values are JSON where they parse."""
+    ``control:serving.update_mode=none,serving.exploration=false``; ``bundle=VERSION`` is
+    short for ``serving.bundle_version=VERSION`` (serve that published bundle, not
+    ``CURRENT``); an empty spec (or just ``name:``) is the catalogue's settings as they are.
+    Values are JSON where they parse."""
     name, _, body = spec.partition(":") if ":" in spec.split("=", 1)[0] else (default_name, "", spec)
     name = name.strip() or default_name
     overrides: dict[str, Any] = {}
@@ -71,6 +74,9 @@ def parse_arm(spec: str, default_name: str) -> Arm:
             )
         node = overrides
         keys = key.strip().split(".")
+        if keys == ["bundle"]:
+            keys = ["serving", "bundle_version"]
+            value = json.dumps(value.strip())  # a version is a string even when it looks like a number
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
@@ -123,8 +129,18 @@ class ServiceThread:
 
 
 def arm_settings(catalogue: str, overrides: Mapping[str, Any] | None, arm: Arm) -> Settings:
-    """The catalogue's settings under the run's overrides, then the arm's."""
-    return catalogue_settings(catalogue, merge(overrides or {}, arm.overrides))
+    """The catalogue's settings under the run's overrides, then the arm's; an arm pinned to a
+    bundle version must name a published one."""
+    settings = catalogue_settings(catalogue, merge(overrides or {}, arm.overrides))
+    pinned = settings.serving.bundle_version
+    if pinned is not None:
+        published = ArtifactStore(settings.bundles_dir).versions()
+        if pinned not in published:
+            raise ValueError(
+                f"arm {arm.name!r}: bundle version {pinned!r} is not published under "
+                f"{settings.bundles_dir}; published: {published[-5:]} (latest last)"
+            )
+    return settings
 
 
 @contextmanager

@@ -20,6 +20,7 @@ import pytest
 
 from demo.feeds import FEED_UPDATE_SECONDS, DemoFeedServer
 from serving.events import read_events
+from storage.artifacts import ArtifactStore
 from storage.settings import catalogue_settings
 from storage.warehouse import connect
 from tasks.ab import ServiceThread, parse_arm
@@ -209,12 +210,13 @@ def test_the_commands_reach_the_service_and_the_flow(
     assert "day 1:" in done.output and f"run cli against {url}" in done.output
     assert any(e.session.startswith("sim-cli-") for e in read_events(settings.events_dir))
 
+    oldest = ArtifactStore(settings.bundles_dir).versions()[0]
     done = CliRunner().invoke(
         app,
         [
             "ab",
             "--a",
-            "one:",
+            f"one:bundle={oldest}",
             "--b",
             "two:serving.mmr_lambda=0.5",
             "--personas",
@@ -227,7 +229,12 @@ def test_the_commands_reach_the_service_and_the_flow(
         env={"COLUMNS": "200"},
     )
     assert done.exit_code == 0, done.output
-    assert "click-through" in done.output and (settings.catalogue_dir / "ab" / "cliab" / "report.md").exists()
+    assert "click-through" in done.output
+    report = json.loads((settings.catalogue_dir / "ab" / "cliab" / "result.json").read_text())
+    assert report["bundle"] == oldest  # arm one served the bundle it was pinned to
+
+    unpublished = CliRunner().invoke(app, ["ab", "--a", "bundle=20000101T000000-000", "--b", ""])
+    assert unpublished.exit_code == 2 and "is not published" in unpublished.output
 
     bad = CliRunner().invoke(app, ["ab", "--a", "x:serving.mmr_lambda", "--b", "", "--personas", "4"])
     assert bad.exit_code == 2 and "is not key=value" in bad.output

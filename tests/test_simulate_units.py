@@ -99,6 +99,9 @@ def test_arm_specs_parse_and_bad_ones_are_named() -> None:
     arm = parse_arm("control:serving.update_mode=none,serving.mmr_lambda=0.5", "b")
     assert arm.name == "control"
     assert arm.overrides == {"serving": {"update_mode": "none", "mmr_lambda": 0.5}}
+    assert parse_arm("v1:bundle=20261127T024459-000", "a").overrides == {
+        "serving": {"bundle_version": "20261127T024459-000"}
+    }
     assert parse_arm("", "a").overrides == {} and parse_arm("", "a").name == "a"
     assert parse_arm("serving.exploration=false", "b") == parse_arm("b:serving.exploration=false", "x")
     with pytest.raises(ValueError, match=r"'serving\.update_mode' is not key=value"):
