@@ -26,6 +26,8 @@ class ItemFeatures:
     categories: np.ndarray
     recency: np.ndarray
     category_names: list[str] = field(default_factory=list)
+    texts: list[str] | None = None
+    """Title and description per item (what a model that reads words reads), or None."""
 
     def __post_init__(self) -> None:
         n = self.categories.shape[0]
@@ -37,6 +39,8 @@ class ItemFeatures:
         self.recency = np.asarray(self.recency, dtype=np.float32)
         if self.text is not None:
             self.text = np.asarray(self.text, dtype=np.float32)
+        if self.texts is not None and len(self.texts) != n:
+            raise ValueError(f"ItemFeatures.texts: expected {n} texts, got {len(self.texts)}")
 
     @property
     def n_items(self) -> int:
