@@ -105,6 +105,10 @@ bench-fresh: setup
 .PHONY: eval-news
 eval-news: setup
 	$(BIN)/python -m benchmarks.eval_news
+# A/B test of the news service with simulated readers over HTTP, from a fresh home (minutes).
+.PHONY: ab-news
+ab-news: setup
+	$(BIN)/python -m benchmarks.ab_news
 # Train (warm from the live bundle when it holds the same torch model), gate, publish; then
 # every user's top 100 from the live bundle as Parquet.
 .PHONY: train export

@@ -19,6 +19,7 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
+from flows.ab import ab_test
 from flows.build_index import build_index_flow
 from flows.embed import embed_items_flow
 from flows.harvest import morning_harvest
@@ -87,6 +88,13 @@ FLOWS: list[FlowDeployment] = [
         tune_models,
         "training",
         "Optuna search (TPE, pruned on validation NDCG@10); the best config becomes the default.",
+    ),
+    FlowDeployment(
+        ab_test,
+        "evaluation",
+        "A/B test: two arms (settings overrides; none given: an A/A test) served side by side, "
+        "simulated readers split by session hash, per-arm metrics with 95 % intervals.",
+        feeds_only=True,
     ),
 ]
 

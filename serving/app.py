@@ -110,7 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.holder = BundleHolder(
-        ArtifactStore(settings.bundles_dir, keep=settings.bundles_keep), serving.reload_check_s
+        ArtifactStore(settings.bundles_dir, keep=settings.bundles_keep),
+        serving.reload_check_s,
+        pinned=serving.bundle_version,
     )
     app.state.metrics = ServiceMetrics()
     app.state.events = EventLog(settings.events_dir)

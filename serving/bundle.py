@@ -1116,8 +1116,11 @@ class BundleHolder:
         store: ArtifactStore,
         check_interval_s: float,
         loader: Loader = load_bundle,
+        pinned: str | None = None,
     ) -> None:
         self.store = store
+        self.pinned = pinned
+        """A version served instead of the one ``CURRENT`` names (``serving.bundle_version``)."""
         self.check_interval_s = check_interval_s
         self._loader = loader
         self._bundle: LoadedBundle | None = None
@@ -1250,7 +1253,7 @@ class BundleHolder:
         """Load the version ``CURRENT`` names if it is new. Called with the lock held."""
         self._last_check = time.monotonic()
         try:
-            version = self.store.current_version()
+            version = self.pinned or self.store.current_version()
         except OSError as exc:
             logger.warning("could not read %s/CURRENT: %s", self.store.root, exc)
             return False

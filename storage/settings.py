@@ -278,6 +278,9 @@ class ServingSettings(BaseModel):
     ``global``: ``private``, plus item-level signals every reader shares between nightlies
     (trending and click-through counts from the event log, time-decayed, blended into
     ranking by ``global_*``); ``none``: interactions are logged but never change answers."""
+    bundle_version: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    """Serve this published bundle version instead of following ``CURRENT`` (an A/B arm
+    pinned to one bundle); None: follow ``CURRENT``."""
     session_learning_rate: float = Field(0.5, ge=0.0)
     """Step of the private delta per unit of event weight (like = 1, skip = -0.5...)."""
     session_cookie: str = Field("recflow_session", pattern=r"^[A-Za-z0-9_-]+$")

@@ -115,7 +115,7 @@ def test_every_flow_is_deployed_per_catalogue_with_its_catalogue_as_parameter() 
     settings = Settings()
     found = _deployments(settings)
     flows = [spec.flow.name for spec in FLOWS]
-    feeds = {"scrape-feeds", "morning-harvest"}
+    feeds = {spec.flow.name for spec in FLOWS if spec.feeds_only}  # scrape, harvest, A/B
     expected = {f"{f}/movielens-100k" for f in flows if f not in feeds} | {f"{f}/news" for f in flows}
     assert set(found) == expected
     for name, dep in found.items():
