@@ -168,7 +168,10 @@ def train_publish_task(
         else:
             if settings.model.name in FEATURE_MODELS:  # hybrid models read item features
                 data.item_features = load_item_features(
-                    con, data, settings.embedding if settings.embedding.enabled else None
+                    con,
+                    data,
+                    settings.embedding if settings.embedding.enabled else None,
+                    side=settings.source.books,
                 )
             result = train_and_evaluate(data, settings.model.name, params, list(settings.eval.ks))
         record_run(con, result, proto, fingerprint, run_id)
