@@ -10,14 +10,16 @@ import duckdb
 import numpy as np
 import pytest
 
-from models.registry import load_model
+from models.registry import build_model, load_model
 from models.side_features import build_side_features, numeric_column, top_k_multi_hot, user_aggregates
 from models.two_tower import TwoTowerModel
 from storage.settings import Settings, SourceSettings
 from storage.warehouse import open_warehouse
+from tasks.eval_report import report_for_models
 from tasks.features import load_item_features
 from tasks.load import load_source
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, kcore_filter, make_splits
+from tasks.side_diagnostics import category_cohesion, pearson
 from tasks.sources import read_source
 from tasks.sources.books import split_authors
 from tasks.training import SplitData, load_split_data
@@ -195,3 +197,49 @@ def test_two_tower_trains_and_serves_with_side_features(
     plain.set_item_features(features)
     plain.fit(data.matrix(("train",)), data.train)
     assert plain.net is not None and plain.net.items.side_dim == 0 and not hasattr(plain.net, "user_side")
+
+
+def test_cohesion_and_pearson_on_crafted_spaces() -> None:
+    # two clusters, each one category: every neighbour shares it, half the pairs do not
+    vectors = np.array([[1, 0], [0.9, 0.1], [0.95, 0.05], [0, 1], [0.1, 0.9], [0.05, 0.95]])
+    cats = np.array([[1, 0]] * 3 + [[0, 1]] * 3, dtype=np.float32)
+    cohesion = category_cohesion(vectors, cats, k=2)
+    assert cohesion == {"k": 2.0, "neighbours": 1.0, "random_pairs": pytest.approx(0.4)}
+    mixed = category_cohesion(vectors, cats[[0, 3, 1, 4, 2, 5]], k=2)  # categories across clusters
+    assert mixed is not None and mixed["neighbours"] < 0.7
+    r, p = pearson(np.arange(10.0), 2 * np.arange(10.0) + 1) or (0.0, 1.0)
+    assert r == pytest.approx(1.0) and p < 1e-6
+    assert pearson(np.ones(5), np.arange(5.0)) is None
+
+
+def test_report_shows_side_feature_diagnostics(
+    goodbooks_split: tuple[SplitData, Path], tmp_path: Path
+) -> None:
+    data, _ = goodbooks_split
+    tower = TwoTowerModel(epochs=3, dim=16, progress=False, threads=1)
+    tower.set_item_features(data.item_features)  # type: ignore[arg-type]
+    tower.fit(data.matrix(("train",)), data.train)
+    knn = build_model("itemknn")
+    knn.fit(data.matrix(("train",)), data.train)
+    results = {"dataset": "goodbooks", "models": {"two-tower": {"ndcg@10": 0.5}, "itemknn": {"ndcg@10": 0.4}}}
+    report = report_for_models(results, data, {"two-tower": tower, "itemknn": knn}, tmp_path, k=5)
+    diagnostics = json.loads((tmp_path / "diagnostics.json").read_text())
+    assert tmp_path / "diagnostics.json" in report.files
+    tt = diagnostics["two-tower"]
+    assert tt["norms"]["min"] > 0 and -1 <= tt["norms"]["r_log_popularity"] <= 1
+    assert 0 <= tt["cohesion"]["neighbours"] <= 1 and 0 < tt["cohesion"]["random_pairs"] < 1
+    features = {c["feature"]: c for c in tt["score_feature_pearson"]}
+    assert "num:average_rating" in features and "title:log_chars" in features
+    assert all(-1 <= c["r"] <= 1 and 0 <= c["p"] <= 1 for c in features.values())
+    # the same r computed here from the model's scores
+    users = [u for u in range(data.n_users) if len(data.test[u]) and len(data.train[u])]
+    assert data.item_features is not None and data.item_features.side is not None
+    column = data.item_features.side[:, data.item_features.side_names.index("num:average_rating")]
+    expected = pearson(tower.score([data.train[u] for u in users]).mean(axis=0), column)
+    assert expected is not None and features["num:average_rating"]["r"] == pytest.approx(
+        expected[0], abs=1e-6
+    )
+    assert "norms" not in diagnostics["itemknn"] and diagnostics["itemknn"]["score_feature_pearson"]
+    text = (tmp_path / "report.md").read_text()
+    assert "## Side-feature diagnostics" in text and "category cohesion of the" in text
+    assert "| `num:average_rating` |" in text
