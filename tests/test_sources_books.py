@@ -23,6 +23,7 @@ from tasks.side_diagnostics import category_cohesion, pearson
 from tasks.sources import read_source
 from tasks.sources.books import split_authors
 from tasks.training import SplitData, load_split_data
+from tests.nightly_cli import run_nightly_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "books"
 GOODBOOKS = FIXTURES / "goodbooks"
@@ -243,3 +244,44 @@ def test_report_shows_side_feature_diagnostics(
     text = (tmp_path / "report.md").read_text()
     assert "## Side-feature diagnostics" in text and "category cohesion of the" in text
     assert "| `num:average_rating` |" in text
+
+
+@pytest.mark.slow
+def test_recflow_run_nightly_publishes_a_books_bundle_with_side_features(
+    prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storage.artifacts import ArtifactStore
+
+    home = tmp_path / "var"
+    output = run_nightly_cli(
+        {
+            "RECFLOW_HOME": str(home),
+            "RECFLOW_CATALOGUE": "goodbooks",
+            "RECFLOW_SOURCE__KIND": "books",
+            "RECFLOW_SOURCE__PATH": str(GOODBOOKS / "ratings.csv"),
+            "RECFLOW_SOURCE__ITEMS_PATH": str(GOODBOOKS / "books.csv"),
+            # 6 broken lines of 104: over the 5 % default
+            "RECFLOW_VALIDATION__MAX_FAILURE_SHARE": "0.2",
+            "RECFLOW_MODEL__NAME": "two-tower",
+            "RECFLOW_TWO_TOWER__EPOCHS": "2",
+            "RECFLOW_TWO_TOWER__DIM": "16",
+        },
+        tmp_path,
+        monkeypatch,
+    )
+    store = ArtifactStore(home / "goodbooks" / "bundles")
+    version = store.current_version()
+    assert version is not None and f"live bundle: {version}" in output
+    bundle = store.root / version
+    with duckdb.connect(str(bundle / "catalog.duckdb"), read_only=True) as cat:
+        titles = dict(cat.execute("SELECT item_id, title FROM items").fetchall())
+    assert titles["12"] == "The Name of the Wind (The Kingkiller Chronicle, #1)" and len(titles) == 14
+    model = load_model(bundle / "model")
+    assert isinstance(model, TwoTowerModel) and model.net is not None
+    assert model.net.items.side_dim > 0 and model.net.items.text_dim == 384
+    history = [np.array([0, 1, 2])]
+    assert np.allclose(model.encode_users(history) @ model.encode_items().T, model.score(history), atol=1e-4)
+    # the bundle's evaluation report carries the side-feature diagnostics
+    assert "## Side-feature diagnostics" in (bundle / "report" / "report.md").read_text()
+    diagnostics = json.loads((bundle / "report" / "diagnostics.json").read_text())
+    assert diagnostics["two-tower"]["cohesion"]["neighbours"] >= 0
