@@ -155,6 +155,7 @@ def goodbooks_split(tmp_path_factory: pytest.TempPathFactory) -> tuple[SplitData
     return data, settings.warehouse_path
 
 
+@pytest.mark.slow  # the warehouse load takes ~15 s
 def test_warehouse_keeps_attributes_of_clean_items_only(goodbooks_split: tuple[SplitData, Path]) -> None:
     _, warehouse = goodbooks_split
     with duckdb.connect(str(warehouse), read_only=True) as con:
@@ -172,6 +173,7 @@ def test_warehouse_keeps_attributes_of_clean_items_only(goodbooks_split: tuple[S
     ]
 
 
+@pytest.mark.slow
 def test_two_tower_trains_and_serves_with_side_features(
     goodbooks_split: tuple[SplitData, Path], tmp_path: Path
 ) -> None:
@@ -213,6 +215,7 @@ def test_cohesion_and_pearson_on_crafted_spaces() -> None:
     assert pearson(np.ones(5), np.arange(5.0)) is None
 
 
+@pytest.mark.slow
 def test_report_shows_side_feature_diagnostics(
     goodbooks_split: tuple[SplitData, Path], tmp_path: Path
 ) -> None:
