@@ -120,6 +120,14 @@ bench-serve: setup
 	test -f var/movielens-100k/bundles/CURRENT || $(BIN)/recflow run nightly
 	$(BIN)/python -m benchmarks.bench_serve
 
+# The movie page (/movies) on the live MovieLens bundle, asked a question, as docs/movie-page.png.
+.PHONY: movies-screenshot
+movies-screenshot: setup
+	test -f var/movielens-100k/bundles/CURRENT || $(BIN)/recflow run nightly
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(BIN)/python -m deployments.screenshot_docs --live --height 1150 --out docs/movie-page.png \
+		--page '/movies?q=a+cozy+film+for+a+rainy+Sunday,+nothing+scary&user=196'
+
 # Re-run the README's example requests against the live MovieLens and news bundles and rewrite
 # their output blocks in README.md (publishes a first bundle of either when `make demo` has not).
 .PHONY: readme-examples

@@ -433,6 +433,67 @@ def run_merge(
     )
 
 
+@run_app.command("tune")
+def run_tune(
+    model: Annotated[str, typer.Option(help="Model to tune (two-tower, nextitem-mf, neumf, itemknn...).")] = (
+        "two-tower"
+    ),
+    trials: Annotated[int, typer.Option(min=1, help="Optuna trials (pruned ones count).")] = 30,
+    time_budget: Annotated[
+        float | None, typer.Option(help="Seconds after which no new trial starts (and a running one stops).")
+    ] = None,
+    catalogue: SomeCatalogue = None,
+    space: Annotated[
+        str | None,
+        typer.Option(
+            help='Search space over the default, JSON: \'{"params": {"lr": {"kind": "float", '
+            '"low": 0.001, "high": 0.01, "log": true}}}\'.'
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the TPE sampler.")] = 42,
+) -> None:
+    """Run the tune-models flow: Optuna trials on validation, the best config stored as the default."""
+    from pydantic import ValidationError
+
+    from flows.tune import tune_models
+    from tasks.tune import SearchSpace
+
+    try:
+        parsed = SearchSpace.model_validate_json(space) if space else None
+    except ValidationError as exc:
+        raise typer.BadParameter(f"--space: {exc}") from exc
+    result = tune_models(
+        model=model, trials=trials, time_budget_s=time_budget, space=parsed, catalogue=catalogue, seed=seed
+    )
+    table = Table(
+        "trial",
+        "state",
+        "valid ndcg@10",
+        "epochs",
+        "seconds",
+        *result.searched,
+        title=f"study {result.study}: {model} on {result.catalogue}",
+    )
+    for o in sorted(result.trials, key=lambda o: o.number):
+        best = o.number == result.best_trial
+        cells = [
+            f"{v:.3g}" if isinstance(v, float) else str(v)
+            for v in (o.sampled.get(n, "") for n in result.searched)
+        ]
+        table.add_row(
+            f"{o.number}{' *' if best else ''}",
+            o.state,
+            "—" if o.value is None else f"{o.value:.4f}",
+            str(len(o.curve) or "—"),
+            f"{o.seconds:.1f}",
+            *cells,
+            style="bold" if best else None,
+        )
+    console.print(table)
+    console.print(f"{len(result.trials)} trials in {result.seconds:.0f}s; * best. {result.note}")
+    console.print(f"optimisation plot: {result.plot}")
+
+
 @app.command("recommend")
 def recommend(
     all_users: Annotated[bool, typer.Option("--all-users", help="Every user of the bundle.")] = False,

@@ -26,6 +26,7 @@ from flows.merge import merge_checkpoints
 from flows.nightly import nightly_refresh
 from flows.scrape import scrape_feeds
 from flows.train import train_models
+from flows.tune import tune_models
 from storage.settings import ScheduleSettings, Settings, catalogue_settings
 
 
@@ -81,6 +82,11 @@ FLOWS: list[FlowDeployment] = [
         merge_checkpoints,
         "training",
         "Weighted average of torch checkpoints, evaluated and gated like a trained model.",
+    ),
+    FlowDeployment(
+        tune_models,
+        "training",
+        "Optuna search (TPE, pruned on validation NDCG@10); the best config becomes the default.",
     ),
 ]
 

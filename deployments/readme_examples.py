@@ -37,6 +37,8 @@ class Example:
     path: str
     comment: str
     show: Callable[[Any], str]
+    body: dict[str, Any] | None = None
+    """A JSON body: the request is a POST (shown as ``curl -d``)."""
 
 
 def _compact(body: Any) -> str:
@@ -82,6 +84,20 @@ def _stories(body: dict[str, Any]) -> str:
     return _compact(head)[:-1] + ',...,\n "items":[' + ",\n          ".join(items) + "]}"
 
 
+def _intent(body: dict[str, Any]) -> str:
+    """What was read from the text, then the top items with their genres and why."""
+    read = body["read"]
+    genres = ", ".join(f"{g['name']} {g['weight']:.2f}" for g in read["genres"]) or "-"
+    moods = ", ".join(f"{m['name']} ({m['matched'] or 'similar'})" for m in read["moods"]) or "-"
+    off = ", ".join(f"{s['name']} ({s['because']})" for s in read["suppressed"]) or "-"
+    lines = [f"read genres: {genres}", f"read moods: {moods}", f"suppressed: {off}"]
+    for item in body["items"]:
+        year = f" ({item['year']})" if item["year"] else ""
+        genres = "|".join(item["categories"])
+        lines.append(f"{item['rank']}. {item['title']}{year} [{genres}] · {item['why']}")
+    return "\n".join(lines)
+
+
 EXAMPLES: dict[str, list[Example]] = {
     "recommend": [
         Example("/recommend/196?k=3", "", _recommend),
@@ -95,6 +111,14 @@ EXAMPLES: dict[str, list[Example]] = {
     ],
     "news": [
         Example("/feed?k=5", "", _stories),
+    ],
+    "intent": [
+        Example("/recommend/intent", "", _intent, {"text": text, "k": 5})
+        for text in (
+            "something to get my blood pumping",
+            "a cozy film for a rainy Sunday, nothing scary",
+            "space adventure with aliens",
+        )
     ],
 }
 CATALOGUE_OF = {"news": "news"}
@@ -144,8 +168,13 @@ def render(clients: dict[str, httpx.Client]) -> dict[str, str]:
         lines: list[str] = []
         for ex in examples:
             cmd = f"$ curl -s 'http://127.0.0.1:{README_PORT[catalogue]}{ex.path}'"
+            if ex.body is not None:
+                cmd += f" -H 'content-type: application/json' -d '{_compact(ex.body)}'"
             lines.append(f"{cmd}   {ex.comment}".rstrip() if ex.comment else cmd)
-            lines.append(ex.show(client.get(ex.path).json()))
+            if ex.body is not None:
+                lines.append(ex.show(client.post(ex.path, json=ex.body).json()))
+            else:
+                lines.append(ex.show(client.get(ex.path).json()))
             lines.append("")
         blocks[name] = "```console\n" + "\n".join(lines).rstrip() + "\n```"
     return blocks

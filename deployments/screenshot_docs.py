@@ -24,10 +24,15 @@ from serving.app import create_app
 from storage.settings import Settings
 
 
-def screenshot_docs(out: Path, width: int = 1280, height: int = 1400, page: str = "/docs") -> Path:
-    """Serve a fresh app, screenshot ``page`` into ``out``, stop the app; returns ``out``."""
+def screenshot_docs(
+    out: Path, width: int = 1280, height: int = 1400, page: str = "/docs", settings: Settings | None = None
+) -> Path:
+    """Serve a fresh app, screenshot ``page`` into ``out``, stop the app; returns ``out``.
+
+    ``settings``: serve that home's live bundle (pages that show data, e.g. ``/movies``);
+    default: an empty home."""
     with tempfile.TemporaryDirectory(prefix="recflow-docs-") as home:
-        app = create_app(Settings(home=Path(home)))
+        app = create_app(settings if settings is not None else Settings(home=Path(home)))
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
@@ -35,7 +40,7 @@ def screenshot_docs(out: Path, width: int = 1280, height: int = 1400, page: str 
             thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
             thread.start()
             try:
-                deadline = time.monotonic() + 30
+                deadline = time.monotonic() + (30 if settings is None else 180)  # a bundle loads first
                 while not server.started:
                     if not thread.is_alive() or time.monotonic() > deadline:
                         raise RuntimeError("the service did not start")
@@ -50,5 +55,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("docs/openapi-docs.png"))
     parser.add_argument("--page", default="/docs", help="/docs (Swagger UI) or /redoc")
+    parser.add_argument("--height", type=int, default=1400, help="window height in pixels")
+    parser.add_argument(
+        "--live", action="store_true", help="serve the configured catalogue's live bundle (for /movies)"
+    )
     args = parser.parse_args()
-    print(screenshot_docs(args.out, page=args.page), file=sys.stdout)
+    settings = Settings() if args.live else None
+    print(screenshot_docs(args.out, height=args.height, page=args.page, settings=settings), file=sys.stdout)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from tasks.served_impressions import ingest_impressions
 from tasks.sources import SourceFormatError
 from tasks.train_models import TRAIN_MODEL_DIR, bundle_vectors, is_torch_model, results_dict
 from tasks.training import (
+    TrainResult,
     data_fingerprint,
     fit_for_serving,
     load_split_data,
@@ -57,6 +59,36 @@ def model_params(settings: Settings, config: ModelOverrides | None = None) -> di
     if others:
         raise ValueError(f"config given for {others}, but the nightly refresh trains {name!r} (model.name)")
     return settings.config_of(name, given.get(name)).model_dump()
+
+
+def with_cpu_budget(params: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """``params`` with a CPU-time budget for the torch training inside, unless one is given:
+    the model's own ``max_cpu_seconds``, or its two-tower part's (``two-tower-knn``)."""
+    out = dict(params)
+    if "max_cpu_seconds" in out and out["max_cpu_seconds"] is None:
+        out["max_cpu_seconds"] = seconds
+    if isinstance(out.get("two_tower"), dict):
+        out["two_tower"] = with_cpu_budget(out["two_tower"], seconds)
+    return out
+
+
+def candidate_params(settings: Settings, config: ModelOverrides | None = None) -> dict[str, dict[str, Any]]:
+    """Each nightly candidate (``model.candidates``, else ``model.name``) → its constructor
+    parameters: its config from settings, ``config``'s entry for it on top, and the CPU-time
+    budget ``model.candidate_cpu_seconds`` for its training."""
+    names = settings.model.served_candidates()
+    given = config.given() if config is not None else {}
+    others = sorted(set(given) - set(names))
+    if others:
+        raise ValueError(
+            f"config given for {others}, but the nightly refresh trains {names} (model.candidates)"
+        )
+    return {
+        name: with_cpu_budget(
+            settings.config_of(name, given.get(name)).model_dump(), settings.model.candidate_cpu_seconds
+        )
+        for name in names
+    }
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -131,20 +163,25 @@ def split_task(settings: Settings) -> dict[str, dict[str, int]]:
 
 @task(name="train-evaluate-publish", timeout_seconds=3600)
 def train_publish_task(
-    settings: Settings, run_id: str | None, params: dict[str, Any] | None = None
+    settings: Settings, run_id: str | None, candidates: dict[str, dict[str, Any]] | None = None
 ) -> PublishResult:
-    """Train, evaluate and publish in one task: the fitted model never leaves the process.
-    ``params``: the model's constructor parameters (default: :func:`model_params` of settings)."""
+    """Train every candidate, keep the best on validation NDCG@10, evaluate and publish it, in
+    one task: the fitted models never leave the process. ``candidates``: model name → its
+    constructor parameters (default: :func:`candidate_params` of settings)."""
     logger = get_run_logger()
     store = ArtifactStore(settings.bundles_dir, keep=settings.bundles_keep)
-    params = params if params is not None else model_params(settings)
+    candidates = candidates if candidates is not None else candidate_params(settings)
+    if not candidates:
+        raise ValueError("the nightly refresh needs at least one candidate model")
     with open_warehouse(settings.warehouse_path) as con:
+        single = len(candidates) == 1
+        name0 = next(iter(candidates))
         fingerprint = data_fingerprint(
             con,
             KCORE_TABLE,
             {
-                "model": settings.model.name,
-                "params": params,
+                # one candidate: the same fingerprint as before candidates existed
+                **({"model": name0, "params": candidates[name0]} if single else {"candidates": candidates}),
                 "kcore": settings.kcore.model_dump(),
                 "ks": settings.eval.ks,
                 "embedding": settings.embedding.model_dump() if settings.embedding.enabled else None,
@@ -162,19 +199,39 @@ def train_publish_task(
         )
         proto = protocol(data, list(settings.eval.ks), settings.kcore.model_dump())
         cold = cold_start_reason(data) if settings.source.kind == "feeds" else None
+        tried: list[tuple[TrainResult, float]] = []
         if cold:
             logger.info("cold start: %s", cold)
             result = cold_start_result(data)
+            record_run(con, result, proto, fingerprint, run_id)
         else:
-            if settings.model.name in FEATURE_MODELS:  # hybrid models read item features
+            if FEATURE_MODELS & set(candidates):  # hybrid models read item features
                 data.item_features = load_item_features(
                     con,
                     data,
                     settings.embedding if settings.embedding.enabled else None,
                     side=settings.source.books,
                 )
-            result = train_and_evaluate(data, settings.model.name, params, list(settings.eval.ks))
-        record_run(con, result, proto, fingerprint, run_id)
+            for name, params in candidates.items():
+                cpu = time.process_time()
+                candidate = train_and_evaluate(data, name, params, list(settings.eval.ks))
+                cpu = time.process_time() - cpu
+                record_run(con, candidate, proto, fingerprint, run_id)
+                tried.append((candidate, cpu))
+                logger.info(
+                    "candidate %s: valid ndcg@10=%.4f (fit %.1fs wall, %.1fs CPU with evaluation)",
+                    name,
+                    candidate.valid.get("ndcg@10", float("nan")),
+                    candidate.train_seconds,
+                    cpu,
+                )
+            result = pick_best([r for r, _ in tried])
+            if not single:
+                _artifact(
+                    "nightly-candidates",
+                    candidates_markdown(tried, result),
+                    "Candidate models on validation NDCG@10; the best is published",
+                )
         logger.info(
             "%s valid ndcg@10=%.4f test ndcg@10=%.4f hr@10=%.4f (fit %.1fs)",
             result.model_name,
@@ -183,7 +240,8 @@ def train_publish_task(
             result.test.get("hr@10", float("nan")),
             result.train_seconds,
         )
-        serving_model = result.model if cold else fit_for_serving(data, settings.model.name, params)
+        # the refit reuses what the evaluated fit chose (e.g. two-tower-knn's fusion weight)
+        serving_model = result.model if cold else fit_for_serving(data, result.model_name, result.params)
         vectors, index = bundle_vectors(con, settings, data, logger.info)  # raises below the recall floor
         manifest = build_manifest(
             catalogue=settings.catalogue,
@@ -192,6 +250,14 @@ def train_publish_task(
             proto=proto,
             fingerprint=fingerprint,
             embedding=settings.embedding if settings.embedding.enabled else None,
+            extra={
+                "candidates": {
+                    r.model_name: {"run_id": r.run_id, "valid_ndcg@10": r.valid.get("ndcg@10")}
+                    for r, _ in tried
+                }
+            }
+            if len(tried) > 1
+            else None,
         )
         # The live model scored on tonight's split: the gate compares like with like.
         live_scored = live_score(store, data, list(settings.eval.ks))
@@ -290,6 +356,30 @@ def ensure_pool_task(settings: Settings) -> None:
     )
 
 
+def pick_best(results: list[TrainResult]) -> TrainResult:
+    """The candidate with the best validation NDCG@10 (equal: the first listed). The test part
+    plays no role in the choice."""
+    if not results:
+        raise ValueError("no candidate was trained")
+    return max(results, key=lambda r: (r.valid.get("ndcg@10", float("-inf")), -results.index(r)))
+
+
+def candidates_markdown(tried: list[tuple[TrainResult, float]], best: TrainResult) -> str:
+    """The candidates' table: validation NDCG@10 (what chose), test NDCG/HR@10, time."""
+    nan = float("nan")
+    rows = "\n".join(
+        f"| {'**' + r.model_name + '**' if r is best else r.model_name} | {r.valid.get('ndcg@10', nan):.4f} "
+        f"| {r.test.get('ndcg@10', nan):.4f} | {r.test.get('hr@10', nan):.4f} "
+        f"| {r.train_seconds:.1f} s | {cpu:.1f} s |"
+        for r, cpu in tried
+    )
+    return (
+        f"### Nightly candidates\n\nPublished candidate: `{best.model_name}` (best validation "
+        "ndcg@10).\n\n| model | valid ndcg@10 | test ndcg@10 | test hr@10 | fit (wall) | CPU "
+        "(fit + evaluation) |\n|---|---:|---:|---:|---:|---:|\n" + rows + "\n"
+    )
+
+
 def _metrics_markdown(
     model: str,
     valid: dict[str, float],
@@ -333,7 +423,7 @@ def nightly_refresh(
     UI shows it as a form; only the entry of ``model.name`` may be given).
     """
     settings = catalogue_settings(catalogue, overrides)
-    params = model_params(settings, config)  # fails before any work on a bad parameter
+    candidates = candidate_params(settings, config)  # fails before any work on a bad parameter
     if settings.source.kind == "feeds":
         get_run_logger().info(
             "source kind feeds: items come from scrape-feeds, interactions from the event log"
@@ -347,4 +437,4 @@ def nightly_refresh(
         embed_in_process_task(settings)
     kcore_task(settings)
     split_task(settings)
-    return train_publish_task(settings, str(flow_run.get_id()) if flow_run.get_id() else None, params)
+    return train_publish_task(settings, str(flow_run.get_id()) if flow_run.get_id() else None, candidates)

@@ -176,6 +176,39 @@ class TwoTowerConfig(ModelConfig):
     """Show a tqdm bar per epoch."""
     max_seconds: float | None = Field(None, gt=0.0)
     """Stop training after this many seconds (best epoch kept); None: no limit."""
+    max_cpu_seconds: float | None = Field(None, gt=0.0)
+    """Stop training after this many seconds of CPU time (best epoch kept); None: no limit.
+    The nightly sets it to ``model.candidate_cpu_seconds``."""
+
+
+def _fusion_two_tower() -> TwoTowerConfig:
+    return TwoTowerConfig(windows="all", max_len=50, dim=128, dropout=0.2, id_dropout=0.2)
+
+
+class FusionConfig(ModelConfig):
+    """``two-tower-knn``: two-tower and ItemKNN-recency scores fused per user (models/fusion.py)."""
+
+    for_model: ClassVar[str] = "two-tower-knn"
+
+    two_tower: TwoTowerConfig = Field(default_factory=_fusion_two_tower)
+    """The two-tower part; by default every training window per epoch, 50 history items,
+    width 128, dropout 0.2 and ID dropout 0.2 (best on MovieLens-100K validation)."""
+    knn: RecencyItemKNNConfig = Field(default_factory=RecencyItemKNNConfig)
+    """The ItemKNN-recency part."""
+    weight: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of the two-tower's standardised score (the rest: ItemKNN-recency's); replaced by
+    the best of ``weight_grid`` on validation when ``tune_weight`` and a validation set is given."""
+    tune_weight: bool = True
+    """Choose ``weight`` on validation NDCG@10 when the fit has a validation set."""
+    weight_grid: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
+    """Weights tried on validation."""
+
+    @field_validator("weight_grid")
+    @classmethod
+    def _weights_in_range(cls, grid: list[float]) -> list[float]:
+        if not grid or any(not 0.0 <= w <= 1.0 for w in grid):
+            raise ValueError(f"weight_grid must be a non-empty list of weights in [0, 1], got {grid}")
+        return grid
 
 
 class NeuMFConfig(ModelConfig):
@@ -215,6 +248,9 @@ class NeuMFConfig(ModelConfig):
     """Show a tqdm bar per epoch."""
     max_seconds: float | None = Field(None, gt=0.0)
     """Stop training after this many seconds (best epoch kept); None: no limit."""
+    max_cpu_seconds: float | None = Field(None, gt=0.0)
+    """Stop training after this many seconds of CPU time (best epoch kept); None: no limit.
+    The nightly sets it to ``model.candidate_cpu_seconds``."""
 
     @field_validator("mlp_layers")
     @classmethod
@@ -273,6 +309,7 @@ CONFIGS: dict[str, type[ModelConfig]] = {
         NextItemConfig,
         TwoTowerConfig,
         NeuMFConfig,
+        FusionConfig,
     )
 }
 """Registry name → config class (models/registry.py pairs each with its model class)."""
@@ -308,6 +345,8 @@ class ModelOverrides(BaseModel):
     """Parameters of ``two-tower``."""
     neumf: NeuMFConfig | None = None
     """Parameters of ``neumf``."""
+    two_tower_knn: FusionConfig | None = Field(None, alias="two-tower-knn")
+    """Parameters of ``two-tower-knn``."""
     nrms: NRMSConfig | None = None
     """Parameters of ``nrms``."""
 

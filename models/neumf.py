@@ -202,6 +202,7 @@ class NeuMFModel:
             seed=self.p["seed"],
             progress=self.p["progress"],
             max_seconds=self.p["max_seconds"],
+            max_cpu_seconds=self.p["max_cpu_seconds"],
             threads=self.p["threads"],
         )
         self.report = fit_module(self.net, config, make_batches, loss_fn, validate, desc="neumf")

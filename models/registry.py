@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from models.base import Recommender
 from models.baselines import ItemKNNModel, PopularityModel, RecencyItemKNNModel
 from models.configs import CONFIGS, ModelConfig
+from models.fusion import TwoTowerKNNModel
 from models.neumf import NeuMFModel
 from models.nextitem import NextItemMFModel
 from models.nrms import NRMSModel
@@ -38,6 +39,7 @@ REGISTRY: dict[str, ModelEntry] = {
         NextItemMFModel,
         TwoTowerModel,
         NeuMFModel,
+        TwoTowerKNNModel,
     )
 }
 if {n: e.config for n, e in REGISTRY.items()} != CONFIGS:  # the torch-free name map must agree

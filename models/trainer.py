@@ -13,7 +13,9 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +62,29 @@ class FitConfig:
     other processes share the cores: torch's worker threads spin waiting for each other."""
     max_seconds: float | None = None
     """Stop after the epoch that crosses this wall-clock budget (None: no budget)."""
+    max_cpu_seconds: float | None = None
+    """Stop after the epoch that crosses this budget of the process's CPU time (None: no
+    budget): unlike wall-clock time it does not shrink when other processes share the cores."""
+
+
+EpochHook = Callable[[int, float | None, dict[str, Any]], None]
+"""``hook(epoch, validation metric or None, curve row)``, called after every epoch."""
+
+_epoch_hook: ContextVar[EpochHook | None] = ContextVar("recflow_epoch_hook", default=None)
+
+
+@contextmanager
+def on_epoch(hook: EpochHook) -> Iterator[None]:
+    """Call ``hook`` after each epoch of every :func:`fit_module` run inside the block.
+
+    Why a context and not a model parameter: a tuner (``flows/tune.py``) watches any torch
+    model's validation curve without each model passing a callback through. The hook may
+    raise to stop training (Optuna's ``TrialPruned`` does); the exception leaves ``fit``."""
+    token = _epoch_hook.set(hook)
+    try:
+        yield
+    finally:
+        _epoch_hook.reset(token)
 
 
 @dataclass
@@ -91,7 +116,7 @@ def fit_module(
     report = FitReport()
     best_state: dict[str, torch.Tensor] | None = None
     stale = 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
     bar = tqdm(range(1, config.epochs + 1), desc=desc, unit="epoch", disable=not config.progress)
     for epoch in bar:
@@ -128,6 +153,13 @@ def fit_module(
             }
         )
         bar.set_postfix(loss=f"{mean_loss:.4f}", val_ndcg10="-" if metric is None else f"{metric:.4f}")
+        hook = _epoch_hook.get()
+        if hook is not None:
+            try:
+                hook(epoch, metric, report.curve[-1])
+            except BaseException:
+                bar.close()
+                raise
         if metric is not None:
             if report.best_metric is None or metric > report.best_metric + 1e-6:
                 report.best_metric, report.best_epoch, stale = metric, epoch, 0
@@ -139,6 +171,8 @@ def fit_module(
         else:
             report.best_epoch = epoch
         if config.max_seconds is not None and time.perf_counter() - started > config.max_seconds:
+            break
+        if config.max_cpu_seconds is not None and time.process_time() - cpu_started > config.max_cpu_seconds:
             break
     bar.close()
     if best_state is not None:

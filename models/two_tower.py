@@ -347,6 +347,7 @@ class TwoTowerModel:
             seed=self.p["seed"],
             progress=self.p["progress"],
             max_seconds=self.p["max_seconds"],
+            max_cpu_seconds=self.p["max_cpu_seconds"],
             threads=self.p["threads"],
         )
         bs = self.p["batch_size"]

@@ -38,7 +38,7 @@ from serving.events import EventLog
 from serving.global_signals import GlobalSignals
 from serving.impressions import ImpressionLog
 from serving.metrics import BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
-from serving.routers import admin, catalogue, docs, feed, recommend
+from serving.routers import admin, catalogue, docs, feed, intent, recommend
 from serving.routers.params import ParamShapes
 from serving.schemas import Recommendation
 from serving.sessions import SessionStore
@@ -137,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     shapes = ParamShapes.from_settings(serving)
     app.include_router(recommend.router(shapes))
+    app.include_router(intent.router(shapes))
     app.include_router(feed.router(shapes))
     app.include_router(catalogue.router(shapes))
     app.include_router(admin.router)

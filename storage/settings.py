@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from models.configs import (
+    FusionConfig,
     ModelConfig,
     NeuMFConfig,
     NRMSConfig,
@@ -182,17 +183,65 @@ class ModelSettings(BaseModel):
     The knobs are :class:`models.configs.RecencyItemKNNConfig`'s fields under their
     settings names (``knn_neighbors`` is its ``neighbors``), defaults and bounds included."""
 
-    name: Literal["itemknn-recency", "itemknn", "popularity", "two-tower", "neumf"] = "itemknn-recency"
-    """Model served from the bundle."""
+    name: Literal["itemknn-recency", "itemknn", "popularity", "two-tower", "neumf", "two-tower-knn"] = (
+        "itemknn-recency"
+    )
+    """Model served from the bundle when ``candidates`` is empty; setting it (and not
+    ``candidates``) pins the nightly to this one model. ``train-models`` trains it by default."""
+    candidates: list[str] = Field(default_factory=lambda: ["two-tower-knn", "itemknn-recency", "popularity"])
+    """Models the nightly refresh trains, each within ``candidate_cpu_seconds``; the best on
+    validation NDCG@10 is published (through the gate). Empty: only ``name``."""
+    candidate_cpu_seconds: float = Field(600.0, gt=0.0)
+    """CPU-time budget of each candidate's training (torch models stop at the epoch that
+    crosses it and keep their best epoch so far)."""
     knn_neighbors: int = _knob(RecencyItemKNNConfig, "neighbors")
     knn_shrink: float = _knob(RecencyItemKNNConfig, "shrink")
     recency_decay: float = _knob(RecencyItemKNNConfig, "decay")
     seed: int = 42
     """Seed for everything random in training (a model block's own ``seed`` wins when set)."""
 
+    @field_validator("candidates")
+    @classmethod
+    def _known_candidates(cls, names: list[str]) -> list[str]:
+        for name in names:
+            config_class(name)  # an unknown name fails with the list of known ones
+        if len(set(names)) != len(names):
+            raise ValueError(f"model.candidates lists a model twice: {names}")
+        return names
+
+    @model_validator(mode="after")
+    def _name_pins_the_model(self) -> ModelSettings:
+        """``model.name`` given without ``model.candidates``: the nightly serves that model."""
+        if "name" in self.model_fields_set and "candidates" not in self.model_fields_set:
+            self.candidates = [self.name]
+        return self
+
+    def served_candidates(self) -> list[str]:
+        """The models the nightly refresh chooses among (``[name]`` when none are listed)."""
+        return list(self.candidates) or [self.name]
+
     def knn(self) -> dict[str, Any]:
         """The ItemKNN knobs under their config names."""
         return {"neighbors": self.knn_neighbors, "shrink": self.knn_shrink, "decay": self.recency_decay}
+
+
+class IntentSettings(BaseModel):
+    """``POST /recommend/intent``: how a sentence's parts are blended (``serving/intent.py``).
+
+    The four weights are relative (they are divided by their sum); a request may override any.
+    """
+
+    user_weight: float = Field(0.25, ge=0.0, le=1.0)
+    """The user's own model score (ignored without a known ``user_id``)."""
+    genre_weight: float = Field(0.4, ge=0.0, le=1.0)
+    """How well an item's genres match the genres the text named or implied."""
+    popularity_weight: float = Field(0.15, ge=0.0, le=1.0)
+    similarity_weight: float = Field(0.2, ge=0.0, le=1.0)
+    """Cosine between the text's vector and the item's text vector."""
+    mood_threshold: float = Field(0.6, gt=0.0, lt=1.0)
+    """Cosine to a mood's nearest anchor sentence from which the mood counts as read."""
+    genre_threshold: float = Field(0.55, gt=0.0, lt=1.0)
+    """Cosine to a genre's description from which the genre counts as implied."""
 
 
 class ServingSettings(BaseModel):
@@ -291,6 +340,8 @@ class ServingSettings(BaseModel):
     """A bundle whose cascade measured (at load, p90 of 16 users at k = 10) at most this many ms
     runs ordinary requests on the event loop; slower bundles, and deep requests (k > 50, or a
     history longer than twice the longest measured), go to the thread pool (a ~0.1 ms hop)."""
+    intent: IntentSettings = Field(default_factory=IntentSettings)
+    """Defaults of ``POST /recommend/intent``."""
     opentelemetry: bool = False
     """FastAPI's native OpenTelemetry spans, metrics and logs (exported through the process's
     OpenTelemetry providers). Off by default: the service has its own Prometheus ``/metrics``,
@@ -532,6 +583,28 @@ class HarvestSettings(BaseModel):
     """...and at least this many positive events back it."""
 
 
+class TuneSettings(BaseModel):
+    """The ``tune-models`` flow (Optuna) and whether its results become the defaults."""
+
+    use_tuned: bool = True
+    """Train a model with its stored tuned config (``<home>/<catalogue>/tuned/<model>.json``,
+    written by ``recflow run tune``) under the settings given explicitly: a value set in the
+    TOML file, the environment or a flow parameter still wins. False: the built-in defaults."""
+    max_epochs: PositiveInt = 15
+    """Epoch cap of each trial (early stopping and pruning usually end it sooner)."""
+    pruner_startup_trials: NonNegativeInt = 3
+    """Trials that finish unpruned before the median pruner may stop any."""
+    pruner_warmup_epochs: NonNegativeInt = 2
+    """Epochs a trial always runs before it may be pruned."""
+    dask_address: str | None = None
+    """Address of a running Dask scheduler (``tcp://host:8786``): trials fan out over its
+    workers, ``dask_workers`` at a time. None: trials run in the flow's process (or a local
+    cluster with ``dask_workers`` > 0)."""
+    dask_workers: NonNegativeInt = 0
+    """Trials run at once: with ``dask_address``, tasks in flight on that cluster; without it,
+    > 0 starts a local Dask cluster of this many processes (one thread each). 0: sequential."""
+
+
 def _default_catalogues() -> dict[str, dict[str, Any]]:
     return {"movielens-100k": {}, "news": {}}
 
@@ -573,12 +646,15 @@ class Settings(BaseSettings):
     """The two-tower retriever's hyper-parameters (``model.name = "two-tower"``)."""
     neumf: NeuMFConfig = Field(default_factory=NeuMFConfig)
     """NeuMF's hyper-parameters (``model.name = "neumf"``)."""
+    two_tower_knn: FusionConfig = Field(default_factory=FusionConfig)
+    """The fused two-tower + ItemKNN-recency model's hyper-parameters (``two-tower-knn``)."""
     bundles_keep: PositiveInt = 5
     """Number of published bundles kept on disk (the live one is never deleted)."""
     feeds: FeedsSettings = Field(default_factory=FeedsSettings)
     harvest: HarvestSettings = Field(default_factory=HarvestSettings)
     nrms: NRMSConfig = Field(default_factory=NRMSConfig)
     """NRMS, the news model: reads stories' words, learns from impressions."""
+    tune: TuneSettings = Field(default_factory=TuneSettings)
 
     @field_validator("catalogues")
     @classmethod
@@ -641,18 +717,38 @@ class Settings(BaseSettings):
         """Model ``name``'s config as these settings give it: its block (``two_tower``,
         ``neumf``, ``nrms``; the baselines' knobs under ``model``), ``model.seed`` unless the
         block sets its own seed, then ``overrides``. A bad or unknown parameter fails with
-        the field's name."""
+        the field's name. With ``tune.use_tuned`` the stored tuned parameters
+        (:mod:`storage.tuned`) replace the defaults of the fields not set explicitly."""
         config_cls = config_class(name)
-        block = {"two-tower": self.two_tower, "neumf": self.neumf, "nrms": self.nrms}.get(name)
+        block = {
+            "two-tower": self.two_tower,
+            "neumf": self.neumf,
+            "nrms": self.nrms,
+            "two-tower-knn": self.two_tower_knn,
+        }.get(name)
         if block is not None:
             values = block.model_dump()
             own_seed = "seed" in block.model_fields_set
+            explicit = set(block.model_fields_set)
         else:
             values = {k: v for k, v in self.model.knn().items() if k in config_cls.model_fields}
             own_seed = False
+            knobs = {"knn_neighbors": "neighbors", "knn_shrink": "shrink", "recency_decay": "decay"}
+            explicit = {knobs[f] for f in self.model.model_fields_set if f in knobs}
+        values.update({k: v for k, v in self.tuned_params(name).items() if k not in explicit})
         if "seed" in config_cls.model_fields and not own_seed:
             values["seed"] = self.model.seed
         return config_cls.model_validate({**values, **(overrides or {})})
+
+    def tuned_params(self, name: str) -> dict[str, Any]:
+        """The stored tuned parameters of model ``name`` for this catalogue ({} when none or
+        ``tune.use_tuned`` is off)."""
+        if not self.tune.use_tuned:
+            return {}
+        from storage.tuned import read_tuned
+
+        tuned = read_tuned(self.catalogue_dir, name)
+        return dict(tuned.params) if tuned is not None else {}
 
     # Paths derived from the catalogue name -------------------------------------------------
     @property

@@ -68,7 +68,13 @@ def stack(
     )
     overrides = {
         "home": str(tmp / "var"),
-        "catalogues": {"deployed": {"source": {"kind": "movielens", "path": str(ml100k_slice)}}, "news": {}},
+        "catalogues": {
+            "deployed": {
+                "source": {"kind": "movielens", "path": str(ml100k_slice)},
+                "model": {"name": "itemknn-recency"},  # one model: not about choosing one
+            },
+            "news": {},
+        },
     }
     served: subprocess.Popen[bytes] | None = None
     client = httpx.Client(base_url=api, timeout=30)
@@ -153,7 +159,7 @@ def test_deployments_are_registered_with_their_schedules(stack: tuple[httpx.Clie
         assert schedule["schedule"]["timezone"] == "Europe/Berlin"
     assert Settings().schedule.scrape_cron == "0 * * * *"
     assert Settings().schedule.harvest_cron == "0 6 * * *"
-    for flow in ("embed-items", "build-index", "train-models", "merge-checkpoints"):
+    for flow in ("embed-items", "build-index", "train-models", "merge-checkpoints", "tune-models"):
         for catalogue in ("deployed", "news"):
             assert client.get(f"/deployments/name/{flow}/{catalogue}").status_code == 200
 

@@ -103,6 +103,7 @@ def test_nightly_refresh_attaches_the_report(prefect_api: None, ml100k_slice: Pa
         "home": str(tmp_path / "var"),
         "catalogue": "nightly-report",
         "source": {"kind": "movielens", "path": str(ml100k_slice)},
+        "model": {"name": "itemknn-recency"},  # one model: not about choosing one
         "embedding": {"enabled": False},
     }
     result = nightly_refresh(overrides=overrides)

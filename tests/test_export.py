@@ -65,6 +65,7 @@ def test_export_all_users_from_the_live_bundle_via_the_cli(
         "home": str(home),
         "catalogue": "export",
         "source": {"kind": "movielens", "path": str(ml100k_slice)},
+        "model": {"name": "itemknn-recency"},  # one model: not about choosing one
         "embedding": {"enabled": False},
     }
     live = nightly_refresh(overrides=overrides).live
@@ -139,6 +140,7 @@ def test_export_from_a_torch_bundle_and_without_one(
         "home": str(tmp_path / "var"),
         "catalogue": "export-torch",
         "source": {"kind": "movielens", "path": str(ml100k_slice)},
+        "model": {"name": "itemknn-recency"},  # one model: not about choosing one
         "embedding": {"enabled": False},
     }
     store = ArtifactStore(Settings(**overrides).bundles_dir)

@@ -34,6 +34,7 @@ def test_scraped_stories_and_the_morning_pool_go_live_without_a_nightly(
             "home": str(tmp_path),
             "feeds": {"feeds": srv.feed_configs(), "allow_hosts": ["127.0.0.1"]},
             "harvest": {"pool_size": 30},
+            "model": {"name": "itemknn-recency"},  # one cheap model: the test is about deltas
         }
         first = scrape_feeds(catalogue="news", overrides=overrides)
         assert first.delta is not None and first.delta.startswith("no delta published")  # no bundle yet

@@ -31,6 +31,7 @@ def overrides_for(home: Path, source: Path, **extra: Any) -> dict[str, Any]:
         "home": str(home),
         "catalogue": "gate",
         "source": {"kind": "movielens", "path": str(source)},
+        "model": {"name": "itemknn-recency"},  # one model: not about choosing one
         "embedding": {"enabled": False},
         **extra,
     }

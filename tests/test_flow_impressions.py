@@ -27,6 +27,7 @@ def test_nightly_ingests_impressions_once_and_derives_training_rows(
         "home": str(tmp_path / "var"),
         "catalogue": "ml-slice",
         "source": {"kind": "movielens", "path": str(ml100k_slice)},
+        "model": {"name": "itemknn-recency"},  # one cheap model: the test is about impressions
     }
     settings = Settings(**overrides)
     shown_at = time.time() - 2 * settings.events.impression_click_window_s  # its window has closed

@@ -24,6 +24,7 @@ def test_nightly_refresh_publishes_then_is_idempotent(
         "home": str(tmp_path / "var"),
         "catalogue": "ml-slice",
         "source": {"kind": "movielens", "path": str(ml100k_slice)},
+        "model": {"name": "itemknn-recency"},  # one model: not about choosing one
     }
     settings = Settings(**overrides)
     store = ArtifactStore(settings.bundles_dir)
@@ -68,7 +69,12 @@ def test_flow_stops_on_bad_data_and_keeps_current(
     from flows.nightly import nightly_refresh
 
     home = tmp_path / "var"
-    good = {"home": str(home), "catalogue": "c", "source": {"kind": "movielens", "path": str(ml100k_slice)}}
+    good = {
+        "home": str(home),
+        "catalogue": "c",
+        "source": {"kind": "movielens", "path": str(ml100k_slice)},
+        "model": {"name": "itemknn-recency"},
+    }
     live = nightly_refresh(overrides=good).live
     # A CSV whose ratings are mostly off the declared 1-5 scale: more than 5 % bad rows.
     bad = tmp_path / "bad.csv"
@@ -101,6 +107,7 @@ def test_build_index_refuses_low_recall_and_publishes_a_good_index(
         "home": str(tmp_path / "var"),
         "catalogue": "idx",
         "source": {"kind": "movielens", "path": str(ml100k_slice)},
+        "model": {"name": "itemknn-recency"},  # one model: not about choosing one
     }
     live = nightly_refresh(overrides=base).live
     store = ArtifactStore(Settings(**base).bundles_dir)
@@ -139,6 +146,7 @@ def test_nightly_takes_typed_model_config_and_refuses_a_worse_model_through_the_
         "home": str(tmp_path / "var"),
         "catalogue": "gate",
         "source": {"kind": "movielens", "path": str(ml100k_slice)},
+        "model": {"name": "itemknn-recency"},  # one model: not about choosing one
         "embedding": {"enabled": False},
     }
     store = ArtifactStore(Settings(**overrides).bundles_dir)
@@ -180,3 +188,47 @@ def test_nightly_takes_typed_model_config_and_refuses_a_worse_model_through_the_
     ):
         state.result()
     assert store.current_version() == first.version
+
+
+def test_nightly_trains_every_candidate_and_publishes_the_best_on_validation(
+    prefect_api: None, ml100k_slice: Path, tmp_path: Path
+) -> None:
+    """``model.candidates``: each is trained and recorded; the best validation NDCG@10 is
+    published (the test part plays no role), its choice shown as an artifact and in the
+    manifest. The fused two-tower-knn (tiny here) goes through the same path."""
+    from flows.nightly import nightly_refresh
+
+    tiny = {"dim": 8, "max_len": 10, "layers": 1, "epochs": 2, "windows": "all", "batch_size": 64}
+    overrides = {
+        "home": str(tmp_path / "var"),
+        "catalogue": "choose",
+        "source": {"kind": "movielens", "path": str(ml100k_slice)},
+        "model": {
+            "candidates": ["popularity", "two-tower-knn", "itemknn", "itemknn-recency"],
+            "candidate_cpu_seconds": 120,
+        },
+        "two_tower_knn": {"two_tower": tiny, "weight_grid": [0.0, 0.5, 1.0]},
+    }
+    settings = Settings(**overrides)
+    assert settings.model.served_candidates() == ["popularity", "two-tower-knn", "itemknn", "itemknn-recency"]
+    published = nightly_refresh(overrides=overrides)
+    assert published.version is not None and published.live == published.version
+    manifest = ArtifactStore(settings.bundles_dir).manifest(published.version)
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        rows = con.execute("SELECT model, params, metrics FROM model_runs").fetchall()
+    valid = {name: json.loads(metrics)["valid"]["ndcg@10"] for name, _, metrics in rows}
+    assert sorted(valid) == sorted(settings.model.candidates) and len(rows) == 4
+    order = settings.model.candidates  # equal validation NDCG@10: the first listed wins
+    best = max(order, key=lambda n: (valid[n], -order.index(n)))
+    assert manifest["model"]["name"] == best
+    assert manifest["metrics"]["valid"]["ndcg@10"] == pytest.approx(valid[best])
+    assert {n: c["valid_ndcg@10"] for n, c in manifest["candidates"].items()} == pytest.approx(valid)
+    assert valid["popularity"] < valid["itemknn-recency"]
+    # every torch training got the CPU-time budget
+    fused = next(json.loads(p) for n, p, _ in rows if n == "two-tower-knn")
+    assert fused["two_tower"]["max_cpu_seconds"] == 120 and fused["weight"] in (0.0, 0.5, 1.0)
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        table = next(a for a in client.read_artifacts() if a.key == "nightly-candidates")
+    assert f"**{best}**" in str(table.data) and "two-tower-knn" in str(table.data)

@@ -108,6 +108,7 @@ def test_recflow_run_nightly_publishes_parent_asins_with_cleaned_text(
             "RECFLOW_SOURCE__ITEMS_PATH": str(_gz(META, tmp_path / "meta.jsonl.gz")),
             # the tiny fixture's 4 broken lines are 6-14 % of its files, over the 5 % default
             "RECFLOW_VALIDATION__MAX_FAILURE_SHARE": "0.2",
+            "RECFLOW_MODEL__NAME": "itemknn-recency",  # one cheap model: the test is about the source
         },
         tmp_path,
         monkeypatch,
