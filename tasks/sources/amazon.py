@@ -53,6 +53,8 @@ _BOILERPLATE = re.compile(
     r"click here|amazon\.com exclusive|this item is not eligible[^.|]*)\b[:.]?"
 )
 SEPARATOR = " | "
+STAGE_MEMORY = "256MB"
+"""DuckDB's memory for staging, filtering and k-coring: beyond it pages spill to disk."""
 
 
 def open_text(path: Path) -> IO[bytes]:
@@ -260,6 +262,8 @@ def read_amazon(path: Path, items_path: Path | None, rules: AmazonRules) -> Sour
         con = duckdb.connect(str(Path(tmp) / "stage.duckdb"))
         try:
             con.execute(f"SET temp_directory = '{tmp}'")
+            # DuckDB would otherwise keep the staged table's pages cached up to 80 % of RAM
+            con.execute(f"SET memory_limit = '{STAGE_MEMORY}'")
             rejects = [stage_reviews(con, path, rules)]
             kept_reviews(con, rules)
             reviews = con.execute(
