@@ -7,7 +7,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup lock lint-docker data demo test test-fast lint docs-screenshot eval bench-embed bench-index ui ui-screenshot clean bench-scrape bench-serve
+.PHONY: setup lock lint-docker data demo test test-fast lint docs-screenshot eval bench-embed bench-index ui ui-screenshot reader-screenshot clean bench-scrape bench-serve
 
 # Where torch's CPU wheel comes from when it is not on local disk (the Dockerfile passes
 # https://download.pytorch.org/whl/cpu); empty: pip's own configuration.
@@ -83,6 +83,12 @@ ui-screenshot: setup
 docs-screenshot: setup
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m deployments.screenshot_docs --out docs/openapi-docs.png
+
+# The news reader at / over the news catalogue's live bundle (after `make demo`, or its
+# scrape, harvest and nightly), in Debian's headless chromium (installed when missing).
+reader-screenshot: setup
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(BIN)/python -m deployments.screenshot_reader --out docs/news-reader.png
 
 clean:
 	rm -rf var .pytest_cache

@@ -15,13 +15,37 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from deployments.screenshot import take
 from serving.app import create_app
 from storage.settings import Settings
+
+
+@contextmanager
+def served(app: FastAPI) -> Iterator[str]:
+    """Serve ``app`` on a free port of 127.0.0.1 in a thread; yields its base URL."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 180  # a live bundle loads first
+            while not server.started:
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError("the service did not start")
+                time.sleep(0.01)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(10)
 
 
 def screenshot_docs(
@@ -31,24 +55,11 @@ def screenshot_docs(
 
     ``settings``: serve that home's live bundle (pages that show data, e.g. ``/movies``);
     default: an empty home."""
-    with tempfile.TemporaryDirectory(prefix="recflow-docs-") as home:
-        app = create_app(settings if settings is not None else Settings(home=Path(home)))
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-            server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-            thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-            thread.start()
-            try:
-                deadline = time.monotonic() + (30 if settings is None else 180)  # a bundle loads first
-                while not server.started:
-                    if not thread.is_alive() or time.monotonic() > deadline:
-                        raise RuntimeError("the service did not start")
-                    time.sleep(0.01)
-                return take(f"http://127.0.0.1:{port}{page}", out, width=width, height=height, wait_ms=10000)
-            finally:
-                server.should_exit = True
-                thread.join(10)
+    with (
+        tempfile.TemporaryDirectory(prefix="recflow-docs-") as home,
+        served(create_app(settings if settings is not None else Settings(home=Path(home)))) as url,
+    ):
+        return take(f"{url}{page}", out, width=width, height=height, wait_ms=10000)
 
 
 if __name__ == "__main__":

@@ -270,6 +270,13 @@ def train_publish_task(
             if not cold and is_torch_model(result.model):  # the next night's gate scores this one
                 result.model.save(Path(tmp) / TRAIN_MODEL_DIR)
                 attachments[TRAIN_MODEL_DIR] = Path(tmp) / TRAIN_MODEL_DIR
+            if not cold and result.model_name == "nrms" and data.impressions:  # the news rank stage
+                from tasks.news_ranking import attach_news_ranker
+
+                ranker_dir = attach_news_ranker(
+                    con, settings, data, result.model, vectors, Path(tmp), logger.info
+                )
+                attachments["ranker"] = ranker_dir
             report = report_for_models(
                 results_dict(settings, proto, [result]),
                 data,

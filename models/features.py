@@ -31,6 +31,8 @@ class ItemFeatures:
     category_names: list[str] = field(default_factory=list)
     side: np.ndarray | None = None
     side_names: list[str] = field(default_factory=list)
+    texts: list[str] | None = None
+    """Title and description per item (what a model that reads words reads), or None."""
 
     def __post_init__(self) -> None:
         n = self.categories.shape[0]
@@ -48,6 +50,8 @@ class ItemFeatures:
                 raise ValueError(
                     f"ItemFeatures.side: expected shape ({n}, {len(self.side_names)}), got {self.side.shape}"
                 )
+        if self.texts is not None and len(self.texts) != n:
+            raise ValueError(f"ItemFeatures.texts: expected {n} texts, got {len(self.texts)}")
 
     @property
     def n_items(self) -> int:

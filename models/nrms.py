@@ -38,6 +38,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from models.configs import ModelConfig, NRMSConfig, resolve_config
+from models.features import ItemFeatures
 from models.impression_metrics import impression_metrics
 
 PAD, UNK = 0, 1
@@ -135,10 +136,20 @@ class UserEncoder(nn.Module):
 
 
 class NRMSNet(nn.Module):
-    """News and user encoders; ``item_tokens`` (n_items, L) is a buffer, so the checkpoint
-    carries every item's tokens and needs no tokenizer to score."""
+    """News and user encoders; ``item_tokens`` (n_items, L), ``item_text`` (n_items, t) and
+    ``item_topic`` (n_items,) are buffers, so the checkpoint carries every item's inputs and
+    needs no tokenizer or text model to score.
+
+    A news vector is the word-attention vector plus a learned projection of the story's
+    sentence vector (MiniLM over title and summary: the whole abstract, where the word
+    encoder reads only the first ``max_tokens`` words) plus its topic's embedding. The
+    sentence vector is what makes a story with few clicks as well placed as text similarity
+    places it; the attention layers learn what the readers add to it.
+    """
 
     item_tokens: torch.Tensor
+    item_text: torch.Tensor
+    item_topic: torch.Tensor
 
     def __init__(
         self,
@@ -149,16 +160,37 @@ class NRMSNet(nn.Module):
         head_dim: int,
         hidden: int,
         dropout: float,
+        item_text: torch.Tensor | None = None,
+        item_topic: torch.Tensor | None = None,
+        n_topics: int = 1,
     ) -> None:
         super().__init__()
+        n_items = item_tokens.shape[0]
+        dim = n_heads * head_dim
         self.register_buffer("item_tokens", item_tokens)
+        self.register_buffer("item_text", item_text if item_text is not None else torch.zeros(n_items, 0))
+        self.register_buffer(
+            "item_topic", item_topic if item_topic is not None else torch.zeros(n_items, dtype=torch.long)
+        )
         self.news = NewsEncoder(vocab, word_dim, n_heads, head_dim, hidden, dropout)
-        self.user = UserEncoder(n_heads * head_dim, n_heads, hidden, dropout)
+        self.text_proj = nn.Linear(self.item_text.shape[1], dim) if self.item_text.shape[1] else None
+        self.topics = nn.Embedding(max(n_topics, 1), dim)
+        nn.init.normal_(self.topics.weight, std=0.01)
+        self.user = UserEncoder(dim, n_heads, hidden, dropout)
 
     def encode_news(self, items: torch.Tensor) -> torch.Tensor:
         tokens = self.item_tokens[items]
+        return self.encode_inputs(tokens, self.item_text[items], self.item_topic[items])
+
+    def encode_inputs(self, tokens: torch.Tensor, text: torch.Tensor, topic: torch.Tensor) -> torch.Tensor:
+        """News vectors from raw inputs (how a story published after training is encoded)."""
         width = int((tokens != PAD).sum(dim=1).max().item()) if len(tokens) else 1
-        return self.news(tokens[:, : max(width, 1)])
+        out = self.news(tokens[:, : max(width, 1)]) + self.topics(
+            topic.clamp(0, self.topics.num_embeddings - 1)
+        )
+        if self.text_proj is not None:
+            out = out + self.text_proj(text)
+        return out
 
 
 class NRMSModel:
@@ -192,6 +224,10 @@ class NRMSModel:
         self.device = c.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.progress = c.progress
         self.texts: list[str] | None = None
+        self.text_vectors: np.ndarray | None = None
+        self.topic_names: list[str] = []
+        self.item_topic_ids: np.ndarray | None = None
+        self.use_text_vectors = c.use_text_vectors
         self.net: NRMSNet | None = None
         self.vocab_ids = np.zeros(0, dtype=np.int64)
         """Text-model token id of each kept vocabulary row (rows 0/1 are padding/unknown)."""
@@ -199,6 +235,7 @@ class NRMSModel:
         self._initial_state: dict[str, torch.Tensor] | None = None
         self._curve: list[dict[str, Any]] = []
         self._sample_histories: list[np.ndarray] = []
+        self._impressions: list[Impression] | None = None
 
     # -- contract --------------------------------------------------------------------------
     @property
@@ -224,12 +261,46 @@ class NRMSModel:
             "lr": self.lr,
             "weight_decay": self.weight_decay,
             "train_word_embeddings": self.train_word_embeddings,
+            "use_text_vectors": self.use_text_vectors,
             "seed": self.seed,
         }
 
     def set_item_texts(self, texts: Sequence[str]) -> None:
         """The text of every item index ``0..n_items-1`` (e.g. title plus summary)."""
         self.texts = ["" if t is None else str(t) for t in texts]
+
+    def set_text_vectors(self, vectors: np.ndarray) -> None:
+        """Sentence vectors of every item (the pipeline's MiniLM vectors of title + summary);
+        without them ``fit`` encodes the item texts itself when ``use_text_vectors``."""
+        self.text_vectors = np.asarray(vectors, dtype=np.float32)
+
+    def set_item_topics(self, topics: Sequence[str | None]) -> None:
+        """Topic (category) of every item; the news encoder learns one vector per topic."""
+        names = sorted({str(t) for t in topics if t})
+        self.topic_names = names
+        position = {t: i + 1 for i, t in enumerate(names)}  # 0: no topic
+        self.item_topic_ids = np.asarray(
+            [position.get(str(t), 0) if t else 0 for t in topics], dtype=np.int64
+        )
+
+    def set_item_features(self, features: ItemFeatures) -> None:
+        """The pipeline's item side information: the texts NRMS reads, their MiniLM vectors
+        (when embedding is on) and the first category of each item as its topic."""
+        if features.texts is None:
+            raise ValueError("nrms: the item features carry no texts (titles and descriptions)")
+        self.set_item_texts(features.texts)
+        if features.text is not None:
+            self.set_text_vectors(features.text)
+        names = features.category_names
+        cats = features.categories
+        self.set_item_topics(
+            [names[int(np.argmax(row))] if len(names) and row.any() else None for row in cats]
+        )
+
+    def set_impressions(self, impressions: Sequence[Impression]) -> None:
+        """What ``fit(train, histories)`` learns from when given no impressions itself: the
+        clicked against the shown-but-not-clicked stories (an empty log: next-click training)."""
+        self._impressions = list(impressions)
 
     def id_tables(self) -> dict[str, tuple[Literal["item", "user"], int]]:
         """NRMS has no ID embedding tables: items are their text, users their clicks."""
@@ -260,11 +331,15 @@ class NRMSModel:
         """
         if item_texts is not None:
             self.set_item_texts(item_texts)
+        if impressions is None and self._impressions and any(np.any(i.clicked) for i in self._impressions):
+            impressions = self._impressions
         if self.texts is None:
             raise ValueError(
                 "nrms: item texts are missing; call set_item_texts(texts) or fit(item_texts=...)"
             )
         n_items = len(self.texts)
+        if n_items == 0:
+            raise ValueError("nrms: the catalogue has no items to read (is the warehouse loaded?)")
         if valid_impressions is not None and not any(
             0 < np.count_nonzero(imp.clicked) < len(imp.clicked) for imp in valid_impressions
         ):
@@ -275,7 +350,8 @@ class NRMSModel:
         rng = np.random.default_rng(self.seed)
         tokens, vocab_ids, word_vectors = self._tokenize(self.texts)
         self.vocab_ids = vocab_ids
-        self.net = self._build(torch.from_numpy(tokens), len(vocab_ids), word_vectors.shape[1])
+        text, topic = self._item_side_inputs(n_items)
+        self.net = self._build(torch.from_numpy(tokens), len(vocab_ids), word_vectors.shape[1], text, topic)
         self.net.news.words.weight.data.copy_(torch.from_numpy(word_vectors))
         self.net.news.words.weight.requires_grad_(self.train_word_embeddings)
         if self._initial_state is not None:
@@ -323,6 +399,47 @@ class NRMSModel:
         """The precomputed news vectors ``(n_items, d)`` float32."""
         return self.news_vectors
 
+    def encode_stories(
+        self,
+        texts: Sequence[str],
+        text_vectors: np.ndarray | None = None,
+        topics: Sequence[str | None] | None = None,
+    ) -> np.ndarray:
+        """News vectors ``(len(texts), d)`` of stories published after training (a freshness
+        update): tokenized onto the kept vocabulary (a word the catalogue never had reads as
+        unknown), with their MiniLM vectors (encoded here when not given) and topics (one
+        the model never saw reads as none). A story it was trained with gets its own vector."""
+        net = self._require_net()
+        from models.text_encoder import load_text_model
+
+        tokenizer = load_text_model(self.text_model, "cpu").tokenizer
+        row_of = {int(t): i for i, t in enumerate(self.vocab_ids) if i >= 2}
+        encoded = tokenizer(
+            list(texts), add_special_tokens=False, truncation=True, max_length=self.max_tokens
+        )["input_ids"]
+        width = int(net.item_tokens.shape[1])
+        tokens = np.full((len(texts), width), PAD, dtype=np.int64)
+        for i, ids in enumerate(encoded):
+            rows = [row_of.get(int(t), UNK) for t in ids][:width] or [UNK]
+            tokens[i, : len(rows)] = rows
+        text = torch.zeros(len(texts), int(net.item_text.shape[1]))
+        if net.item_text.shape[1]:
+            if text_vectors is None:
+                from models.text_encoder import encode
+
+                text_vectors = encode(list(texts), self.text_model, "cpu", 128, progress=False)
+            text = torch.from_numpy(np.ascontiguousarray(text_vectors, dtype=np.float32))
+        position = {t: i + 1 for i, t in enumerate(self.topic_names)}
+        topic_ids = np.asarray([position.get(str(t), 0) if t else 0 for t in (topics or [None] * len(texts))])
+        net.eval()
+        with torch.no_grad():
+            out = net.encode_inputs(
+                torch.from_numpy(tokens).to(self.device),
+                text.to(self.device),
+                torch.from_numpy(topic_ids).to(self.device),
+            )
+        return out.cpu().numpy().astype(np.float32)
+
     def encode_users(self, histories: list[np.ndarray]) -> np.ndarray:
         """User vectors ``(len(histories), d)`` float32 from the clicked items (oldest first)."""
         net = self._require_net()
@@ -368,6 +485,8 @@ class NRMSModel:
             "vocab": len(self.vocab_ids),
             "word_dim": int(net.news.words.weight.shape[1]),
             "item_tokens_shape": list(net.item_tokens.shape),
+            "item_text_shape": list(net.item_text.shape),
+            "topics": self.topic_names,
             "dim": self.dim,
             "training_curve": self._curve,
         }
@@ -378,8 +497,15 @@ class NRMSModel:
         meta = json.loads((directory / "model.json").read_text())
         model = cls(**meta["params"], progress=False)
         model.vocab_ids = np.load(directory / "vocab_ids.npy")
+        model.topic_names = list(meta.get("topics", []))
+        n_items = meta["item_tokens_shape"][0]
+        text_shape = meta.get("item_text_shape", [n_items, 0])
         model.net = model._build(
-            torch.zeros(meta["item_tokens_shape"], dtype=torch.long), meta["vocab"], meta["word_dim"]
+            torch.zeros(meta["item_tokens_shape"], dtype=torch.long),
+            meta["vocab"],
+            meta["word_dim"],
+            torch.zeros(text_shape),
+            torch.zeros(n_items, dtype=torch.long),
         )
         state = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
         model.net.load_state_dict(state)
@@ -389,10 +515,44 @@ class NRMSModel:
         return model
 
     # -- internals -------------------------------------------------------------------------
-    def _build(self, item_tokens: torch.Tensor, vocab: int, word_dim: int) -> NRMSNet:
+    def _build(
+        self,
+        item_tokens: torch.Tensor,
+        vocab: int,
+        word_dim: int,
+        item_text: torch.Tensor | None = None,
+        item_topic: torch.Tensor | None = None,
+    ) -> NRMSNet:
         return NRMSNet(
-            item_tokens, vocab, word_dim, self.n_heads, self.head_dim, self.attention_hidden, self.dropout
+            item_tokens,
+            vocab,
+            word_dim,
+            self.n_heads,
+            self.head_dim,
+            self.attention_hidden,
+            self.dropout,
+            item_text,
+            item_topic,
+            len(self.topic_names) + 1,
         )
+
+    def _item_side_inputs(self, n_items: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The sentence-vector and topic buffers for ``n_items`` items (checked, or computed)."""
+        text: torch.Tensor | None = None
+        if self.use_text_vectors:
+            if self.text_vectors is None:
+                from models.text_encoder import encode
+
+                self.text_vectors = encode(
+                    self.texts or [], self.text_model, "cpu", 128, progress=self.progress
+                )
+            if self.text_vectors.shape[0] != n_items:
+                raise ValueError(f"nrms: {self.text_vectors.shape[0]} text vectors for {n_items} item texts")
+            text = torch.from_numpy(np.ascontiguousarray(self.text_vectors, dtype=np.float32))
+        ids = self.item_topic_ids if self.item_topic_ids is not None else np.zeros(n_items, np.int64)
+        if len(ids) != n_items:
+            raise ValueError(f"nrms: {len(ids)} item topics for {n_items} item texts")
+        return text, torch.from_numpy(ids)
 
     def _require_net(self) -> NRMSNet:
         if self.net is None:
@@ -429,7 +589,8 @@ class NRMSModel:
         matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         # Today's catalogue decides the tokens and which word rows are kept, so both come from
         # the text model, never from the old checkpoint (same shape does not mean same words).
-        matching.pop("item_tokens", None)
+        for buffer in ("item_tokens", "item_text", "item_topic", "topics.weight"):
+            matching.pop(buffer, None)  # today's items and topic list, never yesterday's
         matching.pop("news.words.weight", None)
         self._require_net().load_state_dict(matching, strict=False)
 

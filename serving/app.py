@@ -138,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     shapes = ParamShapes.from_settings(serving)
     app.include_router(recommend.router(shapes))
     app.include_router(intent.router(shapes))
-    app.include_router(feed.router(shapes))
+    app.include_router(feed.router(shapes, news=settings.source.kind in feed.NEWS_SOURCES))
     app.include_router(catalogue.router(shapes))
     app.include_router(admin.router)
     app.include_router(docs.router)

@@ -36,6 +36,8 @@ import pyarrow.compute as pc
 
 from models.ann import ItemIndex
 from models.base import Recommender
+from models.news_ranker import ItemFacts, NewsRankStage, is_news_ranker
+from models.news_ranker import unit_rows as news_unit_rows
 from models.ranking import top_k
 from models.registry import load_model
 from serving.cascade import (
@@ -483,13 +485,18 @@ class LoadedBundle:
         taste: np.ndarray | None = None,
         taste_weight: float = 0.0,
         top_categories: int = 3,
+        among: np.ndarray | None = None,
+        boost: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, float]]]:
         """Items nearest to the query's intent, and the categories that steered it.
 
         The query vector is moved toward the centroids of the ``top_categories`` categories it
         resembles most (weights: softmax of cosine / 0.05, so a clear match dominates), by
         ``category_weight``; then blended with ``taste`` (a user vector) by ``taste_weight``.
-        Scores are cosines to the final query vector.
+        Scores are cosines to the final query vector. With ``among`` (sorted item indices, a
+        category filter's items): only those items (``boost`` None), or every item with
+        ``boost`` added to the scores of those (exact: the top ``k`` overall merged with the
+        top ``k`` of ``among``).
         """
         _, index = self._require_index()
         q = self._encode([query])[0]
@@ -507,6 +514,9 @@ class LoadedBundle:
             t = taste / max(float(np.linalg.norm(taste)), 1e-12)
             q = (1.0 - taste_weight) * q + taste_weight * t
         q = (q / max(float(np.linalg.norm(q)), 1e-12)).astype(np.float32)
+        if among is not None:
+            rows, scores = _search_among(index, self._require_index()[0], q, k, among, boost)
+            return rows, scores, matched
         scores, rows = index.search(q[None, :], k)
         keep = rows[0] >= 0
         return rows[0][keep], scores[0][keep], matched
@@ -648,6 +658,26 @@ def rank_unseen(scores: np.ndarray, seen: np.ndarray, k: int, tiebreak: np.ndarr
     return top_k(scores, k, exclude=seen, tiebreak=tiebreak)
 
 
+def news_rank_stage(
+    directory: Path,
+    item_ids: list[str],
+    model: Any,
+    vectors: np.ndarray | None,
+    columns: dict[str, list[Any]],
+    categories: list[list[str]],
+) -> tuple[NewsRankStage, str]:
+    """The bundle's news ranker over its items: text vectors, publication times and the
+    first category of each story as its topic, as the ranker was trained on them."""
+    names = sorted({c[0] for c in categories if c})
+    number = {n: i + 1 for i, n in enumerate(names)}
+    facts = ItemFacts(
+        None if vectors is None else news_unit_rows(vectors),
+        np.array([np.nan if t is None else t for t in columns["published_s"]], dtype=np.float64),
+        np.array([number[c[0]] if c else 0 for c in categories], dtype=np.int64),
+    )
+    return NewsRankStage.load(directory, item_ids, facts, model), "news-ranker"
+
+
 def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
     """Verify a bundle's checksums, then read all of it into memory.
 
@@ -734,9 +764,13 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
 
             load_text_model(text_model)  # warm, off the request path; cached across bundles
 
-    ranker, ranker_name = load_rank_stage(path, model)
-    space = retrieval_space(model, vectors, index, item_ids)
     categories = [list(c) if c is not None else [] for c in columns["categories"]]
+    ranker: RankStage
+    if is_news_ranker(path / "ranker"):  # the news feed's rank stage: features, not embeddings
+        ranker, ranker_name = news_rank_stage(path / "ranker", item_ids, model, vectors, columns, categories)
+    else:
+        ranker, ranker_name = load_rank_stage(path, model)
+    space = retrieval_space(model, vectors, index, item_ids)
     names, counts, centroids = _categories(categories, vectors)
     diversity = vectors if vectors is not None else (space.vectors if space is not None else None)
     bundle = LoadedBundle(
@@ -945,6 +979,24 @@ def _iso(epoch_s: float | None) -> str | None:
     if epoch_s is None:
         return None
     return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _search_among(
+    index: ItemIndex, vectors: np.ndarray, q: np.ndarray, k: int, among: np.ndarray, boost: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` of :meth:`LoadedBundle.search_steered` under a category filter."""
+    own = (vectors[among] @ q).astype(np.float32)
+    top = np.argsort(-own, kind="stable")[:k]
+    rows, scores = among[top], own[top]
+    if boost is None:
+        return rows, scores
+    sims, found = index.search(q[None, :], k)
+    keep = found[0] >= 0
+    merged = dict(zip(found[0][keep].tolist(), sims[0][keep].tolist(), strict=True))
+    for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
+        merged[row] = score + boost
+    order = sorted(merged, key=lambda r: -merged[r])[:k]
+    return np.asarray(order, dtype=np.int64), np.asarray([merged[r] for r in order], dtype=np.float32)
 
 
 def _categories(

@@ -9,14 +9,66 @@ return plain dicts without a response-model pass (``serving.routers.recommend.le
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from serving.cascade import Stage, Strategy
 
 SESSION_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 EVENT_ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
+CategoryMode = Literal["strict", "soft"]
+MAX_CATEGORIES = 50
+
+
+def split_names(value: str | list[str] | None) -> list[str] | None:
+    """``"A, B"`` (a query) or ``["A", "B"]`` (a body) as names; blank names are an error."""
+    if value is None:
+        return None
+    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else [n.strip() for n in value]
+    if not names or any(not n for n in names):
+        raise ValueError("categories must be comma-separated non-blank names, e.g. categories=Comedy,Drama")
+    if len(names) > MAX_CATEGORIES:
+        raise ValueError(f"at most {MAX_CATEGORIES} categories")
+    return list(dict.fromkeys(names))
+
+
+def _query_names(value: str | None) -> str | None:
+    split_names(value)
+    return value
+
+
+CategoriesParam = Annotated[
+    str | None,
+    Field(
+        max_length=2000,
+        description="Comma-separated categories (or pool topics) to filter by, e.g. `Comedy,Drama`.",
+    ),
+    AfterValidator(_query_names),
+]
+"""``categories`` of a query: checked here, resolved against the bundle by ``serving.filters``."""
+ModeParam = Annotated[
+    CategoryMode, Field(description="`strict`: only items of these categories; `soft`: boost them.")
+]
+BoostParam = Annotated[
+    float | None,
+    Field(
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="How far `soft` lifts matching items (0 = not at all, 1 = above all others); "
+        "default from the `serving.category_boost` setting.",
+    ),
+]
+
+
+class FilterInfo(BaseModel):
+    """The category filter a list was made under (``categories`` / ``mode`` parameters)."""
+
+    categories: list[str] = Field(description="The categories as the catalogue names them.")
+    mode: Literal["strict", "soft"]
+    category_boost: float | None = Field(description="The boost a soft filter applied; null when strict.")
+    matching_items: int = Field(description="Items of the catalogue in these categories.")
 
 
 class Item(BaseModel):
@@ -68,6 +120,16 @@ class RecommendBody(BaseModel):
         None, ge=0.0, le=1.0, allow_inf_nan=False, description="MMR trade-off; default from settings."
     )
     explore: bool | None = Field(None, description="Reserve an exploration slot; default from settings.")
+    categories: list[str] | None = Field(
+        None, max_length=MAX_CATEGORIES, description="Categories (or pool topics) to filter by."
+    )
+    mode: ModeParam = "strict"
+    category_boost: BoostParam = None
+
+    @field_validator("categories")
+    @classmethod
+    def _names(cls, value: list[str] | None) -> list[str] | None:
+        return split_names(value)
 
 
 class ResolvedTitle(BaseModel):
@@ -92,6 +154,7 @@ class AdHocRecommendation(BaseModel):
     reason: str | None = None
     resolved: list[ResolvedTitle] = Field(default_factory=list)
     cascade: CascadeInfo
+    filter: FilterInfo | None = Field(None, description="The category filter applied, if any.")
     items: list[CascadeItem]
 
 
@@ -129,6 +192,7 @@ class Feed(BaseModel):
     reason: str | None = None
     session_events: int
     cascade: CascadeInfo
+    filter: FilterInfo | None = Field(None, description="The category filter applied, if any.")
     items: list[FeedItem]
 
 
@@ -208,6 +272,7 @@ class SearchResult(BaseModel):
         description="Categories the query resembles and how much each steered it."
     )
     taste_weight: float
+    filter: FilterInfo | None = Field(None, description="The category filter applied, if any.")
     items: list[CascadeItem]
 
 
@@ -252,6 +317,7 @@ class Recommendation(BaseModel):
     cascade: dict[str, Any] | None = Field(
         None, description="pipeline (stages run), candidates, duplicates_removed, mmr_lambda."
     )
+    filter: FilterInfo | None = Field(None, description="The category filter applied, if any.")
     items: list[CascadeItem]
 
 
@@ -294,6 +360,22 @@ class ItemList(BaseModel):
     query: str
     bundle_version: str
     items: list[CascadeItem]
+
+
+class StoryItem(CascadeItem):
+    """A listed item with its story fields (null where the catalogue has none, e.g. MovieLens)."""
+
+    summary: str | None = Field(None, description="The story's summary, as its outlet gave it.")
+    link: str | None = Field(None, description="The story's canonical URL.")
+    outlet: str | None = Field(None, description="The outlet that carried it (the representative one).")
+    published: str | None = Field(None, description="When it was published: ISO 8601, UTC.")
+
+
+class SimilarList(ItemList):
+    """Items nearest to an item, best first, each with its story fields (the news page's
+    "more like this" links to them)."""
+
+    items: list[StoryItem]  # type: ignore[assignment]
 
 
 class ErrorMessage(BaseModel):

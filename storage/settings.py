@@ -256,6 +256,12 @@ class ServingSettings(BaseModel):
     # The recommendation cascade and online learning (serving/cascade.py, serving/sessions.py).
     candidates: PositiveInt = 200
     """N: candidates retrieved from the item index per request, before ranking and diversity."""
+    rank_weights: dict[str, float] = Field(
+        default_factory=lambda: {"click": 1.0, "like": 0.5, "skip": -0.5, "dwell": 0.3}
+    )
+    """News rank stage (models/news_ranker.py): the feed's score is the sum over events of
+    weight × the event head's probability (a skip weighs negatively). Read when the ranker is
+    trained (train-models, the nightly) and stored with it."""
     min_interactions: int = Field(3, ge=0)
     """M: users with fewer interactions (bundle history + session) get the fresh-and-popular fallback."""
     mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)
@@ -266,6 +272,9 @@ class ServingSettings(BaseModel):
     """Cosine above which a candidate counts as a near-duplicate of an item already chosen."""
     exploration: bool = True
     """Reserve the last slot of a list for a relevant item unlike the rest (k >= 3)."""
+    category_boost: float = Field(0.5, ge=0.0, le=1.0)
+    """How far ``mode=soft`` category filters lift matching items when a request does not say
+    (0 = not at all, 1 = above every other item of the deeper list; see serving/filters.py)."""
     update_mode: Literal["private", "global", "none"] = "private"
     """``private``: each session learns its own user-vector delta (shared weights frozen);
     ``global``: ``private``, plus item-level signals every reader shares between nightlies
@@ -290,6 +299,19 @@ class ServingSettings(BaseModel):
     """A session (and the idempotency keys of its events) is forgotten this long after its last event."""
     session_max_sessions: PositiveInt = 100_000
     """Most sessions the store keeps; beyond it the least recently active are forgotten first."""
+
+    @field_validator("rank_weights")
+    @classmethod
+    def _known_rank_events(cls, value: dict[str, float]) -> dict[str, float]:
+        """The news ranker has one head per event in ``click, like, skip, dwell``."""
+        unknown = sorted(set(value) - {"click", "like", "skip", "dwell"})
+        if unknown:
+            raise ValueError(
+                f"rank_weights: {unknown} are not ranker events; expected click, like, skip, dwell"
+            )
+        if not value.get("click"):
+            raise ValueError("rank_weights: 'click' needs a non-zero weight (the feed would ignore clicks)")
+        return value
 
     @field_validator("client_keys")
     @classmethod

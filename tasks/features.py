@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
@@ -67,10 +68,97 @@ def load_item_features(
         if embed_missing:
             embed_items(con, embedding, progress=False)
         text = item_vectors(con, embedding, ids)
+    data.impressions = split_impressions(con, data)
     extra = load_side_features(con, ids, side or BooksSettings())
-    if extra is None:
-        return ItemFeatures(text, categories, recency, names)
-    return ItemFeatures(text, categories, recency, names, extra.values, extra.names)
+    return ItemFeatures(
+        text,
+        categories,
+        recency,
+        names,
+        side=None if extra is None else extra.values,
+        side_names=[] if extra is None else extra.names,
+        texts=item_texts(con, ids),
+    )
+
+
+def item_texts(con: duckdb.DuckDBPyConnection, ids: list[str]) -> list[str]:
+    """ "Title. Description" per item id (the title alone without a description)."""
+    rows = con.execute(
+        "SELECT item_id, title, description FROM items WHERE item_id IN (SELECT unnest(?::VARCHAR[]))", [ids]
+    ).fetchall()
+    by_id = {r[0]: (r[1] or "", r[2] or "") for r in rows}
+    return [f"{t}. {d}" if d else t for t, d in (by_id.get(i, ("", "")) for i in ids)]
+
+
+@dataclass(frozen=True)
+class LoggedImpression:
+    """One logged impression in a split's item indices: who, when, and what they did."""
+
+    user_id: str
+    ts: float
+    impression: Any
+    """:class:`models.nrms.Impression` (history, shown, clicked)."""
+    dwell_s: np.ndarray
+    """Seconds read per shown story (0: not read)."""
+
+
+def split_impressions(con: duckdb.DuckDBPyConnection, data: SplitData) -> list[LoggedImpression]:
+    """The warehouse's impression log (every source: served, personas, MIND) in ``data``'s
+    item indices, oldest first; stories outside the split are dropped from what was shown
+    and from the history, and an impression left with nothing shown is skipped.
+
+    Loaded with the item features because the model that reads words (NRMS) is also the one
+    that learns from what was shown and not clicked; an empty log gives an empty list."""
+    from models.nrms import Impression
+    from tasks.impressions import read_impressions
+
+    has_table = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'impressions'"
+    ).fetchall()[0][0]
+    if not has_table:
+        return []
+    log = read_impressions(con)
+    position = {str(i): n for n, i in enumerate(data.item_ids)}
+    out: list[LoggedImpression] = []
+    for user, ts, history, shown, clicked, dwell in zip(
+        log["user_id"], log["ts"], log["history"], log["shown"], log["clicked"], log["dwell_s"], strict=True
+    ):
+        reads = list(dwell) if dwell is not None and len(dwell) == len(shown) else [0.0] * len(shown)
+        keep = [
+            (position[str(s)], bool(c), float(d or 0.0))
+            for s, c, d in zip(shown, clicked, reads, strict=True)
+            if str(s) in position
+        ]
+        if not keep:
+            continue
+        hist = np.asarray([position[str(h)] for h in history if str(h) in position], dtype=np.int64)
+        impression = Impression(
+            hist,
+            np.asarray([k[0] for k in keep], dtype=np.int64),
+            np.asarray([k[1] for k in keep], dtype=bool),
+        )
+        out.append(LoggedImpression(str(user), float(ts), impression, np.asarray([k[2] for k in keep])))
+    return out
+
+
+def impressions_for_parts(data: SplitData, parts: tuple[str, ...]) -> list[LoggedImpression]:
+    """The impressions a fit on ``parts`` may learn from: one that clicked an item a user holds
+    out (their valid or test item when ``parts`` leaves those out) is dropped, so the
+    evaluated fit never trains on its own targets."""
+    if data.impressions is None:
+        return []
+    held_parts = [p for p in ("train", "valid", "test") if p not in parts]
+    row_of = {str(u): n for n, u in enumerate(data.user_ids)}
+    out = []
+    for logged in data.impressions:
+        imp = logged.impression
+        row = row_of.get(logged.user_id)
+        if row is not None and held_parts:
+            held = np.concatenate([getattr(data, p)[row] for p in held_parts])
+            if np.isin(imp.shown[imp.clicked], held).any():
+                continue
+        out.append(logged)
+    return out
 
 
 def load_side_features(

@@ -9,10 +9,12 @@ all-MiniLM-L6-v2 vectors are closest to the mean of the user's clicked stories).
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -198,4 +200,215 @@ def compare_models(
         "training_curve": model.training_curve(),
         "params": model.params(),
     }
+    return results
+
+
+@dataclass(frozen=True)
+class StackInputs:
+    """Per-item facts the rank stage reads, in item indices."""
+
+    text_vectors: np.ndarray
+    """L2-normalized MiniLM vectors (the retrieval stage's text score)."""
+    published_s: np.ndarray
+    """Publication time, Unix seconds."""
+    topics: np.ndarray
+    """Topic index per item."""
+
+
+def stack_inputs(items: pd.DataFrame, text_vectors: np.ndarray) -> StackInputs:
+    published = pd.to_datetime(items["published"], utc=True)
+    seconds = ((published - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(
+        np.int64
+    )
+    topics = pd.Categorical(items["topic"].fillna("").astype(str)).codes.astype(np.int64)
+    return StackInputs(np.asarray(text_vectors, np.float32), seconds.astype(np.float64), topics)
+
+
+def exposure_counts(log: pd.DataFrame, index: ItemIndex) -> tuple[np.ndarray, np.ndarray]:
+    """(clicks, impressions) per item in ``log``: the popularity and click-through features."""
+    position = index.lookup()
+    clicks = np.zeros(len(index), np.float64)
+    shown_n = np.zeros(len(index), np.float64)
+    for shown, clicked in zip(log["shown"], log["clicked"], strict=True):
+        idx = np.fromiter((position[str(i)] for i in shown), dtype=np.int64)
+        np.add.at(shown_n, idx, 1.0)
+        np.add.at(clicks, idx[np.asarray(clicked, dtype=bool)], 1.0)
+    return clicks, shown_n
+
+
+def stack_features(
+    log: pd.DataFrame,
+    index: ItemIndex,
+    inputs: StackInputs,
+    nrms: NRMSModel | None,
+    prior_log: pd.DataFrame,
+    session_clicks: int = 5,
+    dwell_threshold_s: float = 30.0,
+) -> tuple[np.ndarray, dict[str, np.ndarray], list[np.ndarray]]:
+    """Rank-stage features of every shown story of ``log`` (rows grouped by impression),
+    their event labels, and each impression's row indices.
+
+    Popularity and click-through come from ``prior_log`` only (what was known before these
+    impressions); a persona log has no sessions, so a reader's last ``session_clicks``
+    clicks stand in for the session.
+    """
+    from models.news_ranker import CandidateContext, candidate_features, rank_labels
+
+    impressions = log_to_impressions(log, index)
+    clicks, shown_n = exposure_counts(prior_log, index)
+    nrms_scores = nrms.score_impressions(impressions) if nrms is not None else [None] * len(impressions)
+    retrieval = score_text_similarity(inputs.text_vectors, impressions)
+    dwell_col = log["dwell_s"] if "dwell_s" in log.columns else [None] * len(log)
+    blocks: list[np.ndarray] = []
+    labels: dict[str, list[np.ndarray]] = {}
+    groups: list[np.ndarray] = []
+    offset = 0
+    for imp, ts, dwell, nrms_s, ret in zip(
+        impressions, log["ts"], dwell_col, nrms_scores, retrieval, strict=True
+    ):
+        context = CandidateContext(inputs.topics[imp.history], inputs.topics[imp.history[-session_clicks:]])
+        blocks.append(
+            candidate_features(
+                retrieval=ret,
+                nrms=nrms_s,
+                age_hours=(float(ts) - inputs.published_s[imp.shown]) / 3600.0,
+                clicks=clicks[imp.shown],
+                impressions=shown_n[imp.shown],
+                candidate_topics=inputs.topics[imp.shown],
+                context=context,
+            )
+        )
+        for event, y in rank_labels(imp.clicked, dwell, None, dwell_threshold_s).items():
+            labels.setdefault(event, []).append(y)
+        groups.append(np.arange(offset, offset + len(imp.shown)))
+        offset += len(imp.shown)
+    return (
+        np.concatenate(blocks) if blocks else np.zeros((0, 8), np.float32),
+        {e: np.concatenate(v) for e, v in labels.items()},
+        groups,
+    )
+
+
+def score_recommender(model: Any, impressions: Sequence[Impression]) -> list[np.ndarray]:
+    """A contract model's score of each impression's shown stories given its history."""
+    return [
+        np.asarray(model.score([imp.history], imp.shown)[0], dtype=np.float64)
+        if len(imp.history)
+        else np.zeros(len(imp.shown))
+        for imp in impressions
+    ]
+
+
+def cached_vectors(texts: list[str], cache_dir: Path | None, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """``compute()``'s vectors, read from ``cache_dir`` when the same texts were encoded before."""
+    if cache_dir is None:
+        return compute()
+    key = hashlib.sha256("\x1e".join(texts).encode()).hexdigest()[:16]
+    path = cache_dir / f"minilm-{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    vectors = compute()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(path, vectors)
+    return vectors
+
+
+def compare_news_stack(
+    items: pd.DataFrame,
+    train_log: pd.DataFrame,
+    test_log: pd.DataFrame,
+    nrms_params: dict[str, Any] | None = None,
+    two_tower_params: dict[str, Any] | None = None,
+    ranker_share: float = 0.25,
+    progress: bool = True,
+    cache_dir: Path | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Every row of ``var/eval/news.json``'s ``offline`` table on ``test_log``.
+
+    popularity, text-similarity, itemknn, two-tower: fit on all of ``train_log``. NRMS fits on
+    the training impressions before the last ``ranker_share`` (by time) and keeps its best
+    epoch on them; the ranker (``nrms+ranker``, the served stack) learns from that last share,
+    whose NRMS scores are out-of-sample as serving's are, with popularity counted from the
+    impressions before each part. ``cache_dir`` keeps the MiniLM vectors between runs (keyed
+    by the texts' hash), so re-running costs only the training.
+    """
+    from models.features import ItemFeatures
+    from models.news_ranker import NewsRanker
+    from models.registry import build_model
+    from models.text_encoder import encode
+
+    index = ItemIndex.from_ids(items["item_id"].tolist())
+    test = log_to_impressions(test_log, index)
+    results: dict[str, dict[str, Any]] = {}
+
+    def record(name: str, scores: list[np.ndarray], started: float, **extra: Any) -> None:
+        results[name] = {
+            **evaluate_scores(test, scores),
+            "fit_seconds": time.perf_counter() - started,
+            **extra,
+        }
+
+    started = time.perf_counter()
+    record("popularity", score_popularity(popularity_counts(train_log, index), test), started)
+
+    texts = item_texts(items)
+    started = time.perf_counter()
+    vectors = cached_vectors(
+        texts, cache_dir, lambda: encode(texts, "all-MiniLM-L6-v2", "cpu", 128, progress=progress)
+    )
+    record("text-similarity", score_text_similarity(vectors, test), started)
+    inputs = stack_inputs(items, vectors)
+
+    histories, _ = click_histories(train_log, index)
+    histories = [h for h in histories if len(h)]
+    train_csr = histories_to_csr(histories, len(index))
+    started = time.perf_counter()
+    knn = build_model("itemknn")
+    knn.fit(train_csr, histories)
+    record("itemknn", score_recommender(knn, test), started)
+
+    started = time.perf_counter()
+    tower: Any = build_model("two-tower", **{"progress": progress, "epochs": 20, **(two_tower_params or {})})
+    tower.set_item_features(
+        ItemFeatures(vectors, np.zeros((len(index), 0), np.float32), np.zeros(len(index), np.float32))
+    )
+    tower.fit(train_csr, histories)
+    record("two-tower", score_recommender(tower, test), started)
+
+    ordered = train_log.sort_values("ts", kind="stable")
+    n_rank = int(len(ordered) * ranker_share)
+    fit_log, rank_log = ordered.iloc[: len(ordered) - n_rank], ordered.iloc[len(ordered) - n_rank :]
+    fit_histories, _ = click_histories(fit_log, index)
+    model = NRMSModel(**{"progress": progress, **(nrms_params or {})})
+    model.set_text_vectors(vectors)
+    model.set_item_topics(items["topic"].fillna("").astype(str).tolist())
+    started = time.perf_counter()
+    model.fit(
+        histories_to_csr(fit_histories, len(index)),
+        fit_histories,
+        item_texts=texts,
+        impressions=log_to_impressions(fit_log, index),
+        valid_impressions=log_to_impressions(rank_log, index) if n_rank else None,
+    )
+    record(
+        "nrms",
+        model.score_impressions(test),
+        started,
+        training_curve=model.training_curve(),
+        params=model.params(),
+    )
+
+    started = time.perf_counter()
+    x_rank, y_rank, _ = stack_features(rank_log, index, inputs, model, fit_log)
+    ranker = NewsRanker().fit(x_rank, y_rank)
+    x_test, _, groups = stack_features(test_log, index, inputs, model, train_log)
+    served = ranker.score(x_test)
+    record(
+        "nrms+ranker",
+        [served[g] for g in groups],
+        started,
+        ranker=ranker.params(),
+        trained_events=ranker.trained_events,
+        ranker_rows=len(x_rank),
+    )
     return results

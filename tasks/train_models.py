@@ -42,7 +42,7 @@ from models.registry import build_model
 from storage.artifacts import ArtifactStore, file_sha256
 from storage.settings import Settings
 from tasks.publish import LiveScore, PublishResult, build_manifest, gate_refusal, live_score, publish_bundle
-from tasks.training import SplitData, TrainResult, evaluate, record_run
+from tasks.training import SplitData, TrainResult, evaluate, prepare_impressions, record_run
 
 TRAIN_MODEL_DIR = "train_model"
 """Bundle directory of the model fitted on the training part (torch models only)."""
@@ -152,6 +152,7 @@ def fit_model(
     model = build_model(name, **params)
     if hasattr(model, "set_item_features"):  # hybrid models: text vectors, categories, recency
         model.set_item_features(data.item_features or ItemFeatures.empty(data.n_items))
+    prepare_impressions(model, data, parts)
     report = apply_warm_start(model, warm, data, int(params.get("seed", 0))) if warm is not None else None
     histories = data.histories(parts)
     started = time.perf_counter()
@@ -404,6 +405,12 @@ def publish_champion(
         if is_torch_model(champion.model):
             champion.model.save(Path(tmp) / TRAIN_MODEL_DIR)
             attachments[TRAIN_MODEL_DIR] = Path(tmp) / TRAIN_MODEL_DIR
+        if champion.model_name == "nrms" and data.impressions:
+            from tasks.news_ranking import attach_news_ranker
+
+            attachments["ranker"] = attach_news_ranker(
+                con, settings, data, champion.model, vectors, Path(tmp), log
+            )
         manifest = build_manifest(
             catalogue=settings.catalogue,
             source_run=source_run,

@@ -50,6 +50,10 @@ class SplitData:
     protocol: dict[str, Any] = field(default_factory=dict)
     item_features: ItemFeatures | None = None
     """Side information for hybrid models (``tasks/features.py::load_item_features``)."""
+    impressions: list[Any] | None = None
+    """The warehouse's impression log in this split's item indices, oldest first
+    (``tasks/features.py::LoggedImpression``): what NRMS and the news ranker train on (None:
+    not loaded)."""
 
     @property
     def n_users(self) -> int:
@@ -229,16 +233,28 @@ def train_and_evaluate(
 def fit_for_serving(data: SplitData, model_name: str, params: dict[str, Any]) -> Recommender:
     """Refit on every interaction (train + valid + test): what the live bundle serves."""
     model = build_model(model_name, **params)
-    prepare_model(model, data)
+    prepare_model(model, data, ("train", "valid", "test"))
     everything = data.histories(("train", "valid", "test"))
     model.fit(histories_to_csr(everything, data.n_items), everything)
     return model
 
 
-def prepare_model(model: Recommender, data: SplitData) -> None:
-    """Hand item side information to the models that use it (text, categories, recency)."""
+def prepare_model(model: Recommender, data: SplitData, parts: tuple[str, ...] = ("train",)) -> None:
+    """Hand item side information to the models that use it (text, categories, recency), and
+    the impressions a fit on ``parts`` may learn from to those that read them (NRMS)."""
     if hasattr(model, "set_item_features"):
         model.set_item_features(data.item_features or ItemFeatures.empty(data.n_items))
+    prepare_impressions(model, data, parts)
+
+
+def prepare_impressions(model: Recommender, data: SplitData, parts: tuple[str, ...]) -> None:
+    """The logged impressions a fit on ``parts`` may learn from, for models that read them."""
+    if callable(getattr(model, "set_impressions", None)) and data.impressions is not None:
+        from tasks.features import impressions_for_parts
+
+        model.set_impressions(  # type: ignore[attr-defined]
+            [logged.impression for logged in impressions_for_parts(data, parts)]
+        )
 
 
 def record_run(

@@ -49,6 +49,7 @@ def trained(news_world: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> NRMS
     index = ItemIndex.from_ids(items["item_id"].tolist())
     histories, _ = click_histories(train, index)
     model = NRMSModel(epochs=3, batch_size=128, progress=False, device="cpu")
+    model.set_item_topics(items["topic"].tolist())
     model.fit(
         histories_to_csr(histories, len(index)),
         histories,
@@ -126,3 +127,16 @@ def test_fit_needs_texts() -> None:
         model.fit(histories_to_csr([np.array([0, 1])], 2), [np.array([0, 1])])
     with pytest.raises(ValueError, match="train has 2 item columns but 3 item texts"):
         model.fit(histories_to_csr([np.array([0, 1])], 2), [np.array([0, 1])], item_texts=["a", "b", "c"])
+
+
+def test_stories_published_after_training_are_encoded_like_trained_ones(
+    news_world: tuple[pd.DataFrame, ...], trained: NRMSModel
+) -> None:
+    """The freshness path: a story's vector from its text alone equals the one computed at
+    training; an unseen topic or word does not fail."""
+    items = news_world[0]
+    texts = item_texts(items)[:5]
+    again = trained.encode_stories(texts, topics=items["topic"].tolist()[:5])
+    assert np.allclose(again, trained.encode_items()[:5], atol=1e-4)
+    new = trained.encode_stories(["Zyxwv qqq breaking"], topics=["astrology"])
+    assert new.shape == (1, trained.dim) and np.isfinite(new).all()

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _env(home: Path) -> dict[str, str]:
     """This environment with recflow's code from this checkout and nothing that names a
-    Prefect home, a Prefect API or recflow settings except ``RECFLOW_HOME``."""
+    Prefect home, a Prefect API or recflow settings except ``RECFLOW_HOME`` (and one cheap model)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RECFLOW_", "PREFECT_"))}
     return env | {
         "PYTHONPATH": str(REPO),
@@ -32,6 +32,7 @@ def _env(home: Path) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "HF_HUB_OFFLINE": "1",
+        "RECFLOW_MODEL__NAME": "itemknn-recency",  # one cheap model: the test is about where state goes
     }
 
 

@@ -302,12 +302,13 @@ def test_recommend_documents_the_query_it_validates_itself(live: Live) -> None:
     params = {p["name"]: p for p in operation["parameters"]}
     assert params["user_id"]["in"] == "path" and params["user_id"]["required"] is True
     assert {n: p["in"] for n, p in params.items() if n != "user_id"} == dict.fromkeys(
-        ["k", "mmr_lambda", "explore", "session"], "query"
+        ["k", "mmr_lambda", "explore", "session", "categories", "mode", "category_boost"], "query"
     )
     assert params["k"]["schema"]["maximum"] == MAX_K and params["k"]["schema"]["minimum"] == 1
     assert "422" in operation["responses"]
     for query, name in [({"mmr_lambda": "1.5"}, "mmr_lambda"), ({"explore": "maybe"}, "explore"),
-                        ({"session": "bad session!"}, "session")]:  # fmt: skip
+                        ({"session": "bad session!"}, "session"), ({"mode": "loose"}, "mode"),
+                        ({"category_boost": "1.5"}, "category_boost")]:  # fmt: skip
         response = live.client.get("/recommend/u0", params=query)
         assert response.status_code == 422, response.text
         assert response.json()["detail"][0]["loc"] == ["query", name]

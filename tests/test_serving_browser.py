@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -86,7 +88,8 @@ def browser() -> Iterator[str]:
         pytest.fail(
             "chromium is not installed; `make test` installs Debian's package (apt-get install chromium)"
         )
-    with tempfile.TemporaryDirectory(prefix="recflow-chromium-") as profile:
+    # Chromium's helper processes may still be writing the profile as it is removed.
+    with tempfile.TemporaryDirectory(prefix="recflow-chromium-", ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen(
             [
                 CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -96,6 +99,7 @@ def browser() -> Iterator[str]:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )  # fmt: skip
         try:
             port_file = Path(profile) / "DevToolsActivePort"
@@ -106,7 +110,7 @@ def browser() -> Iterator[str]:
                 time.sleep(0.05)
             yield f"http://127.0.0.1:{port_file.read_text().split()[0]}"
         finally:
-            proc.terminate()
+            os.killpg(proc.pid, signal.SIGTERM)  # the browser and its helper processes
             proc.wait(20)
 
 

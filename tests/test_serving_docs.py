@@ -14,7 +14,8 @@ Feed items became stories (issue 14): ``FeedItem``'s story fields, ``why`` in pl
 ``reason_code`` and ``GET /feed``'s ``session`` query parameter (:func:`stories`); fresh
 stories came from deltas (:func:`freshness`); ``/health`` names its catalogue (:func:`per_catalogue`). Answers
 carry the ``request_id`` of their impression, and ``global`` joined the update modes
-(:func:`impressions_and_global`).
+(:func:`impressions_and_global`). Category filters joined ``/recommend``, ``/feed`` and
+``/search`` (:func:`filters`); similar items carry their story fields (:func:`similar_stories`).
 Issue 18 added ``POST /recommend/intent`` and its models (:func:`without_intent`).
 """
 
@@ -231,11 +232,128 @@ def without_intent(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def filters(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with category filters (issue 18, item 3): ``categories``, ``mode`` and
+    ``category_boost`` on ``/recommend`` (query and body), ``/feed`` and ``/search``, and the
+    ``filter`` each answer was made under (``FilterInfo``)."""
+    spec = json.loads(json.dumps(spec))
+    mode_text = "`strict`: only items of these categories; `soft`: boost them."
+    boost_text = (
+        "How far `soft` lifts matching items (0 = not at all, 1 = above all others); "
+        "default from the `serving.category_boost` setting."
+    )
+    names_text = "Comma-separated categories (or pool topics) to filter by, e.g. `Comedy,Drama`."
+    mode = {"type": "string", "enum": ["strict", "soft"], "title": "Mode", "description": mode_text}
+    boost = {
+        "anyOf": [{"type": "number", "maximum": 1.0, "minimum": 0.0}, {"type": "null"}],
+        "title": "Category Boost",
+        "description": boost_text,
+    }
+    params = [
+        {
+            "name": "categories",
+            "in": "query",
+            "required": False,
+            "schema": _optional("Categories", names_text, maxLength=2000),
+            "description": names_text,
+        },
+        {
+            "name": "mode",
+            "in": "query",
+            "required": False,
+            "schema": {**mode, "default": "strict"},
+            "description": mode_text,
+        },
+        {
+            "name": "category_boost",
+            "in": "query",
+            "required": False,
+            "schema": boost,
+            "description": boost_text,
+        },
+    ]
+    for path in ("/recommend/{user_id}", "/search", "/feed"):
+        listed = spec["paths"][path]["get"]["parameters"]
+        at = next((i for i, p in enumerate(listed) if p["in"] == "cookie"), len(listed))
+        listed[at:at] = json.loads(json.dumps(params))
+    schemas = spec["components"]["schemas"]
+    schemas["FilterInfo"] = {
+        "properties": {
+            "categories": {
+                "items": {"type": "string"},
+                "type": "array",
+                "title": "Categories",
+                "description": "The categories as the catalogue names them.",
+            },
+            "mode": {"type": "string", "enum": ["strict", "soft"], "title": "Mode"},
+            "category_boost": {
+                "anyOf": [{"type": "number"}, {"type": "null"}],
+                "title": "Category Boost",
+                "description": "The boost a soft filter applied; null when strict.",
+            },
+            "matching_items": {
+                "type": "integer",
+                "title": "Matching Items",
+                "description": "Items of the catalogue in these categories.",
+            },
+        },
+        "type": "object",
+        "required": ["categories", "mode", "category_boost", "matching_items"],
+        "title": "FilterInfo",
+        "description": "The category filter a list was made under (``categories`` / ``mode`` parameters).",
+    }
+    for name in ("Recommendation", "AdHocRecommendation", "Feed", "SearchResult"):
+        schemas[name]["properties"]["filter"] = {
+            "anyOf": [{"$ref": "#/components/schemas/FilterInfo"}, {"type": "null"}],
+            "description": "The category filter applied, if any.",
+        }
+    body = schemas["RecommendBody"]["properties"]
+    body["categories"] = {
+        "anyOf": [{"items": {"type": "string"}, "type": "array", "maxItems": 50}, {"type": "null"}],
+        "title": "Categories",
+        "description": "Categories (or pool topics) to filter by.",
+    }
+    body["mode"] = {**mode, "default": "strict"}
+    body["category_boost"] = boost
+    return spec
+
+
+def similar_stories(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with similar items as stories (the news page's "more like this" links them):
+    ``/items/{item_id}/similar`` answers a ``SimilarList`` of ``StoryItem`` (``CascadeItem``
+    plus ``FeedItem``'s summary, link, outlet and published), replacing ``ItemList``."""
+    spec = json.loads(json.dumps(spec))
+    schemas = spec["components"]["schemas"]
+    story = json.loads(json.dumps(schemas["CascadeItem"]))
+    for name in ("summary", "link", "outlet", "published"):
+        story["properties"][name] = schemas["FeedItem"]["properties"][name]
+    story["title"] = "StoryItem"
+    story["description"] = (
+        "A listed item with its story fields (null where the catalogue has none, e.g. MovieLens)."
+    )
+    schemas["StoryItem"] = story
+    listed = schemas.pop("ItemList")
+    listed["properties"]["items"]["items"] = {"$ref": "#/components/schemas/StoryItem"}
+    listed["title"] = "SimilarList"
+    listed["description"] = (
+        "Items nearest to an item, best first, each with its story fields (the news page's\n"
+        '"more like this" links to them).'
+    )
+    schemas["SimilarList"] = listed
+    ok = spec["paths"]["/items/{item_id}/similar"]["get"]["responses"]["200"]
+    ok["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/SimilarList"}
+    return spec
+
+
 def test_openapi_is_the_document_from_before_the_split(tmp_path: Path) -> None:
     before = json.loads(BEFORE.read_text())
     after = without_intent(json.loads(json.dumps(create_app(shaped_settings(tmp_path)).openapi())))
     assert "ScoredItem" not in after["components"]["schemas"]
-    expected = impressions_and_global(per_catalogue(freshness(stories(hardened(merged_scored_item(before))))))
+    expected = similar_stories(
+        filters(
+            impressions_and_global(per_catalogue(freshness(stories(hardened(merged_scored_item(before))))))
+        )
+    )
     for path, operations in expected["paths"].items():
         assert after["paths"].get(path) == operations, path
     assert after == expected

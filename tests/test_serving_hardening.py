@@ -80,7 +80,7 @@ def test_non_finite_numbers_get_a_422_that_names_the_field(catalogue: Catalogue,
     bases = {"/interact": {"item_id": item, "event": "dwell"}, "/recommend": {"item_ids": [item]}}
     with serve(fresh(catalogue, tmp_path)) as (app, c):
         fields = _float_fields(app.openapi())
-        assert fields == {"/interact": ["dwell_s"], "/recommend": ["mmr_lambda"]}
+        assert fields == {"/interact": ["dwell_s"], "/recommend": ["mmr_lambda", "category_boost"]}
         cases = [(path, name) for path, names in fields.items() for name in names]
         cases += [("/interact", "item_id"), ("/recommend", "k")]  # echoed by other errors too
         for path, name in cases:

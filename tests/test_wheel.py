@@ -152,6 +152,7 @@ def _clean_env(home: Path, prefect_home: Path) -> dict[str, str]:
         "DO_NOT_TRACK": "1",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
+        "RECFLOW_MODEL__NAME": "itemknn-recency",  # one cheap model: the test is about the installed wheel
     }
 
 

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from serving import filters
 from serving.cascade import session_delta
 from serving.dependencies import HolderDep, NotFoundError, ServingDep, SessionsDep
 from serving.routers import shared
@@ -22,11 +23,14 @@ from serving.routers.params import ParamShapes
 from serving.schemas import (
     NOT_FOUND,
     UNAVAILABLE,
+    BoostParam,
     Categories,
+    CategoriesParam,
     History,
     ItemDetail,
-    ItemList,
+    ModeParam,
     SearchResult,
+    SimilarList,
     UserPage,
     UserPageQuery,
 )
@@ -58,6 +62,9 @@ def router(shapes: ParamShapes) -> APIRouter:
             None, min_length=1, max_length=256, description="Whose taste to blend in."
         )
         session: str | None = shapes.session_field()
+        categories: CategoriesParam = None
+        mode: ModeParam = "strict"
+        category_boost: BoostParam = None
 
     @api.get("/users/{user_id}/history", response_model=History, responses={**NOT_FOUND, **UNAVAILABLE})
     async def history(
@@ -118,7 +125,7 @@ def router(shapes: ParamShapes) -> APIRouter:
             "popularity": int(bundle.popularity[idx]),
         }
 
-    @api.get("/items/{item_id}/similar", response_model=ItemList, responses={**NOT_FOUND, **UNAVAILABLE})
+    @api.get("/items/{item_id}/similar", response_model=SimilarList, responses={**NOT_FOUND, **UNAVAILABLE})
     async def similar(item_id: ItemId, holder: HolderDep, k: K = 10) -> dict[str, Any]:
         """Items whose text is nearest to this item's (cosine over sentence-transformer vectors)."""
         bundle = holder.get()
@@ -126,7 +133,10 @@ def router(shapes: ParamShapes) -> APIRouter:
         if idx is None:
             raise NotFoundError(f"item {item_id!r} is not in bundle {bundle.version}")
         rows, scores = await run_in_threadpool(bundle.similar, idx, k)
-        return shared.item_list(bundle, rows, scores, query=item_id, stage="similar")
+        listed = shared.item_list(bundle, rows, scores, query=item_id, stage="similar")
+        for item, row in zip(listed["items"], rows.tolist(), strict=True):
+            item.update(bundle.story_record(int(row)))
+        return listed
 
     @api.get("/search", response_model=SearchResult, responses=UNAVAILABLE)
     async def search(
@@ -142,6 +152,14 @@ def router(shapes: ParamShapes) -> APIRouter:
         bundle = holder.get()
         if user_id is not None and user_id not in bundle.histories:
             raise NotFoundError(f"user {user_id!r} is not in bundle {bundle.version}")
+        filt = filters.resolve(
+            bundle,
+            query.categories,
+            query.mode,
+            query.category_boost,
+            serving.category_boost,
+            ("query", "categories"),
+        )
         state = await run_in_threadpool(sessions.state, session) if session is not None else None
         taste = None
         if taste_weight > 0 and bundle.vectors is not None:
@@ -153,13 +171,21 @@ def router(shapes: ParamShapes) -> APIRouter:
                 if delta is not None:
                     taste = delta if taste is None else taste / max(np.linalg.norm(taste), 1e-12) + delta
         rows, scores, matched = await run_in_threadpool(
-            bundle.search_steered, q, query.k, query.category_weight, taste, taste_weight
+            bundle.search_steered,
+            q,
+            query.k,
+            query.category_weight,
+            taste,
+            taste_weight,
+            among=None if filt is None else filt.members,
+            boost=None if filt is None or filt.mode == "strict" else filt.boost,
         )
         listed = shared.item_list(bundle, rows, scores, query=q, stage="search")
         return {
             **listed,
             "categories": [{"name": n, "weight": w} for n, w in matched],
             "taste_weight": taste_weight if taste is not None else 0.0,
+            "filter": filters.info(filt),
         }
 
     return api

@@ -1,5 +1,7 @@
 """The reader's side: ``/feed`` (today's pool ranked for a session), ``/interact`` (what the
-reader did, logged durably) and the feed page at ``/`` that uses both.
+reader did, logged durably) and the feed page at ``/`` that uses both: a news reader
+(``static/news.html``) for a news catalogue (source ``feeds`` or ``mind``), the item view
+(``static/index.html``) for any other.
 
 An anonymous reader is a session, named by a cookie (``serving.session_cookie``) set on the
 first visit; its events change its next answers when ``serving.update_mode`` is ``private``
@@ -18,6 +20,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from serving import filters
 from serving.dependencies import (
     ClientDep,
     EventNotStoredError,
@@ -38,21 +41,27 @@ from serving.schemas import (
     TOO_LARGE,
     UNAUTHORIZED,
     UNAVAILABLE,
+    BoostParam,
+    CategoriesParam,
     ErrorMessage,
     Feed,
     InteractBody,
     Interaction,
+    ModeParam,
 )
 from serving.sessions import SessionState
 
 logger = logging.getLogger("recflow.serving")
 STATIC = Path(__file__).resolve().parents[1] / "static"
+NEWS_SOURCES = ("feeds", "mind")
+"""Source kinds whose items are news stories: their catalogue's ``/`` is the news reader."""
 
 
-def router(shapes: ParamShapes) -> APIRouter:
-    """The feed, interaction and page routes, with the app's cookie name and ``k`` bound."""
+def router(shapes: ParamShapes, news: bool = False) -> APIRouter:
+    """The feed, interaction and page routes, with the app's cookie name and ``k`` bound;
+    ``news``: ``/`` is the news reader rather than the item view."""
     api = APIRouter()
-    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    page = (STATIC / ("news.html" if news else "index.html")).read_text(encoding="utf-8")
     CookieSession = Annotated[str | None, shapes.session_cookie_param()]
 
     class FeedQuery(BaseModel):
@@ -69,6 +78,9 @@ def router(shapes: ParamShapes) -> APIRouter:
             pattern=SESSION_PATTERN,
             description="Session id, for clients without cookies; wins over the session cookie.",
         )
+        categories: CategoriesParam = None
+        mode: ModeParam = "strict"
+        category_boost: BoostParam = None
 
     @api.get("/feed", response_model=Feed, responses=UNAVAILABLE, tags=["recommend"])
     async def feed(
@@ -93,8 +105,17 @@ def router(shapes: ParamShapes) -> APIRouter:
         if user_id is not None and user_id not in bundle.histories:
             raise NotFoundError(f"user {user_id!r} is not in bundle {bundle.version}")
         history, exclude, weights, known = shared.reader(serving, bundle, who, state)
+        filt = filters.resolve(
+            bundle,
+            query.categories,
+            query.mode,
+            query.category_boost,
+            serving.category_boost,
+            ("query", "categories"),
+        )
+        depth, exclude = filters.widen(filt, bundle, query.k, exclude)
         p = shared.cascade_params(
-            serving, query.k, query.mmr_lambda, query.explore, who, session, bundle.version, len(state)
+            serving, depth, query.mmr_lambda, query.explore, who, session, bundle.version, len(state)
         )
         result = await shared.run_cascade(
             serving,
@@ -110,6 +131,7 @@ def router(shapes: ParamShapes) -> APIRouter:
             known=known or len(state) > 0,
             boost=(boost := shared.global_boost(request.app.state, bundle)),
         )
+        result = filters.finish(filt, result, query.k)
         items = shared.listed(bundle, result)
         explained = bundle.explain(result, history, time.time())
         trending = set(boost.top.tolist()) if boost is not None else set()
@@ -130,6 +152,7 @@ def router(shapes: ParamShapes) -> APIRouter:
             "reason": result.reason,
             "session_events": len(state),
             "cascade": shared.cascade_info(result, p),
+            "filter": filters.info(filt),
             "items": items,
         }
 
@@ -211,7 +234,7 @@ def router(shapes: ParamShapes) -> APIRouter:
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index_page() -> HTMLResponse:
-        """The feed page: today's items with like / skip buttons."""
+        """The feed page: today's stories (news) or items with like / skip buttons."""
         return HTMLResponse(page)
 
     return api

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from serving import filters
 from serving.bundle import BundleHolder
 from serving.dependencies import HolderDep, ServingDep, bad_request
 from serving.routers import shared
@@ -29,6 +30,9 @@ from serving.schemas import (
     UNAVAILABLE,
     VALIDATION_ERROR,
     AdHocRecommendation,
+    BoostParam,
+    CategoriesParam,
+    ModeParam,
     Recommendation,
     RecommendBody,
 )
@@ -97,6 +101,9 @@ def router(shapes: ParamShapes) -> APIRouter:
         mmr_lambda: float | None = shapes.mmr_lambda_field()
         explore: bool | None = shapes.explore_field()
         session: str | None = shapes.session_field()
+        categories: CategoriesParam = None
+        mode: ModeParam = "strict"
+        category_boost: BoostParam = None
 
     @api.get(
         "/recommend/{user_id}",
@@ -124,8 +131,17 @@ def router(shapes: ParamShapes) -> APIRouter:
         else:
             session_state = None
         history, exclude, weights, known = shared.reader(serving, bundle, user_id, session_state)
+        filt = filters.resolve(
+            bundle,
+            query.categories,
+            query.mode,
+            query.category_boost,
+            serving.category_boost,
+            ("query", "categories"),
+        )
+        depth, exclude = filters.widen(filt, bundle, query.k, exclude)
         p = shared.cascade_params(
-            serving, query.k, query.mmr_lambda, query.explore, user_id, session, bundle.version
+            serving, depth, query.mmr_lambda, query.explore, user_id, session, bundle.version
         )
         result = await shared.run_cascade(
             serving,
@@ -140,6 +156,7 @@ def router(shapes: ParamShapes) -> APIRouter:
             known=known or bool(session_state and len(session_state)),
             boost=shared.global_boost(state, bundle),
         )
+        result = filters.finish(filt, result, query.k)
         return lean_json(
             {
                 "request_id": shared.log_impression(
@@ -152,6 +169,7 @@ def router(shapes: ParamShapes) -> APIRouter:
                 "reason": result.reason,
                 "session": session,
                 "cascade": shared.cascade_info(result, p),
+                "filter": filters.info(filt),
                 "items": shared.listed(bundle, result),
             }
         )
@@ -188,6 +206,14 @@ def router(shapes: ParamShapes) -> APIRouter:
                 f"{len(unknown)} item id(s) not in bundle {bundle.version}: {unknown[:5]}",
                 unknown[:5],
             )
+        filt = filters.resolve(
+            bundle,
+            body.categories,
+            body.mode,
+            body.category_boost,
+            serving.category_boost,
+            ("body", "categories"),
+        )
         resolved: list[dict[str, Any]] = []
         history = bundle.indices_of(body.item_ids)
         if body.titles:
@@ -202,9 +228,8 @@ def router(shapes: ParamShapes) -> APIRouter:
                 for title, row, sim in zip(body.titles, rows.tolist(), sims.tolist(), strict=True)
             ]
             history = np.concatenate([history, rows.astype(np.int64)])
-        p = shared.cascade_params(
-            serving, body.k, body.mmr_lambda, body.explore, *body.item_ids, *body.titles
-        )
+        depth, exclude = filters.widen(filt, bundle, body.k, np.unique(history))
+        p = shared.cascade_params(serving, depth, body.mmr_lambda, body.explore, *body.item_ids, *body.titles)
         result = await shared.run_cascade(
             serving,
             bundle,
@@ -213,7 +238,9 @@ def router(shapes: ParamShapes) -> APIRouter:
             p,
             min_interactions=serving.min_interactions,
             boost=shared.global_boost(request.app.state, bundle),
+            exclude=exclude,
         )
+        result = filters.finish(filt, result, body.k)
         return lean_json(
             {
                 "request_id": shared.log_impression(
@@ -225,6 +252,7 @@ def router(shapes: ParamShapes) -> APIRouter:
                 "reason": result.reason,
                 "resolved": resolved,
                 "cascade": shared.cascade_info(result, p),
+                "filter": filters.info(filt),
                 "items": shared.listed(bundle, result),
             }
         )

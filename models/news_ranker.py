@@ -1,0 +1,378 @@
+"""The news feed's rank stage: a small multi-head model over a handful of named features.
+
+Why features and not embeddings: a news catalogue turns over daily, so what transfers from
+one night's training to tomorrow's stories is how much a reader's clicks are explained by
+text match, the learned news model, freshness, popularity and topic, not which story ids
+were clicked. Each candidate of a request is described by :data:`FEATURES`:
+
+``retrieval``  the retrieval stage's score (cosine of the story's text vector to the mean of
+               the reader's clicked stories, 0 without history);
+``nrms``       the NRMS score (user vector · news vector), 0 when no NRMS is served;
+``age``        log(1 + hours since publication) at request time;
+``popularity`` log(1 + clicks) the story has had;
+``ctr``        its smoothed click-through (clicks + 1) / (impressions + 10);
+``topic``      share of the reader's clicked stories in the story's topic;
+``session``    share of this session's clicks in the story's topic (what survives a nightly:
+               a reader who just clicked sports gets sports, whatever the model learned);
+``history``    1 when the reader has any click.
+
+One shared MLP body, one logistic head per event (click, like, skip, dwell ≥ threshold);
+the served score is a weighted sum of the heads' probabilities with weights from the
+settings (a skip weighs negatively). A head whose event never occurred in the training
+impressions is kept but weighs zero, so it cannot add noise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+SESSION_CLICKS = 5
+"""A logged impression has no session of its own: the reader's last few clicks stand in for it
+in training, and serving reads the same last few of history + session, so both agree."""
+EXPOSURE_FILE = "exposure.json"
+FEATURES: tuple[str, ...] = ("retrieval", "nrms", "age", "popularity", "ctr", "topic", "session", "history")
+EVENTS: tuple[str, ...] = ("click", "like", "skip", "dwell")
+DEFAULT_WEIGHTS: dict[str, float] = {"click": 1.0, "like": 0.5, "skip": -0.5, "dwell": 0.3}
+
+
+@dataclass(frozen=True)
+class CandidateContext:
+    """What the rank stage knows about one request, in item indices of the catalogue."""
+
+    history_topics: np.ndarray
+    """Topic index of each story the reader clicked before (nightly history + session)."""
+    session_topics: np.ndarray
+    """Topic index of each story clicked in this session only."""
+
+
+def topic_shares(clicked_topics: np.ndarray, candidate_topics: np.ndarray) -> np.ndarray:
+    """Share of ``clicked_topics`` equal to each candidate's topic (0 when nothing clicked)."""
+    clicked_topics = np.asarray(clicked_topics, dtype=np.int64)
+    if len(clicked_topics) == 0:
+        return np.zeros(len(candidate_topics), dtype=np.float32)
+    counts = np.bincount(
+        clicked_topics, minlength=int(max(candidate_topics.max(initial=0), clicked_topics.max())) + 1
+    )
+    return (counts[np.asarray(candidate_topics, dtype=np.int64)] / len(clicked_topics)).astype(np.float32)
+
+
+def candidate_features(
+    *,
+    retrieval: np.ndarray,
+    nrms: np.ndarray | None,
+    age_hours: np.ndarray,
+    clicks: np.ndarray,
+    impressions: np.ndarray,
+    candidate_topics: np.ndarray,
+    context: CandidateContext,
+) -> np.ndarray:
+    """The ``(n_candidates, len(FEATURES))`` float32 matrix, columns in :data:`FEATURES` order."""
+    n = len(candidate_topics)
+    for name, arr in (("retrieval", retrieval), ("age_hours", age_hours), ("clicks", clicks)):
+        if len(arr) != n:
+            raise ValueError(f"candidate_features: {name} has {len(arr)} values for {n} candidates")
+    has_history = float(len(context.history_topics) > 0)
+    columns = [
+        np.asarray(retrieval, dtype=np.float32),
+        np.zeros(n, np.float32) if nrms is None else np.asarray(nrms, dtype=np.float32),
+        np.log1p(np.clip(np.asarray(age_hours, dtype=np.float32), 0.0, None)),
+        np.log1p(np.clip(np.asarray(clicks, dtype=np.float32), 0.0, None)),
+        (np.asarray(clicks, dtype=np.float32) + 1.0) / (np.asarray(impressions, dtype=np.float32) + 10.0),
+        topic_shares(context.history_topics, candidate_topics),
+        topic_shares(context.session_topics, candidate_topics),
+        np.full(n, has_history, dtype=np.float32),
+    ]
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+class _Net(nn.Module):
+    def __init__(self, n_features: int, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(n_features, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU()
+        )
+        self.linear = nn.Linear(n_features, heads)  # a wide path: the monotone trends stay easy
+        self.heads = nn.Linear(hidden, heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.heads(self.body(x)) + self.linear(x)
+
+
+class NewsRanker:
+    """Multi-head ranker over :data:`FEATURES`; see the module docstring."""
+
+    name = "news-ranker"
+
+    def __init__(
+        self,
+        weights: Mapping[str, float] | None = None,
+        hidden: int = 32,
+        epochs: int = 60,
+        lr: float = 1e-2,
+        weight_decay: float = 1e-4,
+        batch_size: int = 2048,
+        seed: int = 42,
+    ) -> None:
+        chosen = dict(DEFAULT_WEIGHTS if weights is None else weights)
+        unknown = set(chosen) - set(EVENTS)
+        if unknown:
+            raise ValueError(
+                f"news ranker: weights for unknown events {sorted(unknown)}; expected {list(EVENTS)}"
+            )
+        self.weights = {e: float(chosen.get(e, 0.0)) for e in EVENTS}
+        self.hidden, self.epochs, self.lr = hidden, epochs, lr
+        self.weight_decay, self.batch_size, self.seed = weight_decay, batch_size, seed
+        self.mean = np.zeros(len(FEATURES), np.float32)
+        self.std = np.ones(len(FEATURES), np.float32)
+        self.trained_events: list[str] = []
+        self.curve: list[dict[str, float]] = []
+        self.net: _Net | None = None
+
+    def fit(self, features: np.ndarray, labels: Mapping[str, np.ndarray]) -> NewsRanker:
+        """``features`` (n, len(FEATURES)); ``labels[event]`` 0/1 per row for each event in
+        :data:`EVENTS` that the log records (a missing event is a head that weighs zero)."""
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != len(FEATURES):
+            raise ValueError(f"news ranker: features must be (n, {len(FEATURES)}) in order {FEATURES}")
+        if "click" not in labels:
+            raise ValueError("news ranker: labels need at least 'click'")
+        n = features.shape[0]
+        targets = np.zeros((n, len(EVENTS)), np.float32)
+        present = np.zeros(len(EVENTS), bool)
+        for j, event in enumerate(EVENTS):
+            if event in labels:
+                given = np.asarray(labels[event], dtype=np.float32)
+                if len(given) != n:
+                    raise ValueError(f"news ranker: labels[{event!r}] has {len(given)} rows, features {n}")
+                targets[:, j] = given
+                present[j] = 0 < given.sum() < n
+        if not present[0]:
+            raise ValueError("news ranker: the click labels need both clicked and not-clicked rows")
+        self.trained_events = [e for e, p in zip(EVENTS, present, strict=True) if p]
+        self.mean = features.mean(axis=0)
+        self.std = features.std(axis=0) + 1e-6
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        self.net = _Net(len(FEATURES), self.hidden, len(EVENTS))
+        x_all = torch.from_numpy((features - self.mean) / self.std)
+        y = torch.from_numpy(targets)
+        mask = torch.from_numpy(present.astype(np.float32))
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        self.curve = []
+        for epoch in range(1, self.epochs + 1):
+            self.net.train()
+            order = torch.from_numpy(rng.permutation(n))
+            total = 0.0
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                loss = (
+                    F.binary_cross_entropy_with_logits(self.net(x_all[idx]), y[idx], reduction="none") * mask
+                ).sum(dim=1).mean() / mask.sum().clamp(min=1.0)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.item()) * len(idx)
+            self.curve.append({"epoch": float(epoch), "loss": total / max(n, 1)})
+        return self
+
+    def head_probabilities(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """Each event head's probability per row."""
+        net = self._require()
+        net.eval()
+        x = torch.from_numpy((np.asarray(features, dtype=np.float32) - self.mean) / self.std)
+        with torch.no_grad():
+            probs = torch.sigmoid(net(x)).numpy()
+        return {e: probs[:, j] for j, e in enumerate(EVENTS)}
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Σ weight(event) · P(event) over the heads that saw their event in training."""
+        probs = self.head_probabilities(features)
+        out = np.zeros(len(features), np.float32)
+        for event in self.trained_events:
+            out += self.weights[event] * probs[event]
+        return out
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "weights": self.weights,
+            "hidden": self.hidden,
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+        }
+
+    def save(self, directory: Path) -> None:
+        net = self._require()
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, directory / "state.pt")
+        meta = {
+            "name": self.name,
+            "features": list(FEATURES),
+            "events": list(EVENTS),
+            "trained_events": self.trained_events,
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "params": self.params(),
+            "training_curve": self.curve,
+        }
+        (directory / "ranker.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> NewsRanker:
+        meta = json.loads((directory / "ranker.json").read_text())
+        if meta.get("features") != list(FEATURES):
+            raise ValueError(
+                f"{directory}: ranker features {meta.get('features')} differ from {list(FEATURES)}"
+            )
+        ranker = cls(**meta["params"])
+        ranker.mean = np.asarray(meta["mean"], np.float32)
+        ranker.std = np.asarray(meta["std"], np.float32)
+        ranker.trained_events = list(meta["trained_events"])
+        ranker.curve = list(meta.get("training_curve", []))
+        ranker.net = _Net(len(FEATURES), ranker.hidden, len(EVENTS))
+        ranker.net.load_state_dict(torch.load(directory / "state.pt", map_location="cpu", weights_only=True))
+        return ranker
+
+    def _require(self) -> _Net:
+        if self.net is None:
+            raise RuntimeError("news ranker: not fitted; call fit() or load()")
+        return self.net
+
+
+def rank_labels(
+    clicked: Sequence[bool] | np.ndarray,
+    dwell_s: Sequence[float] | np.ndarray | None,
+    liked: Sequence[bool] | None,
+    dwell_threshold_s: float,
+) -> dict[str, np.ndarray]:
+    """Per-shown-story labels of one impression: click, skip (shown, not clicked), dwell
+    (clicked and read at least ``dwell_threshold_s``), like when the log records it."""
+    click = np.asarray(clicked, dtype=np.float32)
+    out = {"click": click, "skip": 1.0 - click}
+    if dwell_s is not None:
+        out["dwell"] = (np.asarray(dwell_s, dtype=np.float32) >= dwell_threshold_s).astype(np.float32) * click
+    if liked is not None:
+        out["like"] = np.asarray(liked, dtype=np.float32)
+    return out
+
+
+@dataclass(frozen=True)
+class ItemFacts:
+    """What the rank stage knows per item index, beyond the models."""
+
+    text_vectors: np.ndarray | None
+    """L2-normalized text vectors, or None (retrieval feature 0)."""
+    published_s: np.ndarray
+    """Publication time in Unix seconds (NaN: unknown, read as a day old)."""
+    topics: np.ndarray
+    """Topic number per item (0: none)."""
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    v = np.asarray(vectors, dtype=np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def retrieval_scores(vectors: np.ndarray | None, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Cosine of each candidate to the mean vector of the history (0 without either)."""
+    if vectors is None or len(history) == 0:
+        return np.zeros(len(candidates), np.float32)
+    profile = vectors[history].mean(axis=0)
+    return (vectors[candidates] @ profile).astype(np.float32)
+
+
+def ages_hours(facts: ItemFacts, candidates: np.ndarray, now_s: float) -> np.ndarray:
+    published = facts.published_s[candidates]
+    return np.where(np.isnan(published), 24.0, (now_s - np.nan_to_num(published)) / 3600.0)
+
+
+def request_features(
+    facts: ItemFacts,
+    nrms: Any | None,
+    history: np.ndarray,
+    session: np.ndarray,
+    candidates: np.ndarray,
+    clicks: np.ndarray,
+    shown: np.ndarray,
+    now_s: float,
+) -> np.ndarray:
+    """One request's feature rows (see :data:`models.news_ranker.FEATURES`)."""
+    history = np.asarray(history, dtype=np.int64)
+    candidates = np.asarray(candidates, dtype=np.int64)
+    nrms_scores = None
+    if nrms is not None:
+        nrms_scores = np.asarray(nrms.score([history], candidates)[0], dtype=np.float32)
+    return candidate_features(
+        retrieval=retrieval_scores(facts.text_vectors, history, candidates),
+        nrms=nrms_scores,
+        age_hours=ages_hours(facts, candidates, now_s),
+        clicks=clicks[candidates],
+        impressions=shown[candidates],
+        candidate_topics=facts.topics[candidates],
+        context=CandidateContext(facts.topics[history], facts.topics[np.asarray(session, dtype=np.int64)]),
+    )
+
+
+class NewsRankStage:
+    """The ranker as the serving cascade's rank stage (``score(history, candidates)``).
+
+    Everything it reads is in memory from the bundle: the text vectors, each story's
+    publication time and topic, the NRMS model (its news vectors precomputed, so a request
+    encodes no story, only the reader's user vector), and the per-story clicks and
+    impressions the ranker shipped with. The request's history is the reader's clicks plus
+    the session's, whose last :data:`SESSION_CLICKS` are the session topic feature.
+    """
+
+    def __init__(
+        self, ranker: NewsRanker, facts: ItemFacts, nrms: Any | None, clicks: np.ndarray, shown: np.ndarray
+    ) -> None:
+        self.ranker, self.facts, self.nrms = ranker, facts, nrms
+        self.clicks, self.shown = clicks, shown
+
+    def features(self, history: np.ndarray, candidates: np.ndarray, now_s: float | None = None) -> np.ndarray:
+        history = np.asarray(history, dtype=np.int64)
+        return request_features(
+            self.facts,
+            self.nrms,
+            history,
+            history[-SESSION_CLICKS:],
+            np.asarray(candidates, dtype=np.int64),
+            self.clicks,
+            self.shown,
+            time.time() if now_s is None else now_s,
+        )
+
+    def score(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        return self.ranker.score(self.features(history, candidates)).astype(np.float64)
+
+    @classmethod
+    def load(cls, directory: Path, item_ids: Sequence[str], facts: ItemFacts, model: Any) -> NewsRankStage:
+        """The ranker in ``directory`` over a bundle's items (``item_ids`` in index order);
+        ``model`` feeds the NRMS feature when it is NRMS."""
+        exposure = json.loads((directory / EXPOSURE_FILE).read_text())
+        position = {str(i): n for n, i in enumerate(item_ids)}
+        clicks = np.zeros(len(item_ids), np.float64)
+        shown = np.zeros(len(item_ids), np.float64)
+        for item, c, s in zip(exposure["item_ids"], exposure["clicks"], exposure["impressions"], strict=True):
+            n = position.get(str(item))
+            if n is not None:
+                clicks[n], shown[n] = c, s
+        nrms = model if getattr(model, "name", None) == "nrms" else None
+        return cls(NewsRanker.load(directory), facts, nrms, clicks, shown)
+
+
+def is_news_ranker(directory: Path) -> bool:
+    """A bundle's ``ranker/`` written by :func:`tasks.news_ranking.train_news_ranker`."""
+    return (directory / "ranker.json").is_file() and (directory / EXPOSURE_FILE).is_file()

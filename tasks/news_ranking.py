@@ -1,0 +1,173 @@
+"""Train the news feed's rank stage (models/news_ranker.py) from the warehouse's impressions.
+
+Run by train-models and the nightly when the champion is NRMS and the catalogue has an
+impression log: every shown story of every impression becomes one row of the ranker's
+features (text retrieval score, NRMS score, age, popularity, click-through, topic and
+session-topic match) with its event labels (click, skip, dwell ≥ ``events.dwell_positive_s``).
+Popularity and click-through are counted over the impressions *before* each one, so a row
+never sees its own outcome. The per-item counts over the whole log ship with the ranker
+(``exposure.json``, :meth:`models.news_ranker.NewsRanker.save`) for serving, which
+computes the same features per request (:class:`models.news_ranker.NewsRankStage`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import numpy as np
+
+from models.news_ranker import (
+    EXPOSURE_FILE,
+    FEATURES,
+    SESSION_CLICKS,
+    ItemFacts,
+    NewsRanker,
+    rank_labels,
+    request_features,
+    unit_rows,
+)
+
+if TYPE_CHECKING:
+    from storage.settings import Settings
+    from tasks.training import SplitData
+
+MIN_HELD_OUT = 20
+"""Fewest held-out impressions the ranker trains on before it falls back to the whole log."""
+
+
+def item_facts(
+    con: duckdb.DuckDBPyConnection, item_ids: Sequence[str], text_vectors: np.ndarray | None
+) -> ItemFacts:
+    """Publication time and first category (the topic) per item id, from the warehouse."""
+    rows = con.execute(
+        "SELECT item_id, categories, published_ts FROM items WHERE item_id IN (SELECT unnest(?::VARCHAR[]))",
+        [list(item_ids)],
+    ).fetchall()
+    by_id = {r[0]: r[1:] for r in rows}
+    names = sorted({(r[1] or [None])[0] for r in rows if r[1]})
+    number = {n: i + 1 for i, n in enumerate(names)}
+    published = np.full(len(item_ids), np.nan)
+    topics = np.zeros(len(item_ids), np.int64)
+    for i, item in enumerate(item_ids):
+        cats, ts = by_id.get(str(item), (None, None))
+        if ts is not None:
+            published[i] = float(ts)
+        if cats:
+            topics[i] = number.get(cats[0], 0)
+    vectors = None if text_vectors is None else unit_rows(text_vectors)
+    return ItemFacts(vectors, published, topics)
+
+
+def training_rows(
+    logged: Sequence[Any],
+    facts: ItemFacts,
+    nrms: Any | None,
+    n_items: int,
+    dwell_threshold_s: float,
+    rows_from: set[int] | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Feature rows and labels of every shown story of ``logged`` (``LoggedImpression``s,
+    oldest first; only of the impressions numbered in ``rows_from`` when given), and the
+    per-item clicks and impressions over the whole log."""
+    clicks = np.zeros(n_items, np.float64)
+    shown_n = np.zeros(n_items, np.float64)
+    blocks: list[np.ndarray] = []
+    labels: dict[str, list[np.ndarray]] = {}
+    for n, row in enumerate(logged):
+        imp = row.impression
+        history = np.asarray(imp.history, dtype=np.int64)
+        if rows_from is not None and n not in rows_from:
+            np.add.at(shown_n, imp.shown, 1.0)
+            np.add.at(clicks, imp.shown[imp.clicked], 1.0)
+            continue
+        blocks.append(
+            request_features(
+                facts, nrms, history, history[-SESSION_CLICKS:], imp.shown, clicks, shown_n, row.ts
+            )
+        )
+        for event, y in rank_labels(imp.clicked, row.dwell_s, None, dwell_threshold_s).items():
+            labels.setdefault(event, []).append(y)
+        np.add.at(shown_n, imp.shown, 1.0)
+        np.add.at(clicks, imp.shown[imp.clicked], 1.0)
+    features = np.concatenate(blocks) if blocks else np.zeros((0, len(FEATURES)), np.float32)
+    return features, {e: np.concatenate(v) for e, v in labels.items()}, clicks, shown_n
+
+
+def train_news_ranker(
+    logged: Sequence[Any],
+    facts: ItemFacts,
+    nrms: Any | None,
+    item_ids: Sequence[str],
+    weights: dict[str, float],
+    dwell_threshold_s: float,
+    seed: int = 42,
+    rows_from: set[int] | None = None,
+) -> tuple[NewsRanker, dict[str, Any]]:
+    """The fitted ranker and the per-item exposure serving needs with it."""
+    features, labels, clicks, shown_n = training_rows(
+        logged, facts, nrms, len(item_ids), dwell_threshold_s, rows_from
+    )
+    if len(features) == 0:
+        raise ValueError("news ranker: the impression log has no impression on the catalogue's items")
+    ranker = NewsRanker(weights=weights, seed=seed).fit(features, labels)
+    exposure = {
+        "item_ids": [str(i) for i in item_ids],
+        "clicks": clicks.astype(int).tolist(),
+        "impressions": shown_n.astype(int).tolist(),
+        "rows": len(features),
+    }
+    return ranker, exposure
+
+
+def save_news_ranker(directory: Path, ranker: NewsRanker, exposure: dict[str, Any]) -> None:
+    """The ranker and the per-item exposure serving reads with it."""
+    ranker.save(directory)
+    (directory / EXPOSURE_FILE).write_text(json.dumps(exposure))
+
+
+def attach_news_ranker(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    data: SplitData,
+    evaluated: Any,
+    vectors: np.ndarray | None,
+    workdir: Path,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Train the ranker for a bundle whose model is NRMS; returns its directory (``ranker/``).
+
+    Its rows are the impressions that the evaluated NRMS fit (``evaluated``, fitted on the
+    training part) never learned from, those that clicked a user's held-out item: there
+    the NRMS score is out-of-sample, as it is for tomorrow's readers. With fewer than
+    :data:`MIN_HELD_OUT` such impressions every impression is used instead (and said so).
+    """
+    from tasks.features import impressions_for_parts
+
+    logged = data.impressions or []
+    learned = {id(x) for x in impressions_for_parts(data, ("train",))}
+    held_out = {n for n, x in enumerate(logged) if id(x) not in learned}
+    rows_from = held_out if len(held_out) >= MIN_HELD_OUT else set(range(len(logged)))
+    ids = [str(i) for i in data.item_ids]
+    facts = item_facts(con, ids, vectors)
+    ranker, exposure = train_news_ranker(
+        logged,
+        facts,
+        evaluated,
+        ids,
+        settings.serving.rank_weights,
+        settings.events.dwell_positive_s,
+        seed=settings.model.seed,
+        rows_from=rows_from,
+    )
+    directory = workdir / "ranker"
+    save_news_ranker(directory, ranker, exposure)
+    log(
+        f"news ranker: {exposure['rows']:,} rows from {len(rows_from):,} impressions "
+        f"({'held out of the NRMS fit' if rows_from is held_out else 'all: too few held out'}), "
+        f"heads {ranker.trained_events}"
+    )
+    return directory

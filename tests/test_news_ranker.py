@@ -1,0 +1,143 @@
+"""The news rank stage: features mean what they say, every logged event trains a head, the
+weighted score follows the settings' weights, and the stage ranks by the session's topic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.impression_metrics import impression_metrics
+from models.news_ranker import (
+    FEATURES,
+    CandidateContext,
+    ItemFacts,
+    NewsRanker,
+    NewsRankStage,
+    candidate_features,
+    rank_labels,
+    topic_shares,
+)
+
+
+def synthetic(
+    n_impressions: int = 400, seed: int = 0
+) -> tuple[np.ndarray, dict[str, np.ndarray], list[np.ndarray]]:
+    """Impressions of 10 stories whose clicks follow topic match, freshness and popularity."""
+    rng = np.random.default_rng(seed)
+    blocks, clicks, dwell, groups = [], [], [], []
+    for n in range(n_impressions):
+        topics = rng.integers(1, 5, size=10)
+        history = rng.integers(1, 5, size=6)
+        x = candidate_features(
+            retrieval=rng.normal(0.3, 0.1, 10),
+            nrms=rng.normal(0, 1, 10),
+            age_hours=rng.uniform(0, 48, 10),
+            clicks=rng.integers(0, 50, 10).astype(float),
+            impressions=rng.integers(50, 200, 10).astype(float),
+            candidate_topics=topics,
+            context=CandidateContext(history, history[-3:]),
+        )
+        logit = (
+            -2.0 + 4.0 * x[:, FEATURES.index("session")] - 0.6 * x[:, FEATURES.index("age")] + x[:, 4] * 10
+        )
+        clicked = rng.random(10) < 1 / (1 + np.exp(-logit))
+        blocks.append(x)
+        clicks.append(clicked)
+        dwell.append(np.where(clicked, rng.uniform(5, 90, 10), 0.0))
+        groups.append(np.arange(n * 10, n * 10 + 10))
+    labels: dict[str, list[np.ndarray]] = {}
+    for c, d in zip(clicks, dwell, strict=True):
+        for event, y in rank_labels(c, d, None, 30.0).items():
+            labels.setdefault(event, []).append(y)
+    return np.concatenate(blocks), {e: np.concatenate(v) for e, v in labels.items()}, groups
+
+
+def test_features_are_named_columns() -> None:
+    x = candidate_features(
+        retrieval=np.array([0.5, 0.1]),
+        nrms=None,
+        age_hours=np.array([0.0, 23.0]),
+        clicks=np.array([3.0, 0.0]),
+        impressions=np.array([10.0, 0.0]),
+        candidate_topics=np.array([2, 3]),
+        context=CandidateContext(np.array([2, 2, 3, 1]), np.array([2])),
+    )
+    col = {f: x[:, i] for i, f in enumerate(FEATURES)}
+    assert np.allclose(col["retrieval"], [0.5, 0.1]) and np.allclose(col["nrms"], 0.0)
+    assert np.allclose(col["age"], np.log1p([0.0, 23.0]))
+    assert np.allclose(col["popularity"], np.log1p([3.0, 0.0]))
+    assert np.allclose(col["ctr"], [4 / 20, 1 / 10])
+    assert np.allclose(col["topic"], [0.5, 0.25]) and np.allclose(col["session"], [1.0, 0.0])
+    assert np.allclose(col["history"], 1.0)
+    assert np.allclose(topic_shares(np.zeros(0, np.int64), np.array([1, 2])), 0.0)
+    with pytest.raises(ValueError, match="retrieval has 1 values for 2 candidates"):
+        candidate_features(
+            retrieval=np.array([0.5]),
+            nrms=None,
+            age_hours=np.zeros(2),
+            clicks=np.zeros(2),
+            impressions=np.zeros(2),
+            candidate_topics=np.array([1, 2]),
+            context=CandidateContext(np.zeros(0, np.int64), np.zeros(0, np.int64)),
+        )
+
+
+def test_heads_learn_the_events_and_the_score_ranks_clicks(tmp_path: Path) -> None:
+    x, y, _ = synthetic(seed=1)
+    ranker = NewsRanker(epochs=40).fit(x, y)
+    assert ranker.trained_events == ["click", "skip", "dwell"], "no like was logged: that head weighs zero"
+    test_x, test_y, groups = synthetic(200, seed=2)
+    scores = ranker.score(test_x)
+    auc = impression_metrics([test_y["click"][g] > 0 for g in groups], [scores[g] for g in groups]).as_dict()[
+        "AUC"
+    ]
+    assert auc > 0.75
+    probs = ranker.head_probabilities(test_x)
+    assert np.corrcoef(probs["click"], probs["skip"])[0, 1] < -0.9
+    ranker.save(tmp_path / "r")
+    again = NewsRanker.load(tmp_path / "r")
+    assert np.allclose(again.score(test_x), scores, atol=1e-6)
+    assert again.weights == ranker.weights
+
+
+def test_weights_come_from_the_caller_and_bad_input_is_named() -> None:
+    x, y, _ = synthetic(100, seed=3)
+    clicks_only = NewsRanker(weights={"click": 1.0}, epochs=5).fit(x, y)
+    probs = clicks_only.head_probabilities(x)
+    assert np.allclose(clicks_only.score(x), probs["click"])
+    with pytest.raises(ValueError, match="unknown events \\['share'\\]"):
+        NewsRanker(weights={"share": 1.0})
+    with pytest.raises(ValueError, match=r"features must be \(n, 8\)"):
+        NewsRanker().fit(x[:, :3], y)
+    with pytest.raises(ValueError, match="both clicked and not-clicked"):
+        NewsRanker().fit(x, {"click": np.zeros(len(x))})
+
+
+def test_rank_stage_follows_the_session_topic(tmp_path: Path) -> None:
+    x, y, _ = synthetic(seed=4)
+    ranker = NewsRanker(epochs=40).fit(x, y)
+    n = 40
+    topics = np.array([1 + i % 4 for i in range(n)])  # topic 2 is "sports"
+    facts = ItemFacts(None, np.full(n, 1_000_000.0), topics)
+    stage = NewsRankStage(ranker, facts, None, np.zeros(n), np.zeros(n))
+    sports_reads = np.array([1, 5, 9, 13])  # four sports stories
+    candidates = np.arange(16, 40)
+    scores = stage.score(sports_reads, candidates)
+    top10 = candidates[np.argsort(-scores)[:10]]
+    assert (topics[top10] == 2).sum() >= 6
+
+
+def test_settings_name_a_bad_rank_weight() -> None:
+    from pydantic import ValidationError
+
+    from storage.settings import Settings
+
+    assert (
+        Settings(serving={"rank_weights": {"click": 1.0, "skip": -1.0}}).serving.rank_weights["skip"] == -1.0
+    )
+    with pytest.raises(ValidationError, match=r"rank_weights: \['share'\] are not ranker events"):
+        Settings(serving={"rank_weights": {"click": 1.0, "share": 0.5}})
+    with pytest.raises(ValidationError, match="'click' needs a non-zero weight"):
+        Settings(serving={"rank_weights": {"skip": -1.0}})
