@@ -96,6 +96,11 @@ clean:
 .PHONY: bench-scrape
 bench-scrape: setup
 	$(BIN)/python -m benchmarks.bench_scrape
+# 5,000,000 generated Amazon Reviews 2023 lines through the amazon source: lines/s and RSS
+# over the run (flat: one chunk in memory); writes var/bench/amazon.json (~8 min on 2 cores).
+.PHONY: bench-amazon
+bench-amazon: setup
+	$(BIN)/python -m benchmarks.bench_amazon
 # Seconds from the end of a scrape until its new stories are servable (/items and /feed), with
 # the service running and no nightly; prints p50/p95 and writes var/bench/fresh.json (~10 min).
 .PHONY: bench-fresh

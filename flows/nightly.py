@@ -210,7 +210,10 @@ def train_publish_task(
         else:
             if FEATURE_MODELS & set(candidates):  # hybrid models read item features
                 data.item_features = load_item_features(
-                    con, data, settings.embedding if settings.embedding.enabled else None
+                    con,
+                    data,
+                    settings.embedding if settings.embedding.enabled else None,
+                    side=settings.source.books,
                 )
             for name, params in candidates.items():
                 why = untrainable(name, data)

@@ -82,7 +82,7 @@ def _load(settings: Settings, con: Any, names: list[str] | None = None) -> tuple
     )
     if FEATURE_MODELS & set(names or []):  # hybrid models read text vectors and categories
         data.item_features = load_item_features(
-            con, data, settings.embedding if settings.embedding.enabled else None
+            con, data, settings.embedding if settings.embedding.enabled else None, side=settings.source.books
         )
     return data, protocol(data, list(settings.eval.ks), settings.kcore.model_dump())
 

@@ -87,7 +87,10 @@ def tuning_data_task(settings: Settings, model: str) -> tuple[SplitData, dict[st
         )
         if model in FEATURE_MODELS:
             data.item_features = load_item_features(
-                con, data, settings.embedding if settings.embedding.enabled else None
+                con,
+                data,
+                settings.embedding if settings.embedding.enabled else None,
+                side=settings.source.books,
             )
         fingerprint = data_fingerprint(
             con, KCORE_TABLE, {"kcore": settings.kcore.model_dump(), "split": LEAVE_LAST_OUT}

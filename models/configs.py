@@ -144,6 +144,9 @@ class TwoTowerConfig(ModelConfig):
     """Correct sampled logits by how often each candidate is drawn (log-Q)."""
     use_text: bool = True
     """Feed the item text vectors (needs ``embedding.enabled``); off: ID-only."""
+    use_side: bool = True
+    """Feed the item side features and user aggregates when the catalogue has item attributes
+    (books: numeric metadata, title statistics, top authors and categories); off: ignore them."""
     item_bias: bool = True
     """Learn a per-item bias (carried as the vectors' last coordinate)."""
     windows: Literal["random", "all"] = "random"

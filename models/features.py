@@ -20,12 +20,17 @@ class ItemFeatures:
     ``text``: L2-normalized text vectors ``(n_items, d)`` (all-MiniLM-L6-v2) or None when
     embeddings are off. ``categories``: multi-hot ``(n_items, n_categories)``. ``recency``:
     in [0, 1], 1 for the newest item (from year or publication time), 0.5 when unknown.
+    ``side``: optional ``(n_items, n_side)`` side features (``models/side_features.py``:
+    numeric metadata, title statistics, top authors and categories), None when the catalogue
+    has no item attributes; ``side_names`` names its columns.
     """
 
     text: np.ndarray | None
     categories: np.ndarray
     recency: np.ndarray
     category_names: list[str] = field(default_factory=list)
+    side: np.ndarray | None = None
+    side_names: list[str] = field(default_factory=list)
     texts: list[str] | None = None
     """Title and description per item (what a model that reads words reads), or None."""
 
@@ -39,6 +44,12 @@ class ItemFeatures:
         self.recency = np.asarray(self.recency, dtype=np.float32)
         if self.text is not None:
             self.text = np.asarray(self.text, dtype=np.float32)
+        if self.side is not None:
+            self.side = np.asarray(self.side, dtype=np.float32)
+            if self.side.shape != (n, len(self.side_names)):
+                raise ValueError(
+                    f"ItemFeatures.side: expected shape ({n}, {len(self.side_names)}), got {self.side.shape}"
+                )
         if self.texts is not None and len(self.texts) != n:
             raise ValueError(f"ItemFeatures.texts: expected {n} texts, got {len(self.texts)}")
 
@@ -59,6 +70,8 @@ class ItemFeatures:
         out: dict[str, Any] = {"categories": self.categories, "recency": self.recency}
         if self.text is not None:
             out["text"] = self.text
+        if self.side is not None:
+            out["side"] = self.side
         return out
 
 

@@ -17,6 +17,12 @@ or ``auto`` below ``full_softmax_max`` items) every item is a negative: exact an
 candidate is drawn (popular items are in-batch negatives more often) and accidental hits
 (a candidate equal to the row's own target) removed.
 
+Side features (optional, ``use_side``): when the item features carry a ``side`` matrix
+(``models/side_features.py``: numeric metadata, title statistics, top authors and
+categories), the item tower adds its projection to the item vector and bias, and the user
+tower adds a projection of the running mean of those features over the history plus the
+history's length (user aggregates). Without them the towers are exactly the ones above.
+
 Scores are dot products of ``encode_users`` and ``encode_items`` (C4).
 """
 
@@ -65,9 +71,18 @@ class ItemTower(nn.Module):
     """Buffer ``(n_items,)`` bool: items seen in training (the rest use the cold-start row)."""
     counts: torch.Tensor
     """Buffer ``(n_items,)``: training interactions per item."""
+    side: torch.Tensor
+    """Buffer ``(n_items, side_dim)`` (only with side features): the items' side features."""
 
-    def __init__(self, n_items: int, dim: int, text_dim: int, fusion: Fusion, mimic_k: float) -> None:
+    def __init__(
+        self, n_items: int, dim: int, text_dim: int, fusion: Fusion, mimic_k: float, side_dim: int = 0
+    ) -> None:
         super().__init__()
+        self.side_dim = side_dim
+        if side_dim:
+            self.register_buffer("side", torch.zeros(n_items, side_dim))
+            self.side_proj = nn.Sequential(nn.Linear(side_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+            self.side_bias = nn.Linear(dim, 1)
         if fusion not in ("gate", "sum", "concat", "adaptive-mimic"):
             raise ValueError(f"two-tower: fusion must be gate, sum, concat or adaptive-mimic, got {fusion!r}")
         self.n_items, self.dim, self.text_dim, self.fusion, self.mimic_k = (
@@ -108,6 +123,10 @@ class ItemTower(nn.Module):
         id_vec = self.id_emb(rows)
         bias = self.id_bias(rows).squeeze(-1)
         aux = id_vec.new_zeros(())
+        if self.side_dim:
+            side_vec = self.side_proj(self.side)
+            bias = bias + self.side_bias(side_vec).squeeze(-1)
+            id_vec = id_vec + side_vec
         if not self.text_dim:
             return F.normalize(id_vec, dim=-1), bias, aux
         text_vec = self.text_proj(self.text)
@@ -178,15 +197,25 @@ class UserTower(nn.Module):
 
 
 class TwoTowerNet(nn.Module):
-    def __init__(self, n_items: int, text_dim: int, p: dict[str, Any]) -> None:
+    def __init__(self, n_items: int, text_dim: int, p: dict[str, Any], side_dim: int = 0) -> None:
         super().__init__()
-        self.items = ItemTower(n_items, p["dim"], text_dim, p["fusion"], p["mimic_k"])
+        self.items = ItemTower(n_items, p["dim"], text_dim, p["fusion"], p["mimic_k"], side_dim)
         self.users = UserTower(p["dim"], p["encoder"], p["max_len"], p["layers"], p["heads"], p["dropout"])
+        if side_dim:  # user aggregates: mean side features of the history so far + its length
+            self.user_side = nn.Linear(side_dim + 1, p["dim"])
 
     def user_states(self, item_table: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
         """``seqs`` (B, L) of item index + 1 (0 = padding) → user vector per position."""
         table = torch.cat([item_table.new_zeros(1, item_table.shape[1]), item_table])
-        return self.users(table[seqs], seqs == 0)
+        states = self.users(table[seqs], seqs == 0)
+        if not self.items.side_dim:
+            return states
+        side = torch.cat([self.items.side.new_zeros(1, self.items.side_dim), self.items.side])
+        seen = (seqs > 0).float()[..., None]
+        count = seen.cumsum(dim=1)
+        mean = (side[seqs] * seen).cumsum(dim=1) / count.clamp(min=1.0)
+        length = torch.log1p(count) / float(np.log1p(seqs.shape[1]))
+        return F.normalize(states + self.user_side(torch.cat([mean, length], dim=-1)), dim=-1)
 
 
 def accidental_hits(targets: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -284,7 +313,10 @@ class TwoTowerModel:
             fit_hist, val_targets = holdout_last(histories)
             val_hist = fit_hist
         text = features.text if self.p["use_text"] and features.text is not None else None
-        self.net = TwoTowerNet(n_items, 0 if text is None else text.shape[1], self.p).to(self.device)
+        side = features.side if self.p["use_side"] and features.side is not None else None
+        self.net = TwoTowerNet(
+            n_items, 0 if text is None else text.shape[1], self.p, 0 if side is None else side.shape[1]
+        ).to(self.device)
         counts = np.bincount(
             np.concatenate([np.asarray(h) for h in fit_hist]) if fit_hist else [], minlength=n_items
         )
@@ -292,6 +324,8 @@ class TwoTowerModel:
         with torch.no_grad():
             if text is not None:
                 items.text.copy_(torch.tensor(text))
+            if side is not None:
+                items.side.copy_(torch.tensor(side))
             items.counts.copy_(torch.from_numpy(counts.astype(np.float32)))
             items.warm.copy_(torch.from_numpy(counts > 0))
         if self._initial_state is not None:
@@ -403,6 +437,7 @@ class TwoTowerModel:
             "params": self.params(),
             "n_items": net.items.n_items,
             "text_dim": net.items.text_dim,
+            "side_dim": net.items.side_dim,
             "training_curve": self.report.curve,
         }
         write_checkpoint(directory, net, meta)
@@ -411,7 +446,9 @@ class TwoTowerModel:
     def load(cls, directory: Path) -> TwoTowerModel:
         meta = read_meta(directory)
         model = cls(**{**meta["params"], "progress": False})
-        model.net = TwoTowerNet(meta["n_items"], meta["text_dim"], model.p).to(model.device)
+        model.net = TwoTowerNet(meta["n_items"], meta["text_dim"], model.p, meta.get("side_dim", 0)).to(
+            model.device
+        )
         load_weights(directory, model.net, model.device)
         model.report = FitReport(curve=meta.get("training_curve", []))
         return model
@@ -433,7 +470,7 @@ class TwoTowerModel:
         return self.score(histories)
 
 
-DATA_BUFFERS = ("items.text", "items.warm", "items.counts")
+DATA_BUFFERS = ("items.text", "items.warm", "items.counts", "items.side")
 """State entries that describe the current catalogue, never carried over by a warm start."""
 
 

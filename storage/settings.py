@@ -70,7 +70,9 @@ class SourceSettings(BaseModel):
     kind: SourceKind = "movielens"
     """Adapter that reads the data: ``movielens`` (any of its three layouts), ``csv``, ``parquet``,
     ``feeds`` (items come from scraping RSS/Atom feeds, interactions only from the event log),
-    or ``mind`` (a MIND split directory: news.tsv + behaviors.tsv, with its impressions)."""
+    ``mind`` (a MIND split directory: news.tsv + behaviors.tsv, with its impressions), ``amazon``
+    (Amazon Reviews 2023 reviews + meta JSONL) or ``books`` (Goodbooks-10k ratings.csv + books.csv,
+    or a generic books CSV)."""
     path: Path = Path("var/data/ml-100k")
     """Directory (MovieLens) or file (CSV/Parquet) holding the interactions."""
     items_path: Path | None = None

@@ -237,6 +237,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        9,
+        "item_attributes: item metadata beyond the core columns (authors, numeric) for side features",
+        """
+        CREATE TABLE item_attributes (
+            item_id    VARCHAR PRIMARY KEY,
+            attributes JSON,
+            loaded_at  TIMESTAMP DEFAULT current_timestamp
+        );
+        """,
+    ),
 ]
 
 

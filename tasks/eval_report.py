@@ -13,12 +13,15 @@ diversity at 10 per model on leave-last-out (with validation NDCG@10, what chose
 parameters), and the same on the global temporal split when the results have it
 (``temporal``). Plots: metric by K per model; popularity of recommended items against the
 catalogue (share of recommendations per popularity decile); catalogue coverage by K;
-training curves.
+training curves. For a catalogue with side features (books), a diagnostics section
+(``tasks/side_diagnostics.py``: embedding norms, neighbour category cohesion, Pearson r and p
+between scores and features), also written as ``diagnostics.json``.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ import numpy as np
 from models.base import Recommender
 from models.metrics import coverage, mask_seen
 from models.ranking import NO_ITEM, top_k
+from tasks.side_diagnostics import diagnostics_markdown, side_diagnostics
 from tasks.training import Part, SplitData, list_tiebreak
 
 RANK_METRICS = ("ndcg", "hr", "mrr", "recall", "precision", "map", "diversity")
@@ -216,6 +220,7 @@ def write_eval_report(
     curves: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     title: str | None = None,
     notes: str = "",
+    diagnostics: Mapping[str, Any] | None = None,
 ) -> EvalReport:
     """Write ``report.md`` and the PNGs into ``out_dir``; return the self-contained markdown too.
 
@@ -261,13 +266,18 @@ def write_eval_report(
         for m, r in recommendations.items()
     )
     as_files = header + "\n" + coverage_lines + _temporal_section(results.get("temporal", {}))
+    extra_files: list[Path] = []
+    if diagnostics:
+        as_files += diagnostics_markdown(diagnostics)
+        extra_files.append(out_dir / "diagnostics.json")
+        extra_files[-1].write_text(json.dumps(diagnostics, indent=2))
     as_artifact = as_files
     for caption, path in plots:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         as_files += f"\n## {caption}\n\n![{caption}]({path.name})\n"
         as_artifact += f"\n## {caption}\n\n![{caption}](data:image/png;base64,{data})\n"
     (out_dir / REPORT_MD).write_text(as_files)
-    return EvalReport(out_dir, as_artifact, [out_dir / REPORT_MD, *(p for _, p in plots)])
+    return EvalReport(out_dir, as_artifact, [out_dir / REPORT_MD, *(p for _, p in plots), *extra_files])
 
 
 def report_for_models(
@@ -290,4 +300,5 @@ def report_for_models(
     popularity = np.bincount(
         np.concatenate([*data.train, np.zeros(0, np.int64)]), minlength=data.n_items
     ).astype(np.float64)
-    return write_eval_report(results, recommendations, popularity, out_dir, curves, title, notes)
+    diagnostics = side_diagnostics(models, data)
+    return write_eval_report(results, recommendations, popularity, out_dir, curves, title, notes, diagnostics)

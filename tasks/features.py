@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +11,8 @@ import numpy as np
 
 from models.features import ItemFeatures
 from models.registry import MODELS
-from storage.settings import EmbeddingSettings
+from models.side_features import SideFeatures, build_side_features
+from storage.settings import BooksSettings, EmbeddingSettings
 from tasks.embedding import embed_items, item_vectors
 
 if TYPE_CHECKING:
@@ -28,12 +30,14 @@ def load_item_features(
     data: SplitData,
     embedding: EmbeddingSettings | None,
     embed_missing: bool = True,
+    side: BooksSettings | None = None,
 ) -> ItemFeatures:
     """Categories, recency and (when ``embedding`` is given) text vectors per item index.
 
     Text vectors come from the ``item_vectors`` cache; with ``embed_missing`` the texts not
     yet encoded are encoded first (a cached catalogue costs nothing), else a missing vector
-    is an error naming embed-items.
+    is an error naming embed-items. Side features (``models/side_features.py``) are built
+    when items have rows in ``item_attributes`` (books), with ``side``'s top-K sizes.
     """
     ids = [str(i) for i in data.item_ids]
     rows = con.execute(
@@ -65,7 +69,16 @@ def load_item_features(
             embed_items(con, embedding, progress=False)
         text = item_vectors(con, embedding, ids)
     data.impressions = split_impressions(con, data)
-    return ItemFeatures(text, categories, recency, names, texts=item_texts(con, ids))
+    extra = load_side_features(con, ids, side or BooksSettings())
+    return ItemFeatures(
+        text,
+        categories,
+        recency,
+        names,
+        side=None if extra is None else extra.values,
+        side_names=[] if extra is None else extra.names,
+        texts=item_texts(con, ids),
+    )
 
 
 def item_texts(con: duckdb.DuckDBPyConnection, ids: list[str]) -> list[str]:
@@ -146,3 +159,36 @@ def impressions_for_parts(data: SplitData, parts: tuple[str, ...]) -> list[Logge
                 continue
         out.append(logged)
     return out
+
+
+def load_side_features(
+    con: duckdb.DuckDBPyConnection, ids: list[str], settings: BooksSettings
+) -> SideFeatures | None:
+    """Side features of ``ids`` (in that order) from ``items`` and ``item_attributes``; None
+    when none of them has attributes (every source but books), so models run without."""
+    rows = con.execute(
+        """SELECT i.item_id, i.title, i.categories, CAST(a.attributes AS VARCHAR)
+           FROM items i LEFT JOIN item_attributes a USING (item_id)
+           WHERE i.item_id IN (SELECT unnest(?::VARCHAR[]))""",
+        [ids],
+    ).fetchall()
+    by_id = {r[0]: r[1:] for r in rows}
+    if not any(r[2] is not None for r in by_id.values()):
+        return None
+    attrs = [json.loads(by_id[i][2]) if i in by_id and by_id[i][2] else {} for i in ids]
+    numeric_names = sorted({k for a in attrs for k in (a.get("numeric") or {})})
+    numeric = {
+        name: np.array(
+            [np.nan if (v := (a.get("numeric") or {}).get(name)) is None else float(v) for a in attrs],
+            dtype=np.float64,
+        )
+        for name in numeric_names
+    }
+    return build_side_features(
+        [by_id[i][0] if i in by_id else None for i in ids],
+        [list(by_id[i][1] or []) if i in by_id else [] for i in ids],
+        [list(a.get("authors") or []) for a in attrs],
+        numeric,
+        top_authors=settings.top_authors,
+        top_categories=settings.top_categories,
+    )

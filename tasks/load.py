@@ -128,6 +128,25 @@ def upsert_items(con: duckdb.DuckDBPyConnection, items: pd.DataFrame, source: st
     return int(scalar(con, "SELECT count(*) FROM items") - before)
 
 
+def upsert_item_attributes(
+    con: duckdb.DuckDBPyConnection, attributes: pd.DataFrame, clean_ids: pd.Series
+) -> int:
+    """Store the side metadata of the items that passed validation (a quarantined item's
+    attributes would describe nothing); returns the rows written."""
+    keep = attributes[attributes["item_id"].isin(set(clean_ids))].drop_duplicates("item_id")
+    frame = pd.DataFrame(
+        {"item_id": keep["item_id"].astype(str), "attributes": [json.dumps(a) for a in keep["attributes"]]}
+    )
+    con.register("new_item_attributes", frame)
+    con.execute(
+        """INSERT INTO item_attributes (item_id, attributes)
+           SELECT item_id, CAST(attributes AS JSON) FROM new_item_attributes
+           ON CONFLICT (item_id) DO UPDATE SET attributes = excluded.attributes"""
+    )
+    con.unregister("new_item_attributes")
+    return len(frame)
+
+
 def insert_interactions(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame, source_file: str) -> int:
     """Insert interactions with content-based event ids; events already present are skipped.
 
@@ -211,6 +230,8 @@ def load_source(
     q = quarantine(con, items_outcome) + _quarantine_parse_rejects(con, item_rejects)
     _check_share(items_outcome, len(item_rejects), max_share)
     added = upsert_items(con, items_outcome.clean, data.name)
+    if data.item_attributes is not None:
+        upsert_item_attributes(con, data.item_attributes, items_outcome.clean["item_id"])
     loads.append(
         TableLoad(
             "items",

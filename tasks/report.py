@@ -78,7 +78,7 @@ def run_evaluation(
         restrict = settings.kcore.item_k > 0
         data = load_split_data(con, LEAVE_LAST_OUT, KCORE_TABLE, restrict_items_to_table=restrict)
         data.item_features = load_item_features(
-            con, data, settings.embedding if settings.embedding.enabled else None
+            con, data, settings.embedding if settings.embedding.enabled else None, side=settings.source.books
         )
         proto = protocol(data, ks, settings.kcore.model_dump())
         tuning: dict[str, float] = {}

@@ -12,6 +12,7 @@ import pytest
 from storage.settings import AmazonRules, Settings, SourceSettings
 from tasks.sources import read_source
 from tasks.sources.amazon import clean_text, item_text
+from tests.nightly_cli import run_nightly_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "amazon"
 REVIEWS = FIXTURES / "Movies_and_TV.jsonl"
@@ -92,30 +93,36 @@ def test_missing_file_names_the_path(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_nightly_publishes_parent_asins_with_cleaned_text(prefect_api: None, tmp_path: Path) -> None:
-    from flows.nightly import nightly_refresh
+def test_recflow_run_nightly_publishes_parent_asins_with_cleaned_text(
+    prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from storage.artifacts import ArtifactStore
 
-    reviews = _gz(REVIEWS, tmp_path / "reviews.jsonl.gz")
-    meta = _gz(META, tmp_path / "meta.jsonl.gz")
-    overrides = {
-        "home": str(tmp_path / "var"),
-        "catalogue": "amazon-movies",
-        "source": {"kind": "amazon", "path": str(reviews), "items_path": str(meta)},
-        # the tiny fixture's 4 broken lines are 6-14 % of its files, over the 5 % default
-        "validation": {"max_failure_share": 0.2},
-        "model": {"name": "itemknn-recency"},  # one cheap model: the test is about the source
-    }
-    result = nightly_refresh(overrides=overrides)
-    store = ArtifactStore(Settings(**overrides).bundles_dir)
-    assert result.version is not None and store.current_version() == result.version
-    with duckdb.connect(str(store.root / result.version / "catalog.duckdb"), read_only=True) as cat:
+    home = tmp_path / "var"
+    output = run_nightly_cli(
+        {
+            "RECFLOW_HOME": str(home),
+            "RECFLOW_CATALOGUE": "amazon-movies",
+            "RECFLOW_SOURCE__KIND": "amazon",
+            "RECFLOW_SOURCE__PATH": str(_gz(REVIEWS, tmp_path / "reviews.jsonl.gz")),
+            "RECFLOW_SOURCE__ITEMS_PATH": str(_gz(META, tmp_path / "meta.jsonl.gz")),
+            # the tiny fixture's 4 broken lines are 6-14 % of its files, over the 5 % default
+            "RECFLOW_VALIDATION__MAX_FAILURE_SHARE": "0.2",
+            "RECFLOW_MODEL__NAME": "itemknn-recency",  # one cheap model: the test is about the source
+        },
+        tmp_path,
+        monkeypatch,
+    )
+    store = ArtifactStore(home / "amazon-movies" / "bundles")
+    version = store.current_version()
+    assert version is not None and f"live bundle: {version}" in output
+    with duckdb.connect(str(store.root / version / "catalog.duckdb"), read_only=True) as cat:
         rows = dict(cat.execute("SELECT item_id, summary FROM items").fetchall())
     assert set(rows) == {f"B07PARENT{i}" for i in range(1, 7)}
     assert rows["B07PARENT5"] == (
         "Haunted Harbor | Subtitles: English, Spanish | A fishing town's ghost story. restored in 4K"
         " | Movies & TV > Horror | Shout! Factory"
     )
-    with duckdb.connect(str(Settings(**overrides).warehouse_path), read_only=True) as con:
+    with duckdb.connect(str(home / "amazon-movies" / "warehouse.duckdb"), read_only=True) as con:
         quarantined = con.execute("SELECT count(*) FROM quarantine").fetchall()[0][0]
     assert quarantined == 4

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import html
+import io
 import re
 import tempfile
 from collections.abc import Iterator
@@ -26,11 +27,23 @@ from typing import IO, Any, cast
 import duckdb
 import orjson
 import pandas as pd
+import pyarrow as pa
 
 from storage.settings import AmazonRules
 from tasks.sources.common import SourceData, SourceFormatError, finish_interactions, finish_items
 
 REVIEW_FIELDS = ["user_id", "parent_asin", "asin", "rating", "timestamp", "verified_purchase", "helpful_vote"]
+REVIEW_TYPES = {
+    "line": pa.int64(),
+    "user_id": pa.string(),
+    "parent_asin": pa.string(),
+    "asin": pa.string(),
+    "rating": pa.float64(),
+    "ts_ms": pa.int64(),
+    "verified": pa.bool_(),
+    "helpful_vote": pa.int64(),
+}
+REVIEW_COLUMNS = list(REVIEW_TYPES)
 REJECT_COLUMNS = ["table", "source_file", "row_number", "rule", "payload"]
 _TAG = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
@@ -40,13 +53,18 @@ _BOILERPLATE = re.compile(
     r"click here|amazon\.com exclusive|this item is not eligible[^.|]*)\b[:.]?"
 )
 SEPARATOR = " | "
+STAGE_MEMORY = "256MB"
+"""DuckDB's memory for staging, filtering and k-coring: beyond it pages spill to disk."""
 
 
 def open_text(path: Path) -> IO[bytes]:
     """The file's bytes, gunzipped when it ends in ``.gz``."""
     if not path.is_file():
         raise SourceFormatError(f"Amazon file {path} does not exist (expected a .jsonl or .jsonl.gz file)")
-    return cast(IO[bytes], gzip.open(path, "rb")) if path.suffix == ".gz" else path.open("rb")
+    if path.suffix != ".gz":
+        return path.open("rb", buffering=1 << 20)
+    # GzipFile.readline is Python code per line; a buffered reader over it splits lines in C
+    return cast(IO[bytes], io.BufferedReader(cast(Any, gzip.open(path, "rb")), buffer_size=1 << 20))
 
 
 def clean_text(value: Any) -> str:
@@ -143,30 +161,23 @@ def stage_reviews(con: duckdb.DuckDBPyConnection, path: Path, rules: AmazonRules
         rejects.extend(bad)
         if not rows:
             continue
-        frame = pd.DataFrame(
-            {
-                "line": [r["_line"] for r in rows],
-                "user_id": [str(r["user_id"]) for r in rows],
-                "parent_asin": [str(r["parent_asin"]) for r in rows],
-                "asin": [None if r.get("asin") is None else str(r["asin"]) for r in rows],
-                "rating": pd.array([_number(r.get("rating")) for r in rows], dtype="Float64"),
-                "ts_ms": pd.array([_timestamp_ms(r.get("timestamp")) for r in rows], dtype="Int64"),
-                "verified": pd.array(
-                    [
-                        r.get("verified_purchase") if isinstance(r.get("verified_purchase"), bool) else None
-                        for r in rows
-                    ],
-                    dtype="boolean",
-                ),
-                "helpful_vote": pd.array(
-                    [
-                        int(v) if isinstance(v := r.get("helpful_vote"), int) and abs(v) < 2**62 else None
-                        for r in rows
-                    ],
-                    dtype="Int64",
-                ),
-            }
-        )
+        columns: dict[str, list[Any]] = {k: [] for k in REVIEW_COLUMNS}
+        for r in rows:  # one pass, values of the wrong type → None
+            helpful = r.get("helpful_vote")
+            verified = r.get("verified_purchase")
+            columns["line"].append(r["_line"])
+            columns["user_id"].append(str(r["user_id"]))
+            columns["parent_asin"].append(str(r["parent_asin"]))
+            columns["asin"].append(None if r.get("asin") is None else str(r["asin"]))
+            columns["rating"].append(_number(r.get("rating")))
+            columns["ts_ms"].append(_timestamp_ms(r.get("timestamp")))
+            columns["verified"].append(verified if isinstance(verified, bool) else None)
+            columns["helpful_vote"].append(
+                helpful
+                if isinstance(helpful, int) and not isinstance(helpful, bool) and abs(helpful) < 2**62
+                else None
+            )
+        frame = pa.table({k: pa.array(v, type=REVIEW_TYPES[k]) for k, v in columns.items()})
         con.register("chunk", frame)
         con.execute("INSERT INTO amazon_reviews SELECT * FROM chunk")
         con.unregister("chunk")
@@ -251,6 +262,8 @@ def read_amazon(path: Path, items_path: Path | None, rules: AmazonRules) -> Sour
         con = duckdb.connect(str(Path(tmp) / "stage.duckdb"))
         try:
             con.execute(f"SET temp_directory = '{tmp}'")
+            # DuckDB would otherwise keep the staged table's pages cached up to 80 % of RAM
+            con.execute(f"SET memory_limit = '{STAGE_MEMORY}'")
             rejects = [stage_reviews(con, path, rules)]
             kept_reviews(con, rules)
             reviews = con.execute(

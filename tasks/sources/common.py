@@ -54,6 +54,9 @@ class SourceData:
         )
     )
     """Rows that failed to parse: table, source_file, row_number, rule, payload."""
+    item_attributes: pd.DataFrame | None = None
+    """Optional ``item_id`` → ``attributes`` (a dict: ``authors`` list, ``numeric`` name → value)
+    for side features (books); written to the warehouse table ``item_attributes``."""
 
 
 def read_delimited(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from storage.settings import SourceSettings
 from tasks.sources.amazon import read_amazon
+from tasks.sources.books import read_books
 from tasks.sources.common import SourceData, SourceFormatError
 from tasks.sources.mind import read_mind
 from tasks.sources.movielens import read_movielens
@@ -28,4 +29,6 @@ def read_source(source: SourceSettings) -> SourceData:
         return read_mind(source.path)
     if source.kind == "amazon":
         return read_amazon(source.path, source.items_path, source.amazon)
+    if source.kind == "books":
+        return read_books(source.path, source.items_path)
     return read_tabular(source.path, source.items_path)
