@@ -37,10 +37,11 @@ lint-docker: setup
 data: setup
 	$(BIN)/recflow data demo
 
+# Every configured catalogue prepared and served, one process each (`recflow demo`): MovieLens-100K
+# fetched and refreshed, on :8000; the demo feeds in the background, news scraped, harvested and
+# refreshed, on :8001. Ctrl-C stops them all.
 demo: setup
-	$(BIN)/recflow data demo
-	$(BIN)/recflow run nightly
-	$(BIN)/recflow serve --host 127.0.0.1 --port 8000
+	$(BIN)/recflow demo --port 8000
 
 test: setup
 	$(BIN)/recflow data demo
@@ -89,6 +90,11 @@ clean:
 .PHONY: bench-scrape
 bench-scrape: setup
 	$(BIN)/python -m benchmarks.bench_scrape
+# Seconds from the end of a scrape until its new stories are servable (/items and /feed), with
+# the service running and no nightly; prints p50/p95 and writes var/bench/fresh.json (~10 min).
+.PHONY: bench-fresh
+bench-fresh: setup
+	$(BIN)/python -m benchmarks.bench_fresh
 # NRMS vs popularity vs text similarity on simulated readers of the demo feeds (a few minutes).
 .PHONY: eval-news
 eval-news: setup
@@ -109,11 +115,13 @@ bench-serve: setup
 	test -f var/movielens-100k/bundles/CURRENT || $(BIN)/recflow run nightly
 	$(BIN)/python -m benchmarks.bench_serve
 
-# Re-run the README's example requests against the live MovieLens bundle and rewrite their
-# output blocks in README.md (needs `make demo`'s nightly to have published a bundle).
+# Re-run the README's example requests against the live MovieLens and news bundles and rewrite
+# their output blocks in README.md (publishes a first bundle of either when `make demo` has not).
 .PHONY: readme-examples
 readme-examples: setup
-	test -f var/movielens-100k/bundles/CURRENT || $(BIN)/recflow run nightly
+	test -f var/movielens-100k/bundles/CURRENT || $(BIN)/recflow run nightly --catalogue movielens-100k
+	test -f var/news/bundles/CURRENT || ($(BIN)/recflow run scrape && $(BIN)/recflow run harvest \
+		&& $(BIN)/recflow run nightly --catalogue news)
 	$(BIN)/python -m deployments.readme_examples --write
 
 # Crashes, hot swaps, a soak and hostile inputs on real processes (benchmarks/reliability.py):

@@ -43,10 +43,21 @@ def _needs_prefect() -> None:
         raise typer.Exit(1) from exc
 
 
-def _settings():
-    from storage.settings import Settings
+# Flows, the service and bundle commands take --catalogue; without it, the settings' own
+# (RECFLOW_CATALOGUE, the config file's `catalogue`, else movielens-100k).
+SomeCatalogue = Annotated[
+    str | None,
+    typer.Option(
+        "--catalogue",
+        help="Catalogue to act on (setting `catalogues`); default: RECFLOW_CATALOGUE or movielens-100k.",
+    ),
+]
 
-    return Settings()
+
+def _settings(catalogue: str | None = None):
+    from storage.settings import catalogue_settings
+
+    return catalogue_settings(catalogue)
 
 
 @data_app.command("demo")
@@ -63,11 +74,11 @@ def data_demo(force: Annotated[bool, typer.Option(help="Download again even if p
 
 
 @run_app.command("nightly")
-def run_nightly() -> None:
+def run_nightly(catalogue: SomeCatalogue = None) -> None:
     """Run the nightly-refresh flow once, now."""
     from flows.nightly import nightly_refresh
 
-    result = nightly_refresh()
+    result = nightly_refresh(catalogue=catalogue)
     console.print(
         f"published: {result.version or '—'}; live bundle: [bold]{result.live}[/] ({result.reason})"
     )
@@ -87,33 +98,52 @@ def deploy_serve() -> None:
 @app.command("ui")
 def ui(
     prefect_port: Annotated[int, typer.Option(help="Prefect server and UI port.")] = 4200,
-    http_port: Annotated[int, typer.Option(help="HTTP service port.")] = 8000,
+    http_port: Annotated[int, typer.Option(help="First catalogue's HTTP port; the next follow.")] = 8000,
 ) -> None:
-    """Prefect server + UI, the deployment server and the HTTP service; Ctrl-C stops all."""
+    """Prefect server + UI, the deployment server and each catalogue's HTTP service; Ctrl-C stops all."""
     from deployments.ui import run_ui
 
     _needs_prefect()
     run_ui(prefect_port, http_port)
 
 
+@app.command("demo")
+def demo(
+    port: Annotated[
+        int, typer.Option(help="Port of the first catalogue's service; the next ones follow.")
+    ] = 8000,
+    feed_days: Annotated[
+        int | None, typer.Option(min=1, help="Days of stories the demo feeds carry; default 8.")
+    ] = None,
+) -> None:
+    """Prepare and serve every configured catalogue (default: MovieLens-100K on :8000, news from
+    the demo feeds on :8001), one process each, until Ctrl-C stops them all."""
+    from deployments.demo import run_demo
+
+    _needs_prefect()
+    raise typer.Exit(run_demo(port, feed_days, console))
+
+
 @run_app.command("embed")
-def run_embed() -> None:
+def run_embed(catalogue: SomeCatalogue = None) -> None:
     """Run the embed-items flow once, now."""
     from flows.embed import run_embed_items
 
-    summary = run_embed_items()
+    summary = run_embed_items(catalogue=catalogue)
     console.print(f"{summary.items} items: {summary.encoded} encoded, {summary.cached} from cache")
 
 
 @run_app.command("index")
-def run_index() -> None:
+def run_index(catalogue: SomeCatalogue = None) -> None:
     """Run the build-index flow once, now (rebuilds the live bundle's index)."""
     from flows.build_index import build_index_flow
     from storage.artifacts import ArtifactStore
 
-    result = build_index_flow()
+    result = build_index_flow(catalogue=catalogue)
     index = (
-        ArtifactStore(_settings().bundles_dir).manifest(result.live).get("index", {}) if result.live else {}
+        ArtifactStore(_settings(catalogue).bundles_dir).manifest(result.live).get("index", {})
+        if result.live
+        else {}
     )
     console.print(
         f"published: {result.version}; live bundle: [bold]{result.live}[/]; index {index.get('kind')} "
@@ -126,13 +156,17 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+    catalogue: SomeCatalogue = None,
 ) -> None:
-    """Start the HTTP service on the live bundle (it follows CURRENT without restarts)."""
+    """Start the HTTP service on the live bundle of one catalogue (it follows CURRENT without
+    restarts). One process per catalogue: each loads only its own bundle and reloads alone."""
     import uvicorn
 
     from serving.dependencies import OpenAdminError, check_admin_exposure
 
-    settings = _settings()
+    settings = _settings(catalogue)
+    # uvicorn's factory (and each worker) builds the app from the environment: name it there.
+    os.environ["RECFLOW_CATALOGUE"] = settings.catalogue
     try:  # the --host given here is not in the settings the app checks
         check_admin_exposure(settings.serving, host or settings.serving.host)
     except OpenAdminError as exc:
@@ -174,11 +208,11 @@ def evaluate(
 
 
 @bundle_app.command("list")
-def bundle_list() -> None:
+def bundle_list(catalogue: SomeCatalogue = None) -> None:
     """Published bundles, oldest first; * marks the live one."""
     from storage.artifacts import ArtifactStore
 
-    settings = _settings()
+    settings = _settings(catalogue)
     table = Table("", "version", "model", "valid ndcg@10", "test ndcg@10", "users", "items")
     for info in ArtifactStore(settings.bundles_dir).infos():
         m = info.manifest
@@ -200,11 +234,12 @@ def bundle_rollback(
     version: Annotated[
         str | None, typer.Argument(help="Version to make live; default: the one before.")
     ] = None,
+    catalogue: SomeCatalogue = None,
 ) -> None:
     """Point CURRENT at an earlier bundle; the running service follows within seconds."""
     from storage.artifacts import ArtifactStore, BundleError
 
-    settings = _settings()
+    settings = _settings(catalogue)
     try:
         live = ArtifactStore(settings.bundles_dir).rollback(version)
     except BundleError as exc:
@@ -214,11 +249,13 @@ def bundle_rollback(
 
 
 @bundle_app.command("show")
-def bundle_show(version: Annotated[str | None, typer.Argument()] = None) -> None:
+def bundle_show(
+    version: Annotated[str | None, typer.Argument()] = None, catalogue: SomeCatalogue = None
+) -> None:
     """Print a bundle's manifest (default: the live one)."""
     from storage.artifacts import ArtifactStore
 
-    store = ArtifactStore(_settings().bundles_dir)
+    store = ArtifactStore(_settings(catalogue).bundles_dir)
     version = version or store.current_version()
     if version is None:
         console.print("[red]no bundle published yet; run `recflow run nightly`[/]")
@@ -240,12 +277,16 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 def demo_feeds(
     host: Annotated[str | None, typer.Option(help="Interface; default feeds.demo_host.")] = None,
     port: Annotated[int | None, typer.Option(help="Port; default feeds.demo_port.")] = None,
+    days: Annotated[int | None, typer.Option(min=1, help="Days of stories carried; default 8.")] = None,
 ) -> None:
     """Serve the demo news feeds (26 outlets, new stories as the clock moves) until Ctrl-C."""
     from demo.feeds import BROKEN_FEEDS, DemoFeedServer
+    from demo.stories import DEFAULT_DAYS
 
     feeds = _settings().feeds
-    server = DemoFeedServer(host or feeds.demo_host, port or feeds.demo_port, seed=feeds.demo_seed)
+    server = DemoFeedServer(
+        host or feeds.demo_host, port or feeds.demo_port, seed=feeds.demo_seed, days=days or DEFAULT_DAYS
+    )
     console.print(
         f"demo feeds on [bold]http://{server.host}:{server.requested_port}/[/] "
         f"(/feeds/<outlet>.xml; /broken/<case> for {len(BROKEN_FEEDS)} broken feeds); Ctrl-C stops"
@@ -292,10 +333,9 @@ def run_harvest(
 @feeds_app.command("status")
 def feeds_status(catalogue: CatalogueOption = "news") -> None:
     """Each feed's health: last status, last success, failures in a row, paused."""
-    from storage.settings import Settings
     from storage.warehouse import open_warehouse
 
-    with open_warehouse(Settings(catalogue=catalogue).warehouse_path) as con:
+    with open_warehouse(_settings(catalogue).warehouse_path) as con:
         rows = con.execute(
             "SELECT name, last_status, last_success_at, consecutive_failures, paused, items_added_total, url "
             "FROM feeds ORDER BY paused DESC, consecutive_failures DESC, name"
@@ -314,11 +354,10 @@ def feeds_resume(
     catalogue: CatalogueOption = "news",
 ) -> None:
     """Un-pause feeds so the next scrape fetches them again."""
-    from storage.settings import Settings
     from storage.warehouse import open_warehouse
     from tasks.scrape import resume_feeds
 
-    with open_warehouse(Settings(catalogue=catalogue).warehouse_path) as con:
+    with open_warehouse(_settings(catalogue).warehouse_path) as con:
         count = resume_feeds(con, urls or None)
     console.print(f"{count} feed(s) resumed")
 
@@ -339,6 +378,7 @@ def run_train(
     config: Annotated[
         str | None, typer.Option(help='Model parameters as JSON, e.g. \'{"nextitem-mf": {"epochs": 3}}\'.')
     ] = None,
+    catalogue: SomeCatalogue = None,
 ) -> None:
     """Run the train-models flow: train, evaluate, record, gate against the live bundle, publish."""
     from pydantic import ValidationError
@@ -350,7 +390,9 @@ def run_train(
         parsed = ModelOverrides.model_validate_json(config) if config else None
     except ValidationError as exc:  # bad JSON, an unknown model or parameter, a bad value: named
         raise typer.BadParameter(f"--config: {exc}") from exc
-    result = train_models(models=model, config=parsed, tolerance=tolerance, warm_start=warm_start)
+    result = train_models(
+        catalogue=catalogue, models=model, config=parsed, tolerance=tolerance, warm_start=warm_start
+    )
     for name, ndcg in result.valid_ndcg10.items():
         console.print(f"{name}: valid ndcg@10 {ndcg:.4f} (run {result.runs[name]})")
     console.print(
@@ -372,11 +414,13 @@ def run_merge(
     ] = None,
     anchor: Annotated[int, typer.Option(help="Input whose tensors are kept where shapes differ.")] = 0,
     tolerance: Annotated[float, typer.Option(help="Gate tolerance on valid ndcg@10.")] = 0.0,
+    catalogue: SomeCatalogue = None,
 ) -> None:
     """Run the merge-checkpoints flow: average checkpoints, evaluate, gate, publish."""
     from flows.merge import merge_checkpoints
 
     result = merge_checkpoints(
+        catalogue=catalogue,
         bundles=bundle,
         checkpoints=[str(c) for c in checkpoint or []],
         weights=weight,
@@ -396,6 +440,7 @@ def recommend(
     out: Annotated[Path | None, typer.Option("--out", help="Parquet file to write.")] = None,
     version: Annotated[str | None, typer.Option(help="Bundle version; default: the live one.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Users scored per batch.")] = 1024,
+    catalogue: SomeCatalogue = None,
 ) -> None:
     """Batch export: every user's top-K unseen items (user_id, rank, item_id, score) as Parquet."""
     from storage.artifacts import ArtifactStore
@@ -406,7 +451,7 @@ def recommend(
         raise typer.Exit(2)
     try:
         summary = export_recommendations(
-            ArtifactStore(_settings().bundles_dir), out, k=k, version=version, batch_size=batch_size
+            ArtifactStore(_settings(catalogue).bundles_dir), out, k=k, version=version, batch_size=batch_size
         )
     except FileNotFoundError as exc:
         console.print(f"[red]{exc}[/]")

@@ -1,10 +1,12 @@
 """Re-run the README's example requests against a real service and rewrite their outputs.
 
 ``python -m deployments.readme_examples`` (``make readme-examples``) starts ``recflow serve``
-on the live bundle of the default catalogue, sends every request below over HTTP and prints
-what came back, trimmed the way the README shows it. ``--write`` also replaces the text
-between ``<!-- examples:NAME -->`` and ``<!-- /examples:NAME -->`` in README.md, so the
-examples there are whatever the program printed last, never a hand-edited copy.
+on the live bundle of each catalogue the examples ask (MovieLens-100K, and news for the
+``news`` block), sends every request below over HTTP and prints what came back, trimmed the
+way the README shows it, with the port ``make demo`` serves that catalogue on. ``--write``
+also replaces the text between ``<!-- examples:NAME -->`` and ``<!-- /examples:NAME -->`` in
+README.md, so the examples there are whatever the program printed last, never a hand-edited
+copy.
 """
 
 from __future__ import annotations
@@ -70,6 +72,16 @@ def _titles_scores(body: Any) -> str:
     return " · ".join(f"{i['title']} {i['score']:.3f}" for i in items)
 
 
+_STORY_FIELDS = ("title", "outlet", "published", "topic", "why", "link")
+
+
+def _stories(body: dict[str, Any]) -> str:
+    """A feed as a reader sees it: each story's headline, outlet, time, topic, why and link."""
+    head = {k: body[k] for k in ("strategy", "pool_date", "bundle_version")}
+    items = [_compact({k: item.get(k) for k in _STORY_FIELDS}) for item in body["items"]]
+    return _compact(head)[:-1] + ',...,\n "items":[' + ",\n          ".join(items) + "]}"
+
+
 EXAMPLES: dict[str, list[Example]] = {
     "recommend": [
         Example("/recommend/196?k=3", "", _recommend),
@@ -81,7 +93,18 @@ EXAMPLES: dict[str, list[Example]] = {
         Example("/items/50/similar?k=5", "# 50 = Star Wars (1977)", _titles_scores),
         Example("/search?q=space+adventure+with+aliens&k=5", "", _titles),
     ],
+    "news": [
+        Example("/feed?k=5", "", _stories),
+    ],
 }
+CATALOGUE_OF = {"news": "news"}
+"""The catalogue each block asks; the others ask MovieLens-100K."""
+README_PORT = {"movielens-100k": 8000, "news": 8001}
+"""The port each catalogue's service has in the README: where ``make demo`` serves it."""
+
+
+def catalogue_of(block: str) -> str:
+    return CATALOGUE_OF.get(block, "movielens-100k")
 
 
 def _free_port() -> int:
@@ -90,9 +113,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_service(port: int) -> subprocess.Popen[bytes]:
-    recflow = Path(sys.executable).with_name("recflow")
-    cmd = [str(recflow), "serve", "--host", "127.0.0.1", "--port", str(port)]
+def _start_service(port: int, catalogue: str) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "deployments.cli", "serve", "--catalogue", catalogue]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 
@@ -111,13 +134,16 @@ def _wait_healthy(client: httpx.Client, proc: subprocess.Popen[bytes], timeout_s
     raise RuntimeError(f"recflow serve did not answer /health within {timeout_s:.0f} s")
 
 
-def render(client: httpx.Client) -> dict[str, str]:
-    """Each block of examples as the console text the README shows."""
+def render(clients: dict[str, httpx.Client]) -> dict[str, str]:
+    """Each block of examples as the console text the README shows; ``clients`` maps a
+    catalogue to a client of its service."""
     blocks: dict[str, str] = {}
     for name, examples in EXAMPLES.items():
+        catalogue = catalogue_of(name)
+        client = clients[catalogue]
         lines: list[str] = []
         for ex in examples:
-            cmd = f"$ curl -s 'http://127.0.0.1:8000{ex.path}'"
+            cmd = f"$ curl -s 'http://127.0.0.1:{README_PORT[catalogue]}{ex.path}'"
             lines.append(f"{cmd}   {ex.comment}".rstrip() if ex.comment else cmd)
             lines.append(ex.show(client.get(ex.path).json()))
             lines.append("")
@@ -140,15 +166,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="rewrite the example blocks of README.md")
     args = parser.parse_args(argv)
-    port = _free_port()
-    proc = _start_service(port)
+    procs: list[subprocess.Popen[bytes]] = []
+    clients: dict[str, httpx.Client] = {}
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            _wait_healthy(client, proc)
-            blocks = render(client)
+        for catalogue in dict.fromkeys(catalogue_of(name) for name in EXAMPLES):
+            port = _free_port()
+            procs.append(_start_service(port, catalogue))
+            clients[catalogue] = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+            _wait_healthy(clients[catalogue], procs[-1])
+        blocks = render(clients)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        for client in clients.values():
+            client.close()
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
     for text in blocks.values():
         print(text)
     if args.write:

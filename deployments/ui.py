@@ -1,5 +1,6 @@
 """``recflow ui`` / ``make ui``: the Prefect server and UI, the deployment server and the HTTP
-service, started together on 127.0.0.1 and stopped together on Ctrl-C.
+service of each configured catalogue (catalogue i on ``http_port`` + i), started together on
+127.0.0.1 and stopped together on Ctrl-C.
 
 Each child runs in its own process group and is stopped with SIGTERM to the group:
 ``serve()`` ignores SIGINT for a long while and would otherwise leave orphans.
@@ -89,8 +90,20 @@ def run_ui(prefect_port: int = 4200, http_port: int = 8000, logs: Path | None = 
             _wait_healthy(f"{api}/health", 120, server, "prefect server")
             console.print(f"Prefect UI    http://127.0.0.1:{prefect_port}")
             start("deployments", [sys.executable, "-m", "deployments.serve"])
-            start("http", [str(BIN / "recflow"), "serve", "--host", "127.0.0.1", "--port", str(http_port)])
-            console.print(f"HTTP service  http://127.0.0.1:{http_port}  (docs: /docs)")
+            for i, catalogue in enumerate(Settings().catalogues):  # one service per catalogue
+                port = str(http_port + i)
+                cmd = [
+                    str(BIN / "recflow"),
+                    "serve",
+                    "--catalogue",
+                    catalogue,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    port,
+                ]
+                start(f"http-{catalogue}", cmd)
+                console.print(f"{catalogue:<16}http://127.0.0.1:{port}  (docs: /docs)")
             console.print(f"logs in {logs}/; Ctrl-C stops everything")
             while all(p.poll() is None for _, p in procs):
                 time.sleep(1)

@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from storage.artifacts import ArtifactStore
-from storage.settings import Settings
+from storage.settings import Settings, catalogue_settings
 from tasks.indexing import ItemIndex, build_index
 from tasks.publish import PublishResult, publish_reindexed
 
@@ -30,9 +30,10 @@ def build_index_task(settings: Settings, run_id: str | None) -> PublishResult:
 
 
 @flow(name="build-index")
-def build_index_flow(overrides: dict[str, Any] | None = None) -> PublishResult:
-    """Build, check and publish the item index; the UI shows its kind, size and recall."""
-    settings = Settings(**(overrides or {}))
+def build_index_flow(catalogue: str | None = None, overrides: dict[str, Any] | None = None) -> PublishResult:
+    """Build, check and publish the item index of ``catalogue`` (None: the settings' own); the
+    UI shows its kind, size and recall."""
+    settings = catalogue_settings(catalogue, overrides)
     result = build_index_task(settings, str(flow_run.get_id()) if flow_run.get_id() else None)
     store = ArtifactStore(settings.bundles_dir)
     meta = store.manifest(result.version).get("index", {}) if result.version else {}

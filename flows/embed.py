@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 
 from models.text_encoder import encode
-from storage.settings import EmbeddingSettings, Settings
+from storage.settings import EmbeddingSettings, Settings, catalogue_settings
 from storage.warehouse import open_warehouse
 from tasks.embedding import EmbedSummary, embed_items, plan_embedding, store_vectors
 
@@ -65,9 +65,10 @@ def _fanout(settings: Settings) -> EmbedSummary:
 
 
 @flow(name="embed-items")
-def embed_items_flow(overrides: dict[str, Any] | None = None) -> EmbedSummary:
-    """Embed what is new or changed; show the summary as an artifact."""
-    settings = Settings(**(overrides or {}))
+def embed_items_flow(catalogue: str | None = None, overrides: dict[str, Any] | None = None) -> EmbedSummary:
+    """Embed what is new or changed in ``catalogue`` (None: the settings' own); show the
+    summary as an artifact."""
+    settings = catalogue_settings(catalogue, overrides)
     if settings.embedding.dask_workers > 0:
         summary = _fanout(settings)
         report(summary)
@@ -75,9 +76,9 @@ def embed_items_flow(overrides: dict[str, Any] | None = None) -> EmbedSummary:
     return embed_in_process_task(settings)
 
 
-def run_embed_items(overrides: dict[str, Any] | None = None) -> EmbedSummary:
+def run_embed_items(overrides: dict[str, Any] | None = None, catalogue: str | None = None) -> EmbedSummary:
     """Run ``embed-items`` with the task runner the settings ask for."""
-    settings = Settings(**(overrides or {}))
+    settings = catalogue_settings(catalogue, overrides)
     workers = settings.embedding.dask_workers
     if workers > 0:
         from prefect_dask import DaskTaskRunner
@@ -91,5 +92,5 @@ def run_embed_items(overrides: dict[str, Any] | None = None) -> EmbedSummary:
             }
         )
         # prefect-dask's runner is generic over Dask futures, which Flow.with_options does not name.
-        return embed_items_flow.with_options(task_runner=runner)(overrides)  # type: ignore[arg-type]
-    return embed_items_flow(overrides)
+        return embed_items_flow.with_options(task_runner=runner)(catalogue, overrides)  # type: ignore[arg-type]
+    return embed_items_flow(catalogue, overrides)

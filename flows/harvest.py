@@ -2,17 +2,21 @@
 
 Orchestration only: :func:`tasks.demand.compute_wishlist` turns recent engagement into the
 wishlist, :func:`tasks.harvest.harvest` picks the pool and writes ``daily_pool``; both show
-their result as Prefect artifacts. The next nightly bundle carries the pool to serving.
+their result as Prefect artifacts. The pool goes live at once: ``publish-fresh`` publishes it
+(with the stories the live bundle lacks) as a delta the service hot-loads, so the pool served
+at 06:05 is the 06:00 pool; the next nightly bundle carries it too.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from storage.settings import Settings
+from flows.fresh import publish_fresh_task
+from storage.settings import Settings, catalogue_settings
 from storage.warehouse import open_warehouse
 from tasks.demand import Wish, compute_wishlist, wishlist_markdown
 from tasks.harvest import Pool, harvest
@@ -53,6 +57,8 @@ def pool_task(settings: Settings) -> Pool:
 @flow(name="morning-harvest", log_prints=True)
 def morning_harvest(catalogue: str = "news", overrides: dict[str, Any] | None = None) -> Pool:
     """Recompute the wishlist from recent engagement and pick today's pool of stories."""
-    settings = Settings(**{"catalogue": catalogue, **(overrides or {})})
+    settings = catalogue_settings(catalogue, overrides)
     demand_task(settings)
-    return pool_task(settings)
+    pool = pool_task(settings)
+    publish_fresh_task(settings, harvested_at=datetime.now(UTC))
+    return pool

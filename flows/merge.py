@@ -18,7 +18,7 @@ from prefect.cache_policies import NONE
 from flows.nightly import kcore_task, split_task
 from flows.train import TrainOutcome, _flow_run_id, _load, announce
 from storage.artifacts import ArtifactStore
-from storage.settings import Settings
+from storage.settings import Settings, catalogue_settings
 from storage.warehouse import open_warehouse
 from tasks.merge import check_anchor_matches, evaluate_merged, merge_into, resolve_inputs
 from tasks.prepare import KCORE_TABLE
@@ -95,6 +95,7 @@ def merge_task(
 
 @flow(name="merge-checkpoints", log_prints=True)
 def merge_checkpoints(
+    catalogue: str | None = None,
     bundles: list[str] | None = None,
     checkpoints: list[str] | None = None,
     weights: list[float] | None = None,
@@ -103,8 +104,9 @@ def merge_checkpoints(
     overrides: dict[str, Any] | None = None,
 ) -> TrainOutcome:
     """Weighted average of the checkpoints of ``bundles`` (versions) then ``checkpoints``
-    (directories); the tensor of checkpoint number ``anchor`` is kept where shapes differ."""
-    settings = Settings(**(overrides or {}))
+    (directories) in ``catalogue`` (None: the settings' own); the tensor of checkpoint number
+    ``anchor`` is kept where shapes differ."""
+    settings = catalogue_settings(catalogue, overrides)
     kcore_task(settings)
     split_task(settings)
     return merge_task(settings, bundles, checkpoints, weights, anchor, tolerance)

@@ -21,7 +21,7 @@ from expectations import DataQualityError
 from flows.embed import embed_in_process_task
 from models.configs import ModelOverrides
 from storage.artifacts import ArtifactStore
-from storage.settings import Settings
+from storage.settings import Settings, catalogue_settings
 from storage.warehouse import open_warehouse
 from tasks.cold_start import cold_start_reason, cold_start_result
 from tasks.eval_report import report_for_models
@@ -31,6 +31,7 @@ from tasks.harvest import ensure_pool, pool_fingerprint
 from tasks.load import LoadSummary, load_source
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, KCoreSummary, kcore_filter, make_splits
 from tasks.publish import BUNDLE_FORMAT, PublishResult, build_manifest, live_score, publish_bundle
+from tasks.served_impressions import ingest_impressions
 from tasks.sources import SourceFormatError
 from tasks.train_models import TRAIN_MODEL_DIR, bundle_vectors, is_torch_model, results_dict
 from tasks.training import (
@@ -308,7 +309,10 @@ def train_publish_task(
 
 @task(name="ingest-event-log", retries=1, retry_delay_seconds=5)
 def ingest_events_task(settings: Settings) -> EventIngestSummary:
-    """Contract C1: serving's event log → interactions, idempotent by event id."""
+    """Contract C1: serving's event log → interactions, idempotent by event id; then the
+    impression log → ``served_impressions`` (by request id) and, for impressions whose click
+    window has closed, news-model training rows in ``impressions`` (events first: they
+    decide what was clicked)."""
     with open_warehouse(settings.warehouse_path) as con:
         summary = ingest_events(
             con,
@@ -318,17 +322,35 @@ def ingest_events_task(settings: Settings) -> EventIngestSummary:
             future_skew_s=settings.source.future_skew_s,
             events=settings.events,
         )
+        shown = ingest_impressions(
+            con, settings.impressions_dir, click_window_s=settings.events.impression_click_window_s
+        )
     get_run_logger().info("%s", summary.log_line())
+    get_run_logger().info("%s", shown.log_line())
     _artifact("event-log-ingestion", summary.markdown(), "Serving events ingested into interactions")
+    _artifact(
+        "impression-log-ingestion", shown.markdown(), "Served impressions ingested, training rows derived"
+    )
     return summary
 
 
 @task(name="ensure-daily-pool")
 def ensure_pool_task(settings: Settings) -> None:
-    """News catalogues: harvest today's pool if the morning harvest has not run yet."""
+    """News catalogues: harvest a first pool only when there has never been one.
+
+    The nightly does not harvest on its own otherwise: at 02:00 it would pick a pool of the
+    night's stories and the 06:00 morning harvest's pool would wait a day for the next bundle.
+    The bundle carries the latest pool; ``morning-harvest`` publishes each new one at once.
+    """
     with open_warehouse(settings.warehouse_path) as con:
-        pool = ensure_pool(con, settings.harvest, settings.embedding)
-    get_run_logger().info("%s", pool.log_line() if pool else "today's pool exists (morning-harvest)")
+        latest = con.execute("SELECT CAST(max(pool_date) AS VARCHAR) FROM daily_pool").fetchall()[0][0]
+        pool = ensure_pool(con, settings.harvest, settings.embedding) if latest is None else None
+    get_run_logger().info(
+        "%s",
+        pool.log_line()
+        if pool
+        else f"the bundle carries the pool of {latest} (morning-harvest publishes new ones)",
+    )
 
 
 def pick_best(results: list[TrainResult]) -> TrainResult:
@@ -385,15 +407,19 @@ def _metrics_markdown(
 
 @flow(name="nightly-refresh", log_prints=True)
 def nightly_refresh(
-    overrides: dict[str, Any] | None = None, config: ModelOverrides | None = None
+    catalogue: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    config: ModelOverrides | None = None,
 ) -> PublishResult:
     """Refresh the catalogue's model from its source and publish a bundle if anything changed.
 
-    ``overrides`` are settings fields (as in the TOML file) applied on top of env/config;
+    ``catalogue`` names it (None: the settings' own, e.g. ``RECFLOW_CATALOGUE``; each
+    deployment passes its own); ``overrides`` are settings fields (as in the TOML file)
+    applied on top of env/config and the catalogue's block;
     ``config`` gives the configured model's hyper-parameters over the settings' (the Prefect
     UI shows it as a form; only the entry of ``model.name`` may be given).
     """
-    settings = Settings(**(overrides or {}))
+    settings = catalogue_settings(catalogue, overrides)
     candidates = candidate_params(settings, config)  # fails before any work on a bad parameter
     if settings.source.kind == "feeds":
         get_run_logger().info(

@@ -9,12 +9,14 @@ embedded default works on a fresh machine with no internet.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from storage.settings import Settings
+from flows.fresh import publish_fresh_task
+from storage.settings import Settings, catalogue_settings
 from storage.warehouse import open_warehouse
 from tasks.scrape import ScrapeSummary, ensure_demo_server, scrape
 
@@ -47,7 +49,7 @@ def scrape_feeds(
     catalogue: str = "news", only_due: bool = False, overrides: dict[str, Any] | None = None
 ) -> ScrapeSummary:
     """Fetch the configured feeds of ``catalogue`` and store new items; bad feeds are reported."""
-    settings = Settings(**{"catalogue": catalogue, **(overrides or {})})
+    settings = catalogue_settings(catalogue, overrides)
     logger = get_run_logger()
     server = ensure_demo_server(settings.feeds)
     if server is not None:
@@ -64,4 +66,7 @@ def scrape_feeds(
             server.stop()
     if server is not None:
         summary.demo_server = server.base_url
+    # New stories go live now, as a delta of the live bundle, not at the next nightly.
+    summary.fetched_at = datetime.now(UTC)
+    summary.delta = publish_fresh_task(settings).log_line()
     return summary

@@ -24,7 +24,7 @@ from flows.embed import embed_in_process_task
 from flows.nightly import kcore_task, split_task
 from models.configs import ModelOverrides
 from storage.artifacts import ArtifactStore
-from storage.settings import Settings
+from storage.settings import Settings, catalogue_settings
 from storage.warehouse import open_warehouse
 from tasks.features import FEATURE_MODELS, load_item_features
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT
@@ -187,6 +187,7 @@ def gate_publish_task(
 
 @flow(name="train-models", log_prints=True)
 def train_models(
+    catalogue: str | None = None,
     models: list[str] | None = None,
     config: ModelOverrides | None = None,
     tolerance: float = 0.0,
@@ -198,9 +199,10 @@ def train_models(
 
     ``config`` maps a model name to constructor parameters over the settings' defaults (a
     :class:`models.configs.ModelOverrides`, or the same as a dict: ``{"nextitem-mf": {"epochs": 2}}``;
-    the Prefect UI shows it as a form); ``overrides`` are settings fields, as in the TOML file.
+    the Prefect UI shows it as a form); ``catalogue`` names the catalogue (None: the settings'
+    own); ``overrides`` are settings fields, as in the TOML file.
     """
-    settings = Settings(**(overrides or {}))
+    settings = catalogue_settings(catalogue, overrides)
     names = models or [settings.model.name]
     if len(set(names)) != len(names):
         raise ValueError(f"models {names} name a model twice; give each once (parameters go in config)")

@@ -35,13 +35,15 @@ from serving.bundle import BundleHolder
 from serving.cascade import pin_threads, set_search_threads
 from serving.dependencies import check_admin_exposure, install_error_handlers
 from serving.events import EventLog
+from serving.global_signals import GlobalSignals
+from serving.impressions import ImpressionLog
 from serving.metrics import BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
 from serving.routers import admin, catalogue, docs, feed, recommend
 from serving.routers.params import ParamShapes
 from serving.schemas import Recommendation
 from serving.sessions import SessionStore
 from storage.artifacts import ArtifactStore
-from storage.settings import Settings
+from storage.settings import Settings, catalogue_settings
 
 __all__ = ["Recommendation", "create_app"]
 
@@ -63,23 +65,34 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         events=settings.events,
     )
     await asyncio.to_thread(app.state.holder.start)
+    impressions: ImpressionLog | None = app.state.impressions
+    if impressions is not None:
+        impressions.start()
+    signals: GlobalSignals | None = app.state.signals
+    if signals is not None:
+        await asyncio.to_thread(signals.start)  # replays the recent window first
     try:
         yield
     finally:
         await asyncio.to_thread(app.state.holder.stop)
+        if signals is not None:
+            await asyncio.to_thread(signals.stop)
+        if impressions is not None:
+            await asyncio.to_thread(impressions.close)  # writes what is queued
         app.state.events.close()
         app.state.sessions.close()
         del app.state.sessions
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service for ``settings`` (default: ``Settings()``, i.e. env and config file).
+    """Build the service for ``settings`` (default: the catalogue ``RECFLOW_CATALOGUE`` names, its
+    block of ``catalogues`` over env and config file: ``storage.settings.catalogue_settings``).
 
     A factory rather than a module-level app, so tests and ``uvicorn --factory`` can build
     independent instances with their own settings and bundle holder. Raises
     ``OpenAdminError`` when ``serving.host`` is beyond loopback and ``/admin/*`` has no key.
     """
-    settings = settings if settings is not None else Settings()
+    settings = settings if settings is not None else catalogue_settings()
     serving = settings.serving
     check_admin_exposure(serving, serving.host)
     app = FastAPI(
@@ -101,6 +114,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.metrics = ServiceMetrics()
     app.state.events = EventLog(settings.events_dir)
+    metrics = app.state.metrics
+    app.state.impressions = (
+        ImpressionLog(
+            settings.impressions_dir,
+            max_queue=serving.impression_queue,
+            flush_s=serving.impression_flush_s,
+            on_written=metrics.impressions_written.inc,
+            on_dropped=metrics.impressions_dropped.inc,
+        )
+        if serving.impressions
+        else None
+    )
+    app.state.signals = None
+    if serving.update_mode == "global":
+        signals = GlobalSignals(settings.events_dir, settings.impressions_dir, serving, settings.events)
+        metrics.global_items.set_function(signals.__len__)
+        app.state.signals = signals
     app.add_middleware(BodyLimitMiddleware, max_bytes=serving.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app, serving.reload_check_s)

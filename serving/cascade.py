@@ -72,7 +72,7 @@ def pin_threads() -> None:
         _thread_state.threads = _search_threads
 
 
-Stage = Literal["ranker", "mmr", "exploration", "fresh_popular", "popular", "similar", "search"]
+Stage = Literal["ranker", "mmr", "exploration", "fresh_popular", "popular", "similar", "search", "fresh"]
 Strategy = Literal["personalized", "fresh_popular_fallback", "popularity_fallback"]
 
 
@@ -275,6 +275,29 @@ def session_delta(
 
 
 # The cascade --------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class ItemBoost:
+    """Item-level scores every reader shares (``update_mode: global``), in one bundle's indices.
+
+    ``scores[i]`` is added to item ``i``'s relevance; ``top`` (most trending first) join the
+    candidates, so an item readers are clicking can rise even where retrieval missed it."""
+
+    scores: np.ndarray
+    """(n_items,) float64, >= 0; 0 for items with no signal."""
+    top: np.ndarray
+    """Item indices of the most trending items, best first."""
+
+    def extra(self, cand: np.ndarray, exclude: np.ndarray, within: np.ndarray | None = None) -> np.ndarray:
+        """The top items not already candidates nor excluded (and inside ``within``, if given)."""
+        extra = self.top
+        if len(extra) == 0:
+            return extra
+        keep = ~np.isin(extra, cand) & ~np.isin(extra, exclude)
+        if within is not None:
+            keep &= np.isin(extra, within)
+        return extra[keep]
+
+
 @dataclass(frozen=True)
 class CascadeParams:
     """Per-request knobs (defaults come from ``ServingSettings``)."""
@@ -491,12 +514,14 @@ def personalized(
     delta: np.ndarray | None = None,
     extra_vectors: np.ndarray | None = None,
     pool: np.ndarray | None = None,
+    boost: ItemBoost | None = None,
 ) -> CascadeResult:
     """The full cascade for one reader.
 
     ``history`` feeds the ranker and the user vector; ``extra_vectors`` (e.g. encoded free
     titles) join the user vector's mean; ``delta`` is the session's private shift. ``pool``
     restricts candidates to given items (today's feed) instead of searching the index.
+    ``boost`` (global mode) adds shared item scores and its trending items as candidates.
     """
     result = CascadeResult("personalized")
     user_vec = space.user_vector(history)
@@ -515,11 +540,20 @@ def personalized(
         unit = user_vec / norm if norm > 0 else user_vec
         sims = space.vectors[cand] @ unit.astype(np.float32)
         result.pipeline.append("pool")
+    if boost is not None:
+        extra = boost.extra(cand, exclude, pool)
+        if len(extra):
+            norm = float(np.linalg.norm(user_vec))
+            unit = user_vec / norm if norm > 0 else user_vec
+            cand = np.concatenate([cand, extra])
+            sims = np.concatenate([np.asarray(sims), space.vectors[extra] @ unit.astype(np.float32)])
     result.candidates = len(cand)
     if len(cand) == 0:
         return result
     rank_scores = ranker.score(history, cand) if len(history) else np.zeros(len(cand))
     relevance = minmax(rank_scores) + params.retrieval_weight * np.asarray(sims, dtype=np.float64)
+    if boost is not None:
+        relevance = relevance + boost.scores[cand]
     result.pipeline.append(f"ranker:{ranker_name}")
     diversify(cand, relevance, diversity_vectors, params, result, base_stage="ranker")
     return result

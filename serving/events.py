@@ -97,18 +97,28 @@ class EventLog:
     def append(self, event: Event) -> Path:
         """Write ``event`` durably; returns the file it went to. Raises ``OSError`` on failure,
         in which case the caller must not report the event as accepted."""
-        line = event.to_line()
-        day = datetime.fromtimestamp(event.ts, UTC).strftime("%Y%m%d")
+        return self.append_lines(day_of(event.ts), event.to_line())
+
+    def append_lines(self, day: str, data: bytes) -> Path:
+        """Append whole lines (``data`` ends with a newline) to ``day``'s file in one
+        ``os.write``, so another process's lines never land between them; fsynced when the
+        log was opened with ``fsync``. Returns the file; raises ``OSError`` on failure."""
         with self._lock:
             fd = self._descriptor(day)
-            written = os.write(fd, line)
-            if written != len(line):  # a full disk: never leave a half line for the next one
+            written = os.write(fd, data)
+            if written != len(data):  # a full disk: never leave a half line for the next one
                 self._close()
-                raise OSError(f"short write to the event log {self._path}: {written} of {len(line)} bytes")
+                raise OSError(f"short write to the event log {self._path}: {written} of {len(data)} bytes")
             if self.fsync:
                 os.fsync(fd)
             assert self._path is not None
             return self._path
+
+    def sync(self) -> None:
+        """fsync the current file (a log opened without ``fsync``, before it closes)."""
+        with self._lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
 
     def _descriptor(self, day: str) -> int:
         if self._fd is not None and self._day == day:
@@ -135,6 +145,11 @@ class EventLog:
     def close(self) -> None:
         with self._lock:
             self._close()
+
+
+def day_of(ts: float) -> str:
+    """The UTC day (``YYYYMMDD``) whose file an entry written at ``ts`` goes to."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d")
 
 
 def _torn_tail(fd: int) -> bool:

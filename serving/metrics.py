@@ -68,6 +68,21 @@ class ServiceMetrics:
             ["event"],
             registry=self.registry,
         )
+        self.impressions_written = Counter(
+            "recflow_impressions_written_total",
+            "Impressions (listed answers) appended to the impression log.",
+            registry=self.registry,
+        )
+        self.impressions_dropped = Counter(
+            "recflow_impressions_dropped_total",
+            "Impressions not logged: the writer's queue was full (or a write failed).",
+            registry=self.registry,
+        )
+        self.global_items = Gauge(
+            "recflow_global_items",
+            "Items whose shared trending / click-through counts are held (update_mode global).",
+            registry=self.registry,
+        )
         self._bundle_labels: tuple[str, str] | None = None
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 

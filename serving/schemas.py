@@ -37,7 +37,8 @@ class CascadeItem(Item):
     rank: int
     stage: Stage = Field(
         description="What put it here: ranker (top by relevance), mmr (pulled in for diversity), "
-        "exploration, fresh_popular / popular (fallbacks), similar, search."
+        "exploration, fresh_popular / popular (fallbacks), similar, search, fresh (a story newer "
+        "than the pool, from a delta: the freshness slot)."
     )
 
 
@@ -81,6 +82,10 @@ class ResolvedTitle(BaseModel):
 class AdHocRecommendation(BaseModel):
     """Recommendations for an ad-hoc history."""
 
+    request_id: str | None = Field(
+        None, description="This answer's id: its impression in the log (null only for old servers)."
+    )
+
     bundle_version: str
     model: str
     strategy: Strategy
@@ -111,6 +116,10 @@ class FeedItem(CascadeItem):
 
 class Feed(BaseModel):
     """Today's pool ranked for this reader (or diversified fresh items for a new session)."""
+
+    request_id: str | None = Field(
+        None, description="This answer's id: its impression in the log (null only for old servers)."
+    )
 
     session: str
     user_id: str | None
@@ -153,9 +162,11 @@ class Interaction(BaseModel):
     accepted: Literal[True] = True
     event_id: str
     session: str
-    applied: bool = Field(description="Whether it changed the session's state (update_mode private).")
+    applied: bool = Field(
+        description="Whether it changed the session's state (update_mode private or global)."
+    )
     session_events: int
-    update_mode: Literal["private", "none"]
+    update_mode: Literal["private", "global", "none"]
 
 
 class Category(BaseModel):
@@ -212,15 +223,25 @@ class Health(BaseModel):
     """Which bundle is live; ``degraded`` when ``CURRENT`` names a bundle that was refused."""
 
     status: Literal["ok", "degraded"]
+    catalogue: str = Field(description="The catalogue this process serves (one process per catalogue).")
     bundle_version: str
     model: str
     counts: Counts
     loaded_at: datetime
     detail: str | None = Field(None, description="Why the status is degraded, if it is.")
+    delta_seq: int | None = Field(
+        None, description="The delta of the live bundle served (fresh stories since it), if any."
+    )
+    fresh_items: int = Field(0, description="Stories served from deltas, not yet in a bundle.")
+    pool_date: str | None = Field(None, description="The daily pool served (from the bundle or a delta).")
 
 
 class Recommendation(BaseModel):
     """Top-k unseen items for a user."""
+
+    request_id: str | None = Field(
+        None, description="This answer's id: its impression in the log (null only for old servers)."
+    )
 
     user_id: str
     bundle_version: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,9 @@ from models.configs import (
     config_class,
 )
 from storage.labels import DEFAULT_LABELS, EventType, Label
+
+CATALOGUE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+"""What a catalogue may be called: it names a directory under ``home``."""
 
 SourceKind = Literal["movielens", "csv", "parquet", "feeds", "mind"]
 
@@ -106,6 +110,10 @@ class EventsSettings(BaseModel):
     dwell_positive_s: float = Field(30.0, ge=0.0)
     """A ``dwell`` event of at least this many seconds is positive; a shorter one, or one
     without a duration, is a weak negative (the reader looked and left)."""
+    impression_click_window_s: PositiveInt = 1800
+    """A logged impression's shown item counts as clicked when the same session (or user)
+    had a positive event on it within this many seconds after the impression. The nightly
+    derives training rows only for impressions whose window has closed."""
 
     @field_validator("labels", mode="after")
     @classmethod
@@ -209,9 +217,11 @@ class ServingSettings(BaseModel):
     """Cosine above which a candidate counts as a near-duplicate of an item already chosen."""
     exploration: bool = True
     """Reserve the last slot of a list for a relevant item unlike the rest (k >= 3)."""
-    update_mode: Literal["private", "none"] = "private"
+    update_mode: Literal["private", "global", "none"] = "private"
     """``private``: each session learns its own user-vector delta (shared weights frozen);
-    ``none``: interactions are logged but never change answers."""
+    ``global``: ``private``, plus item-level signals every reader shares between nightlies
+    (trending and click-through counts from the event log, time-decayed, blended into
+    ranking by ``global_*``); ``none``: interactions are logged but never change answers."""
     session_learning_rate: float = Field(0.5, ge=0.0)
     """Step of the private delta per unit of event weight (like = 1, skip = -0.5...)."""
     session_cookie: str = Field("recflow_session", pattern=r"^[A-Za-z0-9_-]+$")
@@ -241,6 +251,35 @@ class ServingSettings(BaseModel):
         if len(set(value.values())) != len(value):
             raise ValueError("each client needs its own key")
         return value
+
+    impressions: bool = True
+    """Log every ``/feed`` and ``/recommend`` answer as an impression (``events/impressions/``),
+    written in batches by a background writer; False turns the log off."""
+    impression_queue: PositiveInt = 10_000
+    """Impressions waiting for the writer at most; beyond it new ones are dropped (and counted
+    in ``recflow_impressions_dropped_total``) rather than slowing the answers down."""
+    impression_flush_s: float = Field(0.25, gt=0.0, le=60.0)
+    """How often the background writer appends what is queued (one ``os.write`` per batch)."""
+    global_half_life_h: float = Field(6.0, gt=0.0)
+    """``global`` mode: half-life of the trending and click-through counts."""
+    global_window_h: float = Field(48.0, gt=0.0)
+    """``global`` mode: how far back a starting process replays the event log (older events
+    have decayed away anyway)."""
+    global_trending_weight: float = Field(0.3, ge=0.0)
+    """``global`` mode: weight of an item's trending score (decayed positive events, scaled to
+    [0, 1] by the most trending item) in the rank score."""
+    global_ctr_weight: float = Field(0.1, ge=0.0)
+    """``global`` mode: weight of an item's smoothed click-through rate (positives per time
+    shown, relative to the best item's) in the rank score."""
+    global_ctr_prior: float = Field(10.0, ge=0.0)
+    """``global`` mode: impressions' worth of the average click-through rate every item starts
+    with, so one lucky click does not make an item's rate 100 %."""
+    global_max_items: PositiveInt = 50_000
+    """``global`` mode: items whose counts are kept at most; beyond it the weakest are dropped."""
+    global_poll_s: float = Field(0.5, gt=0.0)
+    """``global`` mode: how often each process reads the event log's new lines."""
+    global_trending_top: PositiveInt = 10
+    """``global`` mode: the feed says "trending" of the items among this many most trending."""
 
     max_body_bytes: PositiveInt = 65_536
     """Largest request body accepted; bigger ones get 413."""
@@ -493,6 +532,10 @@ class HarvestSettings(BaseModel):
     """...and at least this many positive events back it."""
 
 
+def _default_catalogues() -> dict[str, dict[str, Any]]:
+    return {"movielens-100k": {}, "news": {}}
+
+
 class Settings(BaseSettings):
     """Everything recflow can be told; see the module docstring for where values come from."""
 
@@ -502,8 +545,15 @@ class Settings(BaseSettings):
         extra="forbid",
     )
 
-    catalogue: str = Field("movielens-100k", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    catalogue: str = Field("movielens-100k", pattern=CATALOGUE_NAME)
     """Name of the catalogue this instance serves; its files live under ``home/<catalogue>``."""
+    catalogues: dict[str, dict[str, Any]] = Field(default_factory=_default_catalogues)
+    """The configured catalogues, each with its own settings over the shared ones (a TOML
+    table per catalogue: ``[catalogues.shop] source = {kind = "csv", path = "..."}``). Every
+    flow has a deployment per catalogue listed here (scrape and harvest only for those whose
+    source is ``feeds``), and ``recflow demo`` serves each; a flow or ``recflow serve`` given
+    a catalogue applies its block (:func:`catalogue_settings`). Default: MovieLens-100K and
+    the news catalogue fed by the demo feeds."""
     home: Path = Field(Path("var"), validate_default=True)
     """Root of all state: warehouse, bundles, event log, evaluation reports, Prefect's database;
     a relative value is resolved against the working directory when the settings load."""
@@ -531,6 +581,25 @@ class Settings(BaseSettings):
     harvest: HarvestSettings = Field(default_factory=HarvestSettings)
     nrms: NRMSConfig = Field(default_factory=NRMSConfig)
     """NRMS, the news model: reads stories' words, learns from impressions."""
+
+    @field_validator("catalogues")
+    @classmethod
+    def _catalogue_blocks(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Names are catalogue names and blocks name settings fields, checked when the settings
+        load; a block's values are validated when that catalogue's settings are built."""
+        if not value:
+            raise ValueError("catalogues: configure at least one catalogue")
+        fields = set(cls.model_fields) - {"catalogue", "catalogues"}
+        for name, block in value.items():
+            if not re.fullmatch(CATALOGUE_NAME, name):
+                raise ValueError(f"catalogues: {name!r} is not a catalogue name (letters, digits, _ . -)")
+            unknown = sorted(set(block) - fields)
+            if unknown:
+                raise ValueError(
+                    f"catalogues.{name}: {unknown} are not settings a catalogue can set "
+                    "(any top-level field but catalogue and catalogues)"
+                )
+        return value
 
     @field_validator("home")
     @classmethod
@@ -610,8 +679,39 @@ class Settings(BaseSettings):
         return self.catalogue_dir / "events"
 
     @property
+    def impressions_dir(self) -> Path:
+        """Where serving logs impressions: beside the events, never mixed into their files."""
+        return self.events_dir / "impressions"
+
+    @property
     def eval_dir(self) -> Path:
         return self.home / "eval"
+
+
+def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        below = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            merged[key] = _deep_merge(below, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def catalogue_settings(catalogue: str | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """The settings of one catalogue, as every flow and ``recflow serve`` build them.
+
+    Priority, highest first: ``overrides`` (a flow's parameter; its ``catalogue`` wins over
+    ``catalogue``), the catalogue's block of ``catalogues``, then the shared settings (env,
+    config file, defaults). ``catalogue`` None means the one the settings name
+    (``RECFLOW_CATALOGUE``, the config file's ``catalogue``, else ``movielens-100k``). A
+    catalogue that is not configured gets the shared settings alone."""
+    overrides = dict(overrides or {})
+    shared = Settings(**overrides)
+    name = overrides.get("catalogue") or catalogue or shared.catalogue
+    block = shared.catalogues.get(name, {})
+    return Settings(**_deep_merge(block, {**overrides, "catalogue": name}))
 
 
 def load_settings(**overrides: Any) -> Settings:

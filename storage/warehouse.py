@@ -215,6 +215,28 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE interactions ADD COLUMN label VARCHAR;
         """,
     ),
+    (
+        8,
+        "served_impressions: what each /feed and /recommend answer listed (the serving impression log)",
+        """
+        CREATE TABLE served_impressions (
+            request_id     VARCHAR PRIMARY KEY,
+            ts             DOUBLE NOT NULL,
+            endpoint       VARCHAR NOT NULL,
+            session_id     VARCHAR,
+            user_id        VARCHAR,
+            item_ids       VARCHAR[] NOT NULL,
+            stages         VARCHAR[],
+            model          VARCHAR,
+            bundle_version VARCHAR,
+            delta_seq      VARCHAR,
+            strategy       VARCHAR,
+            source_file    VARCHAR,
+            derived        BOOLEAN NOT NULL DEFAULT false,
+            loaded_at      TIMESTAMP DEFAULT current_timestamp
+        );
+        """,
+    ),
 ]
 
 

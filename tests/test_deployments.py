@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from storage.artifacts import ArtifactStore
-from storage.settings import Settings
+from storage.settings import Settings, catalogue_settings
 
 pytestmark = pytest.mark.slow  # a real Prefect server and the deployment runner
 
@@ -68,8 +68,7 @@ def stack(
     )
     overrides = {
         "home": str(tmp / "var"),
-        "catalogue": "deployed",
-        "source": {"kind": "movielens", "path": str(ml100k_slice)},
+        "catalogues": {"deployed": {"source": {"kind": "movielens", "path": str(ml100k_slice)}}, "news": {}},
         "model": {"name": "itemknn-recency"},  # one model: not about choosing one
     }
     served: subprocess.Popen[bytes] | None = None
@@ -89,7 +88,7 @@ def stack(
             stderr=subprocess.STDOUT,
         )
         _wait(
-            lambda: client.get("/deployments/name/merge-checkpoints/on-demand").status_code == 200,
+            lambda: client.get("/deployments/name/merge-checkpoints/news").status_code == 200,
             180,
             "deployments",
             tmp / "serve.log",
@@ -132,42 +131,46 @@ def _run(client: httpx.Client, deployment: str, parameters: dict, timeout: float
 
 
 def test_deployments_are_registered_with_their_schedules(stack: tuple[httpx.Client, dict]) -> None:
-    client, _ = stack
-    nightly = client.get("/deployments/name/nightly-refresh/nightly").json()
-    (schedule,) = nightly["schedules"]
-    assert schedule["schedule"]["cron"] == Settings().schedule.nightly_cron
-    assert schedule["schedule"]["timezone"] == "Europe/Berlin"
-    assert nightly["concurrency_limit"] == 1 or nightly.get("global_concurrency_limit")
-    assert "nightly" in nightly["tags"]
+    client, overrides = stack
+    for catalogue in ("deployed", "news"):
+        nightly = client.get(f"/deployments/name/nightly-refresh/{catalogue}").json()
+        (schedule,) = nightly["schedules"]
+        assert schedule["schedule"]["cron"] == Settings().schedule.nightly_cron
+        assert schedule["schedule"]["timezone"] == "Europe/Berlin"
+        assert nightly["concurrency_limit"] == 1 or nightly.get("global_concurrency_limit")
+        assert "nightly" in nightly["tags"] and catalogue in nightly["tags"]
+        assert nightly["parameters"] == {"catalogue": catalogue, "overrides": overrides}
+        catalogue_param = nightly["parameter_openapi_schema"]["properties"]["catalogue"]
+        assert catalogue_param["position"] == 0  # first in the UI's run form
+    # Scraping and the harvest exist only for the catalogue fed by feeds.
+    for name in ("scrape-feeds/deployed", "morning-harvest/deployed"):
+        assert client.get(f"/deployments/name/{name}").status_code == 404
     for name, cron in (
-        ("scrape-feeds/hourly", Settings().schedule.scrape_cron),
-        ("morning-harvest/morning", Settings().schedule.harvest_cron),
+        ("scrape-feeds/news", Settings().schedule.scrape_cron),
+        ("morning-harvest/news", Settings().schedule.harvest_cron),
     ):
         (schedule,) = client.get(f"/deployments/name/{name}").json()["schedules"]
         assert schedule["schedule"]["cron"] == cron
         assert schedule["schedule"]["timezone"] == "Europe/Berlin"
     assert Settings().schedule.scrape_cron == "0 * * * *"
     assert Settings().schedule.harvest_cron == "0 6 * * *"
-    for name in (
-        "embed-items/on-demand",
-        "build-index/on-demand",
-        "train-models/on-demand",
-        "merge-checkpoints/on-demand",
-    ):
-        assert client.get(f"/deployments/name/{name}").status_code == 200
+    for flow in ("embed-items", "build-index", "train-models", "merge-checkpoints"):
+        for catalogue in ("deployed", "news"):
+            assert client.get(f"/deployments/name/{flow}/{catalogue}").status_code == 200
 
 
 def test_triggered_run_completes_and_publishes(stack: tuple[httpx.Client, dict]) -> None:
     client, overrides = stack
-    store = ArtifactStore(Settings(**overrides).bundles_dir)
-    state = _run(client, "nightly-refresh/nightly", {"overrides": overrides})
+    store = ArtifactStore(catalogue_settings("deployed", overrides).bundles_dir)
+    state = _run(client, "nightly-refresh/deployed", {})  # the deployment's own parameters
     assert state["type"] == "COMPLETED", state
     live = store.current_version()
     assert live is not None
     assert store.manifest(live)["metrics"]["test"]["ndcg@10"] > 0
 
-    broken = {**overrides, "source": {"kind": "movielens", "path": str(Path(overrides["home"]) / "missing")}}
-    failed = _run(client, "nightly-refresh/nightly", {"overrides": broken})
+    missing = {"source": {"kind": "movielens", "path": str(Path(overrides["home"]) / "missing")}}
+    broken = {**overrides, "catalogues": {"deployed": missing}}
+    failed = _run(client, "nightly-refresh/deployed", {"overrides": broken})
     assert failed["type"] == "FAILED", failed
     assert "recflow data demo" in failed["message"] or "not found" in failed["message"]
     assert store.current_version() == live

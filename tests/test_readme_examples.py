@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.readme_examples import EXAMPLES, README, rewrite
+from deployments.readme_examples import EXAMPLES, README, README_PORT, catalogue_of, rewrite
+from storage.settings import Settings
 
 
 def test_every_example_block_is_marked_in_the_readme() -> None:
@@ -13,8 +14,15 @@ def test_every_example_block_is_marked_in_the_readme() -> None:
         start, end = f"<!-- examples:{name} -->", f"<!-- /examples:{name} -->"
         assert start in text and end in text, name
         block = text[text.index(start) : text.index(end)]
+        port = README_PORT[catalogue_of(name)]
         for example in examples:
-            assert f"http://127.0.0.1:8000{example.path}'" in block, example.path
+            assert f"http://127.0.0.1:{port}{example.path}'" in block, example.path
+
+
+def test_readme_ports_are_where_make_demo_serves_each_catalogue() -> None:
+    """`recflow demo --port 8000` serves catalogue number i on 8000 + i."""
+    catalogues = list(Settings().catalogues)
+    assert {c: 8000 + catalogues.index(c) for c in README_PORT} == README_PORT
 
 
 def test_rewrite_replaces_only_the_marked_block() -> None:

@@ -234,6 +234,7 @@ def test_health_reports_the_live_bundle(live: Live) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "ok"
+    assert body["catalogue"] == CATALOGUE  # one process per catalogue: which one this is
     assert body["bundle_version"] == live.version
     assert body["model"] == "itemknn"
     assert body["counts"] == {"users": 8, "items": N_ITEMS, "interactions": 64}

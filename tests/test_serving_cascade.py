@@ -568,7 +568,7 @@ def test_neighbourhood_ranker_agrees_with_the_models_own_scores(name: str, dense
 
 def test_settings_reject_a_bad_update_mode() -> None:
     with pytest.raises(ValueError, match="update_mode"):
-        Settings(serving={"update_mode": "global"})
+        Settings(serving={"update_mode": "public"})
 
 
 def reference_mmr(

@@ -11,7 +11,10 @@ now reference ``CascadeItem``, whose ``stage`` is required (every listed item ha
 Hardening (issue 16) changed ``POST /interact`` on purpose: its idempotency key
 (``event_id``), the client key header and its 401 / 409 answers (:func:`hardened`).
 Feed items became stories (issue 14): ``FeedItem``'s story fields, ``why`` in plain words,
-``reason_code`` and ``GET /feed``'s ``session`` query parameter (:func:`stories`).
+``reason_code`` and ``GET /feed``'s ``session`` query parameter (:func:`stories`); fresh
+stories came from deltas (:func:`freshness`); ``/health`` names its catalogue (:func:`per_catalogue`). Answers
+carry the ``request_id`` of their impression, and ``global`` joined the update modes
+(:func:`impressions_and_global`).
 """
 
 from __future__ import annotations
@@ -141,11 +144,73 @@ def stories(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def freshness(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with freshness (deltas): the ``fresh`` stage, and ``/health``'s delta fields."""
+    spec = json.loads(json.dumps(spec))
+    for schema in spec["components"]["schemas"].values():
+        stage = schema.get("properties", {}).get("stage")
+        if stage is not None and "enum" in stage:
+            stage["enum"].append("fresh")
+            stage["description"] = stage["description"].removesuffix(".") + (
+                ", fresh (a story newer than the pool, from a delta: the freshness slot)."
+            )
+    health = spec["components"]["schemas"]["Health"]["properties"]
+    health["delta_seq"] = {
+        "anyOf": [{"type": "integer"}, {"type": "null"}],
+        "title": "Delta Seq",
+        "description": "The delta of the live bundle served (fresh stories since it), if any.",
+    }
+    health["fresh_items"] = {
+        "type": "integer",
+        "title": "Fresh Items",
+        "description": "Stories served from deltas, not yet in a bundle.",
+        "default": 0,
+    }
+    health["pool_date"] = _optional("Pool Date", "The daily pool served (from the bundle or a delta).")
+    return spec
+
+
+def per_catalogue(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with ``/health``'s ``catalogue`` (one process serves one catalogue)."""
+    spec = json.loads(json.dumps(spec))
+    health = spec["components"]["schemas"]["Health"]
+    health["properties"]["catalogue"] = {
+        "type": "string",
+        "title": "Catalogue",
+        "description": "The catalogue this process serves (one process per catalogue).",
+    }
+    health["required"].insert(1, "catalogue")
+    return spec
+
+
+def impressions_and_global(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with impressions and the ``global`` mode (issue 14, items 5 and 6): a
+    ``request_id`` in every listed answer, and ``global`` among ``/interact``'s update modes."""
+    spec = json.loads(json.dumps(spec))
+    schemas = spec["components"]["schemas"]
+    for name in ("Recommendation", "AdHocRecommendation", "Feed"):
+        schemas[name]["properties"]["request_id"] = _optional(
+            "Request Id", "This answer's id: its impression in the log (null only for old servers)."
+        )
+    interaction = schemas["Interaction"]["properties"]
+    interaction["applied"]["description"] = (
+        "Whether it changed the session's state (update_mode private or global)."
+    )
+    interaction["update_mode"]["enum"] = ["private", "global", "none"]
+    interact = spec["paths"]["/interact"]["post"]
+    interact["description"] = interact["description"].replace(
+        "this answer, and (``update_mode: private``) changes the session's next answers.",
+        "this answer, and (``update_mode: private`` or ``global``) changes the session's next\n"
+        "answers; in ``global`` it also counts toward the item's trending score for everyone.",
+    )
+    return spec
+
+
 def test_openapi_is_the_document_from_before_the_split(tmp_path: Path) -> None:
     before = json.loads(BEFORE.read_text())
     after = json.loads(json.dumps(create_app(shaped_settings(tmp_path)).openapi()))
     assert "ScoredItem" not in after["components"]["schemas"]
-    expected = stories(hardened(merged_scored_item(before)))
+    expected = impressions_and_global(per_catalogue(freshness(stories(hardened(merged_scored_item(before))))))
     for path, operations in expected["paths"].items():
         assert after["paths"].get(path) == operations, path
     assert after == expected

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from serving.bundle import NoBundleError
@@ -19,7 +19,7 @@ router = APIRouter()
 
 
 @router.get("/health", response_model=Health, responses=UNAVAILABLE, tags=["service"])
-async def health(holder: HolderDep) -> dict[str, Any]:
+async def health(holder: HolderDep, request: Request) -> dict[str, Any]:
     """The live bundle's version, model and sizes; 503 until a bundle is published."""
     bundle = holder.get()
     refusal = holder.live_refusal()
@@ -28,11 +28,15 @@ async def health(holder: HolderDep) -> dict[str, Any]:
         detail = f"CURRENT names {refusal[0]}, which was refused: {refusal[1]}"
     return {
         "status": "ok" if refusal is None else "degraded",
+        "catalogue": request.app.state.settings.catalogue,
         "bundle_version": bundle.version,
         "model": bundle.model_name,
         "counts": bundle.counts,
         "loaded_at": bundle.loaded_at,
         "detail": detail,
+        "delta_seq": bundle.delta_seq,
+        "fresh_items": bundle.n_items - bundle.model_items,
+        "pool_date": bundle.pool.pool_date if bundle.pool is not None else None,
     }
 
 

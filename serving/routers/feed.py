@@ -2,7 +2,8 @@
 reader did, logged durably) and the feed page at ``/`` that uses both.
 
 An anonymous reader is a session, named by a cookie (``serving.session_cookie``) set on the
-first visit; its events change its next answers when ``serving.update_mode`` is ``private``.
+first visit; its events change its next answers when ``serving.update_mode`` is ``private``
+(or ``global``, where they also lift the items for every reader).
 """
 
 # No ``from __future__ import annotations``: FastAPI evaluates the endpoints' annotations,
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -72,6 +73,7 @@ def router(shapes: ParamShapes) -> APIRouter:
     @api.get("/feed", response_model=Feed, responses=UNAVAILABLE, tags=["recommend"])
     async def feed(
         query: Annotated[FeedQuery, Query()],
+        request: Request,
         response: Response,
         holder: HolderDep,
         serving: ServingDep,
@@ -106,13 +108,20 @@ def router(shapes: ParamShapes) -> APIRouter:
             learning_rate=serving.session_learning_rate,
             use_pool=True,
             known=known or len(state) > 0,
+            boost=(boost := shared.global_boost(request.app.state, bundle)),
         )
         items = shared.listed(bundle, result)
         explained = bundle.explain(result, history, time.time())
+        trending = set(boost.top.tolist()) if boost is not None else set()
         for item, idx, (topic, why, code) in zip(items, result.indices, explained, strict=True):
+            if idx in trending and item["stage"] != "exploration":
+                label = topic or (bundle.categories[idx][0] if bundle.categories[idx] else None)
+                why = f"trending now in {label}" if label else "trending now"
             item.update(bundle.story_record(idx), topic=topic, why=why, reason_code=code)
         pool = bundle.pool
+        request_id = shared.log_impression(request.app.state, "/feed", session, who, bundle, result)
         return {
+            "request_id": request_id,
             "session": session,
             "user_id": who,
             "bundle_version": bundle.version,
@@ -142,7 +151,8 @@ def router(shapes: ParamShapes) -> APIRouter:
         session_cookie: CookieSession = None,
     ) -> dict[str, Any]:
         """Report what the reader did. The event is appended durably to the event log before
-        this answer, and (``update_mode: private``) changes the session's next answers.
+        this answer, and (``update_mode: private`` or ``global``) changes the session's next
+        answers; in ``global`` it also counts toward the item's trending score for everyone.
 
         With an ``event_id`` (idempotency key) a retry is answered like the first time and
         neither logged nor applied again (409 while the first is still in flight). With
@@ -182,7 +192,7 @@ def router(shapes: ParamShapes) -> APIRouter:
                 await run_in_threadpool(sessions.release, body.event_id)
             raise EventNotStoredError(f"the event log could not store the event ({exc}); retry") from exc
         metrics.events.labels(body.event).inc()
-        applied = serving.update_mode == "private"
+        applied = serving.update_mode in shared.SESSION_MODES
         if applied:
             state = await run_in_threadpool(sessions.record, event)
             n_events = len(state)

@@ -138,9 +138,13 @@ def router(shapes: ParamShapes) -> APIRouter:
             session_weights=weights,
             learning_rate=serving.session_learning_rate,
             known=known or bool(session_state and len(session_state)),
+            boost=shared.global_boost(state, bundle),
         )
         return lean_json(
             {
+                "request_id": shared.log_impression(
+                    state, "/recommend/{user_id}", session, user_id, bundle, result
+                ),
                 "user_id": user_id,
                 "bundle_version": bundle.version,
                 "model": bundle.model_name,
@@ -158,7 +162,7 @@ def router(shapes: ParamShapes) -> APIRouter:
         responses={**UNAVAILABLE, **TOO_LARGE},
     )
     async def recommend_adhoc(
-        body: Annotated[RecommendBody, Body()], holder: HolderDep, serving: ServingDep
+        body: Annotated[RecommendBody, Body()], request: Request, holder: HolderDep, serving: ServingDep
     ) -> Response:
         """Recommendations for a history the caller keeps: catalogue item ids and/or free titles.
 
@@ -208,9 +212,13 @@ def router(shapes: ParamShapes) -> APIRouter:
             history,
             p,
             min_interactions=serving.min_interactions,
+            boost=shared.global_boost(request.app.state, bundle),
         )
         return lean_json(
             {
+                "request_id": shared.log_impression(
+                    request.app.state, "/recommend", None, None, bundle, result
+                ),
                 "bundle_version": bundle.version,
                 "model": bundle.model_name,
                 "strategy": result.strategy,

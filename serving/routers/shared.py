@@ -7,6 +7,7 @@ whose history and session state it sees, and how its result becomes a list of it
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +17,8 @@ from fastapi import Response
 from starlette.concurrency import run_in_threadpool
 
 from serving.bundle import LoadedBundle
-from serving.cascade import CascadeParams, CascadeResult, Stage, stable_seed
+from serving.cascade import CascadeParams, CascadeResult, ItemBoost, Stage, stable_seed
+from serving.impressions import new_request_id
 from serving.schemas import SESSION_PATTERN
 from serving.sessions import SessionState
 from storage.settings import ServingSettings
@@ -26,6 +28,8 @@ INLINE_MAX_K = 50
 INLINE_MIN_HISTORY = 100
 """History length that always counts as ordinary, however short the warm-up's were."""
 _SESSION_RE = re.compile(SESSION_PATTERN)
+SESSION_MODES = ("private", "global")
+"""The ``update_mode`` values in which a session's own events change its answers."""
 
 
 async def run_cascade(
@@ -97,7 +101,7 @@ def reader(
     history = base if base is not None else np.zeros(0, dtype=np.int64)
     weights = None
     exclude = history
-    if session is not None and len(session) and serving.update_mode == "private":
+    if session is not None and len(session) and serving.update_mode in SESSION_MODES:
         extra = bundle.indices_of(session.positives)
         history = np.concatenate([history.astype(np.int64), extra]) if len(extra) else history
         exclude = np.union1d(history, bundle.indices_of(sorted(session.touched)))
@@ -124,3 +128,43 @@ def session_from(
             serving.session_cookie, session, max_age=365 * 86400, httponly=True, samesite="lax"
         )
     return session, known
+
+
+def global_boost(app_state: Any, bundle: LoadedBundle) -> ItemBoost | None:
+    """The shared item scores for ``bundle`` in ``update_mode: global``; None otherwise."""
+    signals = app_state.signals
+    return signals.boost(bundle) if signals is not None else None
+
+
+def log_impression(
+    app_state: Any,
+    endpoint: str,
+    session: str | None,
+    user_id: str | None,
+    bundle: LoadedBundle,
+    result: CascadeResult,
+) -> str:
+    """Queue the answer's impression (when ``serving.impressions`` is on); returns its request id.
+
+    Only references are queued (the bundle's id list, the listed indices): the background
+    writer formats the line, so this costs a uuid and a tuple on the request's path."""
+    request_id = new_request_id()
+    impressions = app_state.impressions
+    if impressions is not None:
+        impressions.log(
+            (
+                request_id,
+                time.time(),
+                endpoint,
+                session,
+                user_id,
+                bundle.item_ids,
+                result.indices,
+                result.stages,
+                bundle.model_name,
+                bundle.version,
+                bundle.delta_seq,
+                result.strategy,
+            )
+        )
+    return request_id

@@ -46,6 +46,10 @@ class ScrapeSummary:
     merged_content: int
     quarantined: int
     demo_server: str | None = None
+    fetched_at: datetime | None = None
+    """When the scrape's work ended (the freshness benchmark measures from here)."""
+    delta: str | None = None
+    """What the publish-fresh step after the scrape did (its log line)."""
 
     @property
     def requests(self) -> int:
