@@ -59,6 +59,7 @@ def test_demo_serves_movielens_and_news_until_ctrl_c(ml100k_dir: Path, tmp_path:
     env |= {
         "PYTHONPATH": str(REPO),
         "RECFLOW_FEEDS__DEMO_PORT": str(feed_port),
+        "RECFLOW_MODEL__NAME": "itemknn-recency",  # one cheap model: not about choosing one
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "DO_NOT_TRACK": "1",

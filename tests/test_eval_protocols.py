@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from storage.settings import Settings
 from storage.warehouse import open_warehouse
 from tasks.eval_report import recommendation_lists
 from tasks.prepare import KCORE_TABLE, TEMPORAL
-from tasks.report import print_report, run_evaluation
+from tasks.report import PEERS, print_report, run_evaluation
 from tasks.training import SplitData, evaluate, load_split_data
 
 
@@ -121,3 +122,42 @@ def test_both_protocols_in_the_json_the_table_and_the_report(ml100k_slice: Path,
         assert f"| {name} | {results['valid'][name]['ndcg@10']:.4f} | {llo['hr@10']:.4f} |" in md
         assert f"{llo['map@10']:.4f} | {llo['coverage@10']:.4f} | {llo['novelty@10']:.4f} |" in md
         assert f"| {name} | {tmp['hr@10']:.4f} | {tmp['ndcg@10']:.4f} |" in md
+
+
+@pytest.mark.slow  # trains a two-tower twice
+def test_fusion_keeps_its_validated_weight_on_the_temporal_refit_and_peers_are_listed(
+    ml100k_slice: Path, tmp_path: Path
+) -> None:
+    """``two-tower-knn`` (what the nightly serves) is measured on both protocols: the temporal
+    refit has no validation part, so it reuses the weight leave-last-out's validation chose.
+    The peers' published figures stand beside the measured rows in the JSON, table and report,
+    and every row carries the fit's CPU seconds."""
+    settings = Settings(
+        home=tmp_path / "var",
+        catalogue="fusion",
+        source={"kind": "movielens", "path": str(ml100k_slice)},
+        embedding={"enabled": False},
+    )
+    tower = {"use_text": False, "dim": 8, "epochs": 2, "threads": 1, "progress": False, "max_len": 10}
+    grid: dict[str, list[dict[str, Any]]] = {
+        "two-tower-knn": [{"two_tower": tower, "weight_grid": [0.0, 1.0]}],
+        "popularity": [{}],
+    }
+    results = run_evaluation(settings, models=grid, out=tmp_path / "eval.json")
+
+    chosen = results["models"]["two-tower-knn"]["params"]
+    assert chosen["weight"] in (0.0, 1.0) and chosen["tune_weight"] is True
+    refit = results["temporal"]["models"]["two-tower-knn"]["params"]
+    assert refit["weight"] == chosen["weight"] and refit["tune_weight"] is False
+    for table in (results["models"], results["temporal"]["models"]):
+        assert table["two-tower-knn"]["cpu_seconds"] > 0.0
+        assert all(m["cpu_seconds"] >= 0.0 for m in table.values())
+
+    assert results["peers"]["models"] == PEERS and "same protocol" in results["peers"]["source"]
+    console = Console(record=True, width=160)
+    print_report(results, console)
+    text = console.export_text()
+    for name, figures in PEERS.items():
+        assert f"peer: {name}" in text and f"{figures['hr@10']:.4f} │ {figures['ndcg@10']:.4f}" in text
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert all(f"| {name} | {m['ndcg@10']:.3f} | {m['hr@10']:.3f} |" in md for name, m in PEERS.items())
