@@ -64,7 +64,6 @@ def test_demo_serves_movielens_and_news_until_ctrl_c(ml100k_dir: Path, tmp_path:
         "TRANSFORMERS_OFFLINE": "1",
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "RECFLOW_MODEL__NAME": "itemknn-recency",  # one cheap model per nightly: the test is about the demo
     }
     log = tmp_path / "demo.log"
     cmd = [sys.executable, "-m", "deployments.cli", "demo", "--port", str(port), "--feed-days", "1"]
