@@ -31,7 +31,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from serving.bundle import BundleHolder
+from serving.bundle import BundleHolder, bundle_loader
 from serving.cascade import pin_threads, set_search_threads
 from serving.dependencies import check_admin_exposure, install_error_handlers
 from serving.events import EventLog
@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.holder = BundleHolder(
         ArtifactStore(settings.bundles_dir, keep=settings.bundles_keep),
         serving.reload_check_s,
+        loader=bundle_loader(serving.rank_stage),
         pinned=serving.bundle_version,
     )
     app.state.metrics = ServiceMetrics()

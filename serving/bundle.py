@@ -829,6 +829,58 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
     return bundle
 
 
+class TextSimilarityRanker:
+    """The rank stage of ``serving.rank_stage = "text-similarity"``: a candidate's cosine to
+    the mean text vector of the reader's history, nothing learned. The baseline the learned
+    news stack is measured against (``make eval-news``'s ``text-similarity`` row and A/B arm),
+    served through the same cascade so only the ranking differs."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = unit_rows(np.asarray(vectors, dtype=np.float32))
+
+    def score(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        n = self.vectors.shape[0]
+        history = np.asarray(history, dtype=np.int64)
+        history = history[(history >= 0) & (history < n)]  # delta rows are not in the bundle's vectors
+        candidates = np.asarray(candidates, dtype=np.int64)
+        scores = np.zeros(len(candidates), dtype=np.float64)
+        if len(history) == 0 or len(candidates) == 0:
+            return scores
+        profile = self.vectors[history].mean(axis=0)
+        known = candidates < n
+        scores[known] = self.vectors[candidates[known]] @ profile
+        return scores
+
+
+def text_similarity_bundle(bundle: LoadedBundle) -> LoadedBundle:
+    """``bundle`` served by text similarity alone: the text index retrieves (the user vector is
+    the history's mean text vector) and :class:`TextSimilarityRanker` ranks, whatever model and
+    ranker the bundle was published with. Raises :class:`BundleError` for a bundle without
+    text vectors (nothing to compare)."""
+    if bundle.vectors is None or bundle.index is None:
+        raise BundleError(
+            f"bundle {bundle.version}: serving.rank_stage = 'text-similarity' needs the bundle's text "
+            "vectors and index (embedding.enabled when it was published); it has none"
+        )
+    view = dataclasses.replace(
+        bundle,
+        ranker=TextSimilarityRanker(bundle.vectors),
+        ranker_name="text-similarity",
+        retrieval=RetrievalSpace(bundle.vectors, bundle.index, "text"),
+    )
+    cascade_ms, warm_history = warm_up(view)
+    return dataclasses.replace(view, cascade_ms=cascade_ms, warm_history=warm_history)
+
+
+def bundle_loader(
+    rank_stage: Literal["bundle", "text-similarity"],
+) -> Callable[[ArtifactStore, str], LoadedBundle]:
+    """How the service loads a bundle under ``serving.rank_stage``."""
+    if rank_stage == "text-similarity":
+        return lambda store, version: text_similarity_bundle(load_bundle(store, version))
+    return load_bundle
+
+
 FRESH_SHARE = 0.25
 """At most this share of a feed (at least one slot) goes to stories newer than the pool."""
 FRESH_HALF_LIFE_H = 3.0

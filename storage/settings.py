@@ -280,6 +280,10 @@ class ServingSettings(BaseModel):
     ``global``: ``private``, plus item-level signals every reader shares between nightlies
     (trending and click-through counts from the event log, time-decayed, blended into
     ranking by ``global_*``); ``none``: interactions are logged but never change answers."""
+    rank_stage: Literal["bundle", "text-similarity"] = "bundle"
+    """``bundle``: rank with what the bundle was published with (news: NRMS + the ranker);
+    ``text-similarity``: retrieve and rank by the cosine of a story's text vector to the mean
+    of the reader's (no learned stage): the baseline arm of ``make eval-news``'s A/B."""
     bundle_version: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,128}$")
     """Serve this published bundle version instead of following ``CURRENT`` (an A/B arm
     pinned to one bundle); None: follow ``CURRENT``."""
