@@ -106,7 +106,8 @@ bench-amazon: setup
 .PHONY: bench-fresh
 bench-fresh: setup
 	$(BIN)/python -m benchmarks.bench_fresh
-# NRMS vs popularity vs text similarity on simulated readers of the demo feeds (a few minutes).
+# NRMS vs popularity vs text similarity on simulated readers of the demo feeds, then the A/B
+# text-similarity vs nrms+ranker through the service (minutes; --no-ab: offline only).
 .PHONY: eval-news
 eval-news: setup
 	$(BIN)/python -m benchmarks.eval_news

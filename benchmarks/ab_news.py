@@ -88,3 +88,95 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+TEXT_ARM = "text-similarity"
+STACK_ARM = "nrms+ranker"
+
+
+def stack_vs_text_similarity(
+    home: Path,
+    *,
+    warmup_personas: int = 60,
+    personas: int = 120,
+    days: int = 2,
+    seed: int = 1,
+    nrms_epochs: int = 3,
+) -> dict[str, Any]:
+    """The served news stack against text similarity, through the real service (``ab-test``).
+
+    A fresh news home as in :func:`main`; a simulated warm-up day on the first bundle
+    (itemknn-recency) logs impressions; the nightly ingests them and trains NRMS with its
+    rank stage on them (bundle V). Then both arms serve V: ``text-similarity``
+    (``serving.rank_stage=text-similarity``: text retrieval and cosine ranking, nothing
+    learned) and ``nrms+ranker`` (V as published). Returns the flow's comparison plus the
+    bundle and run."""
+    home = home.resolve()
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+
+    import time
+
+    from demo.feeds import DemoFeedServer
+    from flows.ab import ab_test
+    from flows.harvest import morning_harvest
+    from flows.nightly import nightly_refresh
+    from flows.scrape import scrape_feeds
+    from storage.artifacts import ArtifactStore
+
+    when = datetime.now(UTC) - timedelta(days=1)
+    with DemoFeedServer(port=0, days=1, clock=lambda: when) as feeds:
+        overrides: dict[str, Any] = {
+            "home": str(home),
+            "feeds": {"feeds": feeds.feed_configs(), "allow_hosts": ["127.0.0.1"]},
+            "harvest": {"pool_size": 40},
+            "model": {"name": "itemknn-recency"},
+            "events": {"impression_click_window_s": 1},
+        }
+        print("building the first bundle: scrape, morning harvest, nightly …", flush=True)
+        scrape_feeds(catalogue="news", overrides=overrides)
+        morning_harvest(catalogue="news", overrides=overrides)
+        nightly_refresh(catalogue="news", overrides=overrides)
+        print(f"warm-up: {warmup_personas} readers for a day on the first bundle …", flush=True)
+        ab_test(
+            catalogue="news",
+            a="warmup-a:",
+            b="warmup-b:",
+            personas=warmup_personas,
+            days=1,
+            seed=seed + 1000,
+            run=f"warmup-seed{seed}",
+            scrape=False,
+            overrides=overrides,
+        )
+        time.sleep(2)  # the impressions' click window (1 s) closes: the nightly derives them all
+        stack = {**overrides, "model": {"name": "nrms"}}
+        stack["nrms"] = {"epochs": nrms_epochs, "device": "cpu", "progress": False, "seed": seed}
+        print("nightly: NRMS and the ranker on the logged impressions …", flush=True)
+        published = nightly_refresh(catalogue="news", overrides=stack)
+        version = published.version
+        if version is None:
+            raise RuntimeError(f"the nightly published no NRMS bundle: {published}")
+        outcome = ab_test(
+            catalogue="news",
+            a=f"{TEXT_ARM}:bundle={version},serving.rank_stage=text-similarity",
+            b=f"{STACK_ARM}:bundle={version}",
+            personas=personas,
+            days=days,
+            seed=seed,
+            run=f"eval-news-ab-seed{seed}",
+            scrape=False,
+            overrides=overrides,
+        )
+    return {
+        "bundle": version,
+        "model": ArtifactStore(home / "news" / "bundles").manifest(version).get("model", {}).get("name"),
+        "run": outcome.run,
+        "report_dir": outcome.report_dir,
+        "personas": personas,
+        "warmup_personas": warmup_personas,
+        "days": days,
+        "seed": seed,
+        **outcome.comparison,
+    }

@@ -21,6 +21,7 @@ import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -47,9 +48,24 @@ def main() -> None:
         "--ranker-share", type=float, default=0.25, help="last share of training for the ranker"
     )
     parser.add_argument("--two-tower-epochs", type=int, default=20)
+    parser.add_argument(
+        "--ab",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the A/B text-similarity vs nrms+ranker through the service (minutes)",
+    )
+    parser.add_argument("--ab-only", action="store_true", help="only the A/B; keep the offline table")
+    parser.add_argument("--ab-personas", type=int, default=120, help="A/B readers")
+    parser.add_argument("--ab-warmup", type=int, default=60, help="readers of the warm-up day")
+    parser.add_argument("--ab-days", type=int, default=2)
+    parser.add_argument("--ab-home", type=Path, default=Path("var/bench/eval-news-ab"))
     parser.add_argument("--out", type=Path, default=Path("var/eval/news-personas.json"))
     parser.add_argument("--summary", type=Path, default=Path("var/eval/news.json"))
     args = parser.parse_args()
+
+    if args.ab_only:
+        run_ab(args, Console())
+        return
 
     import torch
 
@@ -121,6 +137,82 @@ def main() -> None:
         f"{results['text-similarity']['AUC']:.4f}: {gap:+.4f} (target ≥ +0.03); wrote {args.summary}"
     )
     console.print(f"wrote {args.out} ({report['seconds']:.0f} s in all)")
+    if args.ab:
+        run_ab(args, console)
+
+
+AB_KEYS = {  # the harness's metric → its name in news.json, its label
+    "ctr": ("ctr", "click-through"),
+    "like_rate": ("like_rate", "likes / listed"),
+    "skip_rate": ("skip_rate", "skips / listed"),
+    "dwell_s": ("dwell_s", "dwell per click (s)"),
+    "coverage": ("coverage", "catalogue coverage"),
+    "clicked_age_h": ("freshness_h", "mean age of clicked stories (h)"),
+}
+
+
+def run_ab(args: argparse.Namespace, console: Console) -> None:
+    """The A/B arms text-similarity vs nrms+ranker through the real service; writes ``ab``
+    (per arm: each metric and its 95 % interval) and ``ab_protocol`` into the summary."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from benchmarks.ab_news import STACK_ARM, TEXT_ARM, stack_vs_text_similarity
+
+    started = time.perf_counter()
+    out = stack_vs_text_similarity(
+        args.ab_home,
+        warmup_personas=args.ab_warmup,
+        personas=args.ab_personas,
+        days=args.ab_days,
+        seed=args.seed,
+        nrms_epochs=args.epochs,
+    )
+    arms: dict[str, dict[str, Any]] = {}
+    for arm, m in out["arms"].items():
+        row: dict[str, Any] = {
+            "sessions": m["sessions"],
+            "visits": m["visits"],
+            "listed": m.get("listed", 0),
+            "clicks": m.get("clicks", 0),
+        }
+        for key, (name, _) in AB_KEYS.items():
+            row[name] = m[key]["value"]
+            row[f"{name}_ci95"] = m[key]["ci95"]
+        arms[arm] = row
+    table = Table(title="A/B through the service: simulated readers, 95 % bootstrap intervals over sessions")
+    table.add_column("metric")
+    for arm in arms:
+        table.add_column(arm, justify="right")
+    for key in ("sessions", "visits", "listed", "clicks"):
+        table.add_row(key, *(str(arms[a][key]) for a in arms))
+    for key, label in AB_KEYS.values():
+        table.add_row(
+            label,
+            *(
+                f"{arms[a][key]:.4g} [{arms[a][f'{key}_ci95'][0]:.4g}, {arms[a][f'{key}_ci95'][1]:.4g}]"
+                for a in arms
+            ),
+        )
+    console.print(table)
+    summary = json.loads(args.summary.read_text()) if args.summary.exists() else {}
+    summary["ab"] = arms
+    summary["ab_protocol"] = {
+        k: out[k]
+        for k in ("bundle", "model", "run", "report_dir", "personas", "warmup_personas", "days", "seed")
+    } | {
+        "ctr_lift": out["ctr_lift"],
+        "ctr_intervals_overlap": out["ctr_intervals_overlap"],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    args.summary.parent.mkdir(parents=True, exist_ok=True)
+    args.summary.write_text(json.dumps(summary, indent=2))
+    met = out["ctr_lift"] >= 0.10 and not out["ctr_intervals_overlap"]
+    console.print(
+        f"CTR of {STACK_ARM} vs {TEXT_ARM}: {out['ctr_lift']:+.1%} (target ≥ +10 %), 95 % intervals "
+        f"{'overlap' if out['ctr_intervals_overlap'] else 'do not overlap'}: target "
+        f"{'met' if met else 'missed'}; bundle {out['bundle']} ({out['model']}); wrote {args.summary} "
+        f"({summary['ab_protocol']['seconds']:.0f} s)"
+    )
 
 
 if __name__ == "__main__":
