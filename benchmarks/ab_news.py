@@ -97,16 +97,17 @@ STACK_ARM = "nrms+ranker"
 def stack_vs_text_similarity(
     home: Path,
     *,
-    warmup_personas: int = 60,
-    personas: int = 120,
+    warmup_personas: int = 300,
+    warmup_days: int = 2,
+    personas: int = 800,
     days: int = 2,
     seed: int = 1,
     nrms_epochs: int = 3,
 ) -> dict[str, Any]:
     """The served news stack against text similarity, through the real service (``ab-test``).
 
-    A fresh news home as in :func:`main`; a simulated warm-up day on the first bundle
-    (itemknn-recency) logs impressions; the nightly ingests them and trains NRMS with its
+    A fresh news home as in :func:`main`; simulated warm-up days on the first bundle
+    (a cold-start popularity one) log impressions; the nightly ingests them and trains NRMS with its
     rank stage on them (bundle V). Then both arms serve V: ``text-similarity``
     (``serving.rank_stage=text-similarity``: text retrieval and cosine ranking, nothing
     learned) and ``nrms+ranker`` (V as published). Returns the flow's comparison plus the
@@ -130,34 +131,41 @@ def stack_vs_text_similarity(
         overrides: dict[str, Any] = {
             "home": str(home),
             "feeds": {"feeds": feeds.feed_configs(), "allow_hosts": ["127.0.0.1"]},
-            "harvest": {"pool_size": 40},
-            "model": {"name": "itemknn-recency"},
+            "model": {"name": "itemknn-recency"},  # the harvest's pool as configured (150 stories)
             "events": {"impression_click_window_s": 1},
         }
         print("building the first bundle: scrape, morning harvest, nightly …", flush=True)
         scrape_feeds(catalogue="news", overrides=overrides)
         morning_harvest(catalogue="news", overrides=overrides)
         nightly_refresh(catalogue="news", overrides=overrides)
-        print(f"warm-up: {warmup_personas} readers for a day on the first bundle …", flush=True)
+        print(f"warm-up: {warmup_personas} readers for {warmup_days} days on the first bundle …", flush=True)
         ab_test(
             catalogue="news",
             a="warmup-a:",
             b="warmup-b:",
             personas=warmup_personas,
-            days=1,
+            days=warmup_days,
             seed=seed + 1000,
             run=f"warmup-seed{seed}",
             scrape=False,
             overrides=overrides,
         )
         time.sleep(2)  # the impressions' click window (1 s) closes: the nightly derives them all
-        stack = {**overrides, "model": {"name": "nrms"}}
+        stack = {**overrides, "model": {"candidates": ["nrms"]}}
         stack["nrms"] = {"epochs": nrms_epochs, "device": "cpu", "progress": False, "seed": seed}
         print("nightly: NRMS and the ranker on the logged impressions …", flush=True)
         published = nightly_refresh(catalogue="news", overrides=stack)
         version = published.version
-        if version is None:
-            raise RuntimeError(f"the nightly published no NRMS bundle: {published}")
+        served = (
+            ArtifactStore(home / "news" / "bundles").manifest(version).get("model", {}).get("name")
+            if version
+            else None
+        )
+        if served != "nrms":
+            raise RuntimeError(
+                f"the nightly after the warm-up published {served!r} (bundle {version}), not NRMS: "
+                "too few logged impressions? raise the warm-up readers or days"
+            )
         outcome = ab_test(
             catalogue="news",
             a=f"{TEXT_ARM}:bundle={version},serving.rank_stage=text-similarity",
@@ -171,11 +179,12 @@ def stack_vs_text_similarity(
         )
     return {
         "bundle": version,
-        "model": ArtifactStore(home / "news" / "bundles").manifest(version).get("model", {}).get("name"),
+        "model": served,
         "run": outcome.run,
         "report_dir": outcome.report_dir,
         "personas": personas,
         "warmup_personas": warmup_personas,
+        "warmup_days": warmup_days,
         "days": days,
         "seed": seed,
         **outcome.comparison,

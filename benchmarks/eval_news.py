@@ -55,8 +55,9 @@ def main() -> None:
         help="also run the A/B text-similarity vs nrms+ranker through the service (minutes)",
     )
     parser.add_argument("--ab-only", action="store_true", help="only the A/B; keep the offline table")
-    parser.add_argument("--ab-personas", type=int, default=120, help="A/B readers")
-    parser.add_argument("--ab-warmup", type=int, default=60, help="readers of the warm-up day")
+    parser.add_argument("--ab-personas", type=int, default=800, help="A/B readers")
+    parser.add_argument("--ab-warmup", type=int, default=300, help="readers of the warm-up days")
+    parser.add_argument("--ab-warmup-days", type=int, default=2)
     parser.add_argument("--ab-days", type=int, default=2)
     parser.add_argument("--ab-home", type=Path, default=Path("var/bench/eval-news-ab"))
     parser.add_argument("--out", type=Path, default=Path("var/eval/news-personas.json"))
@@ -162,6 +163,7 @@ def run_ab(args: argparse.Namespace, console: Console) -> None:
     out = stack_vs_text_similarity(
         args.ab_home,
         warmup_personas=args.ab_warmup,
+        warmup_days=args.ab_warmup_days,
         personas=args.ab_personas,
         days=args.ab_days,
         seed=args.seed,
@@ -198,7 +200,17 @@ def run_ab(args: argparse.Namespace, console: Console) -> None:
     summary["ab"] = arms
     summary["ab_protocol"] = {
         k: out[k]
-        for k in ("bundle", "model", "run", "report_dir", "personas", "warmup_personas", "days", "seed")
+        for k in (
+            "bundle",
+            "model",
+            "run",
+            "report_dir",
+            "personas",
+            "warmup_personas",
+            "warmup_days",
+            "days",
+            "seed",
+        )
     } | {
         "ctr_lift": out["ctr_lift"],
         "ctr_intervals_overlap": out["ctr_intervals_overlap"],
