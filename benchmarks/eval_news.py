@@ -9,8 +9,15 @@ multi-head ranker of models/news_ranker.py). NRMS keeps its best epoch on the la
 ``--ranker-share`` of the training impressions, on which the ranker then learns; nothing
 sees the held-out ones. Prints the table, writes the full report to
 ``var/eval/news-personas.json`` and the ``offline`` table of ``var/eval/news.json``
-(``{"offline": {model: {"auc", "ndcg@10"}}}``; other keys of that file, e.g. the A/B
-harness's ``ab``, are kept).
+(``{"offline": {model: {"auc", "ndcg@10"}}}``; other keys of that file are kept).
+
+Then (``--no-ab`` skips it, ``--ab-only`` runs only it) the A/B through the real service
+(:func:`benchmarks.ab_news.stack_vs_text_similarity`): a fresh news home, simulated warm-up
+days, the nightly trains NRMS and its rank stage on the logged impressions, and the
+``ab-test`` flow serves that bundle as arm ``nrms+ranker`` and by text similarity alone
+(``serving.rank_stage=text-similarity``) as arm ``text-similarity``. Writes ``ab`` (per arm:
+``ctr``, ``like_rate``, ``skip_rate``, ``dwell_s``, ``coverage``, ``freshness_h`` (mean age of
+clicked stories), each with ``<metric>_ci95``) and ``ab_protocol`` (bundle, run, lift) there.
 """
 
 from __future__ import annotations

@@ -306,8 +306,10 @@ def plot_arms(comparison: Mapping[str, Any], arms: Sequence[Arm], path: Path) ->
     per = comparison["arms"]
     for ax, (key, label) in zip(axes.flat, METRICS.items(), strict=True):
         values = [per[a.name][key]["value"] for a in arms]
-        lo = [v - per[a.name][key]["ci95"][0] for a, v in zip(arms, values, strict=True)]
-        hi = [per[a.name][key]["ci95"][1] - v for a, v in zip(arms, values, strict=True)]
+        # A bootstrap interval need not contain the point estimate (coverage: a resample lists
+        # at most what all sessions did), so a bar never reaches below 0.
+        lo = [max(0.0, v - per[a.name][key]["ci95"][0]) for a, v in zip(arms, values, strict=True)]
+        hi = [max(0.0, per[a.name][key]["ci95"][1] - v) for a, v in zip(arms, values, strict=True)]
         ax.bar(
             [a.name for a in arms],
             values,

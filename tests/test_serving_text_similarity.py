@@ -45,3 +45,16 @@ def test_the_service_ranks_by_text_similarity_when_told(tmp_path: Path) -> None:
     assert len(ids) == 6
     assert ids[0] == expected[0], (ids, expected[:8])
     assert ids == [i for i in expected if i in ids], "listed in the order of the cosine to the history"
+
+
+def test_the_ab_plot_takes_an_interval_that_misses_its_point(tmp_path: Path) -> None:
+    """A/B coverage: every bootstrap resample lists fewer stories than all sessions did, so the
+    interval can lie below the point estimate; the report's plot must still draw."""
+    from tasks.ab import METRICS, Arm, plot_arms
+
+    def arm(value: float) -> dict:
+        return {key: {"value": value, "ci95": [value - 0.02, value - 0.01]} for key in METRICS}
+
+    comparison = {"arms": {"a": arm(0.5), "b": arm(0.4)}}
+    path = plot_arms(comparison, [Arm("a", {}), Arm("b", {})], tmp_path / "report.png")
+    assert path.stat().st_size > 0
