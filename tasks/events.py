@@ -31,10 +31,10 @@ import duckdb
 import pandas as pd
 
 from expectations import quarantine, validate_interactions
-from expectations.suites import quarantine_id
 from storage.labels import EVENT_TYPES, labelled
 from storage.settings import EventsSettings
 from storage.warehouse import scalar
+from tasks.jsonl_log import parse_lines, quarantine_bad_lines, read_new_lines
 
 EVENT_VALUES = {"click": 1.0, "like": 1.0, "share": 1.0, "dwell": 1.0, "skip": 0.0}
 """The stored ``value`` of each event (kept for what reads it, e.g. demand counts); what an
@@ -126,11 +126,6 @@ def parse_event(line: str) -> dict[str, Any]:
     }
 
 
-def _offset(con: duckdb.DuckDBPyConnection, name: str) -> tuple[int, int]:
-    rows = con.execute("SELECT offset_b, lines FROM event_log_offsets WHERE file = ?", [name]).fetchall()
-    return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
-
-
 def ingest_events(
     con: duckdb.DuckDBPyConnection,
     events_dir: Path,
@@ -150,52 +145,24 @@ def ingest_events(
     known_items = {r[0] for r in con.execute("SELECT item_id FROM items").fetchall()}
     for path in sorted(events_dir.glob("*.jsonl")):
         name = path.name
-        offset, line_no = _offset(con, name)
-        size = path.stat().st_size
-        if size < offset:  # truncated or replaced: read again from the start (ids dedupe)
-            offset, line_no = 0, 0
-        if size == offset:
+        new = read_new_lines(con, path, name)
+        if new is None:
             continue
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            data = fh.read(size - offset)
-        complete, newline, tail = data.rpartition(b"\n")
-        torn = bool(tail)
-        if not newline:  # only a torn line so far
+        torn = new.torn
+        if not new.lines:  # only a torn line so far
             summary.files.append(FileIngest(name, 0, 0, 0, 0, 0, torn))
             continue
-        raw_lines = complete.split(b"\n")
-        rows: list[dict[str, Any]] = []
-        bad: list[dict[str, Any]] = []
-        for i, raw in enumerate(raw_lines, start=line_no + 1):
-            text = raw.decode("utf-8", errors="replace").strip()
-            if not text:
-                continue
-            try:
-                rows.append({**parse_event(text), "seq": i, "row_number": i})
-            except ValueError as exc:
-                rule = f"malformed event: {exc}"
-                bad.append(
-                    {
-                        "quarantine_id": quarantine_id("interactions", name, i, rule),
-                        "table_name": "interactions",
-                        "source_file": name,
-                        "row_number": i,
-                        "rule": rule,
-                        "payload": json.dumps({"line": text[:2000]}),
-                    }
-                )
+        parsed = parse_lines(
+            new,
+            lambda text, i: {**parse_event(text), "seq": i, "row_number": i},
+            table="interactions",
+            source_file=name,
+            what="event",
+        )
+        rows, bad = parsed.rows, parsed.bad
         con.execute("BEGIN TRANSACTION")
         try:
-            if bad:
-                con.register("bad_events", pd.DataFrame(bad))
-                con.execute(
-                    "INSERT INTO quarantine "
-                    "(quarantine_id, table_name, source_file, row_number, rule, payload) "
-                    "SELECT quarantine_id, table_name, source_file, row_number, rule, payload::JSON "
-                    "FROM bad_events ON CONFLICT DO NOTHING"
-                )
-                con.unregister("bad_events")
+            quarantine_bad_lines(con, bad)
             added = duplicates = quarantined = 0
             if rows:
                 frame = pd.DataFrame(rows)
@@ -228,16 +195,10 @@ def ingest_events(
                 upsert_users(
                     con, clean[["user_id"]].drop_duplicates().assign(attributes="{}"), overwrite=False
                 )
-            consumed = len(complete) + 1
-            con.execute(
-                "INSERT INTO event_log_offsets (file, offset_b, lines) VALUES (?, ?, ?) "
-                "ON CONFLICT (file) DO UPDATE SET offset_b = excluded.offset_b, lines = excluded.lines, "
-                "updated_at = now()",
-                [name, offset + consumed, line_no + len(raw_lines)],
-            )
+            new.commit_offset(con)
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")
             raise
-        summary.files.append(FileIngest(name, len(raw_lines), added, duplicates, len(bad), quarantined, torn))
+        summary.files.append(FileIngest(name, len(new.lines), added, duplicates, len(bad), quarantined, torn))
     return summary

@@ -36,9 +36,9 @@ import duckdb
 import pandas as pd
 
 from expectations import quarantine
-from expectations.suites import quarantine_id
 from storage.warehouse import scalar
 from tasks.impressions import insert_impressions, validate_impressions
+from tasks.jsonl_log import parse_lines, quarantine_bad_lines, read_new_lines
 
 HISTORY_MAX = 50
 """Most history entries a derived row carries (the reader's latest positives)."""
@@ -130,11 +130,6 @@ def parse_impression(line: str) -> dict[str, Any]:
     }
 
 
-def _offset(con: duckdb.DuckDBPyConnection, name: str) -> tuple[int, int]:
-    rows = con.execute("SELECT offset_b, lines FROM event_log_offsets WHERE file = ?", [name]).fetchall()
-    return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
-
-
 def ingest_impressions(
     con: duckdb.DuckDBPyConnection,
     directory: Path,
@@ -155,52 +150,24 @@ def ingest_impressions(
 
 
 def _ingest_file(con: duckdb.DuckDBPyConnection, path: Path, summary: ImpressionIngestSummary) -> None:
-    key = OFFSET_PREFIX + path.name
-    offset, line_no = _offset(con, key)
-    size = path.stat().st_size
-    if size < offset:  # replaced: read again (ids dedupe)
-        offset, line_no = 0, 0
-    if size == offset:
+    new = read_new_lines(con, path, OFFSET_PREFIX + path.name)
+    if new is None:
         return
-    with path.open("rb") as fh:
-        fh.seek(offset)
-        data = fh.read(size - offset)
-    complete, newline, tail = data.rpartition(b"\n")
     summary.files += 1
-    summary.torn_tails += bool(tail)
-    if not newline:
+    summary.torn_tails += new.torn
+    if not new.lines:
         return
-    raw_lines = complete.split(b"\n")
-    rows: list[dict[str, Any]] = []
-    bad: list[dict[str, Any]] = []
-    for i, raw in enumerate(raw_lines, start=line_no + 1):
-        text = raw.decode("utf-8", errors="replace").strip()
-        if not text:
-            continue
-        try:
-            rows.append({**parse_impression(text), "source_file": path.name})
-        except ValueError as exc:
-            rule = f"malformed impression: {exc}"
-            bad.append(
-                {
-                    "quarantine_id": quarantine_id("served_impressions", path.name, i, rule),
-                    "table_name": "served_impressions",
-                    "source_file": path.name,
-                    "row_number": i,
-                    "rule": rule,
-                    "payload": json.dumps({"line": text[:2000]}),
-                }
-            )
+    parsed = parse_lines(
+        new,
+        lambda text, _i: {**parse_impression(text), "source_file": path.name},
+        table="served_impressions",
+        source_file=path.name,
+        what="impression",
+    )
+    rows, bad = parsed.rows, parsed.bad
     con.execute("BEGIN TRANSACTION")
     try:
-        if bad:
-            con.register("bad_impressions", pd.DataFrame(bad))
-            con.execute(
-                "INSERT INTO quarantine (quarantine_id, table_name, source_file, row_number, rule, payload) "
-                "SELECT quarantine_id, table_name, source_file, row_number, rule, payload::JSON "
-                "FROM bad_impressions ON CONFLICT DO NOTHING"
-            )
-            con.unregister("bad_impressions")
+        quarantine_bad_lines(con, bad)
         added = 0
         if rows:
             before = int(scalar(con, "SELECT count(*) FROM served_impressions"))
@@ -214,21 +181,16 @@ def _ingest_file(con: duckdb.DuckDBPyConnection, path: Path, summary: Impression
             )
             con.unregister("new_impressions")
             added = int(scalar(con, "SELECT count(*) FROM served_impressions")) - before
-        con.execute(
-            "INSERT INTO event_log_offsets (file, offset_b, lines) VALUES (?, ?, ?) "
-            "ON CONFLICT (file) DO UPDATE SET offset_b = excluded.offset_b, lines = excluded.lines, "
-            "updated_at = now()",
-            [key, offset + len(complete) + 1, line_no + len(raw_lines)],
-        )
+        new.commit_offset(con)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
-    summary.lines += len(raw_lines)
+    summary.lines += len(new.lines)
     summary.malformed += len(bad)
     summary.added += added
     summary.duplicates += len(rows) - added
-    summary.per_file.append((path.name, len(raw_lines), added))
+    summary.per_file.append((path.name, len(new.lines), added))
 
 
 _DERIVE = """
