@@ -62,6 +62,7 @@ def router(shapes: ParamShapes, news: bool = False) -> APIRouter:
     ``news``: ``/`` is the news reader rather than the item view."""
     api = APIRouter()
     page = (STATIC / ("news.html" if news else "index.html")).read_text(encoding="utf-8")
+    page_js = (STATIC / "page.js").read_text(encoding="utf-8")
     CookieSession = Annotated[str | None, shapes.session_cookie_param()]
 
     class FeedQuery(BaseModel):
@@ -236,5 +237,10 @@ def router(shapes: ParamShapes, news: bool = False) -> APIRouter:
     async def index_page() -> HTMLResponse:
         """The feed page: today's stories (news) or items with like / skip buttons."""
         return HTMLResponse(page)
+
+    @api.get("/page.js", include_in_schema=False)
+    async def page_script() -> Response:
+        """The helpers the feed pages share."""
+        return Response(page_js, media_type="text/javascript; charset=utf-8")
 
     return api
