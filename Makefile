@@ -14,6 +14,10 @@ export TRANSFORMERS_OFFLINE := 1
 TORCH_INDEX_URL ?=
 export TORCH_INDEX_URL
 
+# Test files run in this many worker processes, a file's tests in one (their fixtures are per
+# file): most slow tests wait on a server, a Prefect API or a subprocess, so 3 fit 2 cores.
+TEST_WORKERS ?= 3
+
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
@@ -47,12 +51,12 @@ test: setup
 	$(BIN)/recflow data demo
 	# The feed page is tested in Debian's headless chromium (driven over CDP, nothing downloaded).
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The unit tier: everything not marked slow (no Prefect API, no model training, no browser).
 test-fast: setup
 	$(BIN)/recflow data demo
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check .
