@@ -510,10 +510,20 @@ def recommend(
     if not all_users or out is None:
         console.print("[red]pass --all-users and --out FILE.parquet (one user: GET /recommend/{user_id})[/]")
         raise typer.Exit(2)
+    from flows.cluster import fanout_configured
+
+    settings = _settings(catalogue)
     try:
-        summary = export_recommendations(
-            ArtifactStore(_settings(catalogue).bundles_dir), out, k=k, version=version, batch_size=batch_size
-        )
+        if fanout_configured(settings):  # settings.cluster: user shards over Dask, one file
+            from flows.export import export_recommendations_flow
+
+            summary = export_recommendations_flow(
+                out, k=k, version=version, batch_size=batch_size, catalogue=settings.catalogue
+            )
+        else:
+            summary = export_recommendations(
+                ArtifactStore(settings.bundles_dir), out, k=k, version=version, batch_size=batch_size
+            )
     except FileNotFoundError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
