@@ -268,8 +268,12 @@ class ItemIndex:
         (directory / _META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: Path) -> ItemIndex:
-        """Read an index written by :meth:`save`; raises ValueError if its files disagree."""
+    def load(cls, directory: Path, *, mmap: bool = False) -> ItemIndex:
+        """Read an index written by :meth:`save`; raises ValueError if its files disagree.
+
+        ``mmap``: map the shards' vectors (IVF lists, flat codes) from their files instead of
+        reading them, so processes that load the same index share one copy in the page cache.
+        Only for files that are never rewritten in place (a published bundle's)."""
         directory = Path(directory)
         meta_path = directory / _META_FILE
         if not meta_path.exists():
@@ -283,7 +287,8 @@ class ItemIndex:
             )
         settings = IndexSettings.model_validate(meta["params"])
         item_ids = np.load(directory / meta["item_ids_file"], allow_pickle=False)
-        shards = [faiss.read_index(str(directory / name)) for name in meta["shard_files"]]
+        flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
+        shards = [faiss.read_index(str(directory / name), flags) for name in meta["shard_files"]]
         if meta["kind"] == "hnsw":
             for shard in shards:
                 faiss.downcast_index(shard).hnsw.efSearch = settings.hnsw_ef_search  # type: ignore[attr-defined]

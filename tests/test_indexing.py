@@ -172,6 +172,11 @@ def test_save_load_round_trip(
     assert loaded.metadata() == index.metadata()
     for got, want in zip(loaded.search(queries, K), index.search(queries, K), strict=True):
         np.testing.assert_array_equal(got, want)
+    # memory-mapped (what serving does with big files): the same answers
+    mapped = ItemIndex.load(tmp_path / "index", mmap=True)
+    assert mapped.metadata() == index.metadata()
+    for got, want in zip(mapped.search(queries, K), index.search(queries, K), strict=True):
+        np.testing.assert_array_equal(got, want)
     # ids are stored without pickling: loading a bundle never runs code
     stored = np.load(tmp_path / "index" / "item_ids.npy", allow_pickle=False)
     assert stored.dtype.kind == "U"
