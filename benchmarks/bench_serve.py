@@ -12,6 +12,9 @@ processes (default one per core, as the service would be deployed; the floor get
   ItemKNN-recency model whose neighbours are cluster mates. Built once (about a minute) and
   cached under ``var/bench/synthetic-500k``. Before serving it, the retrieval recall@N of
   the bench's own users' vectors against exact search is measured and printed.
+  ``--items 5000000`` (``make bench-serve-5m``) is the same recipe at ten times the items,
+  ``synthetic-5m``: generated and paired in bounded chunks (float32 throughout), so its
+  build holds little more than the arrays it publishes.
 
 Load comes from a separate process (this one), so it does not share the server's interpreter.
 Each server is measured two ways, ``--warmup`` seconds discarded, then ``--seconds`` measured:
@@ -66,6 +69,9 @@ RECIPE_VERSION = 5
 """Bumped when the bundle's construction changes in code rather than in settings (4: IVF
 nprobe widened per query, so measured recall is what single queries get), so a cached
 bundle built by older code is rebuilt."""
+WORKER_HEALTHCHECK_S = 600
+"""As ``recflow serve`` starts uvicorn: a worker loading the 5M bundle holds the GIL for
+seconds and would miss uvicorn's default 5 s health check, be killed and restarted forever."""
 TARGETS = {"p99_ms_max": 20.0, "rps_min": 400.0, "p50_vs_floor_max": 3.0}
 
 
@@ -313,13 +319,16 @@ def start_server(target: str, port: int, env: dict[str, str], workers: int = 1) 
     cmd = [
         sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port),
         "--log-level", "warning", "--no-access-log", "--workers", str(workers),
+        "--timeout-worker-healthcheck", str(WORKER_HEALTHCHECK_S),
     ]  # fmt: skip
     if target.endswith("create_app"):
         cmd.append("--factory")
     return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, start_new_session=True)
 
 
-def wait_ready(port: int, path: str, timeout: float = 300.0) -> None:
+def wait_ready(port: int, path: str, timeout: float = 1200.0) -> None:
+    """Until ``path`` answers 200: a worker loading a 5,000,000-item bundle (checksums, the
+    catalogue, the neighbour matrix) takes minutes on a busy two-core machine."""
     import httpx
 
     deadline = time.monotonic() + timeout

@@ -54,6 +54,10 @@ SomeCatalogue = Annotated[
 ]
 
 
+WORKER_HEALTHCHECK_S = 600
+"""Seconds uvicorn's supervisor waits for a worker to answer its health check (see ``serve``)."""
+
+
 def _settings(catalogue: str | None = None):
     from storage.settings import catalogue_settings
 
@@ -179,6 +183,10 @@ def serve(
         port=port or settings.serving.port,
         workers=workers,
         log_level="info",
+        # A worker loading a big bundle (millions of items: checksums, the catalogue) holds the
+        # GIL for seconds at a time and misses uvicorn's 5 s health check, which kills it and
+        # starts another that misses it again; a live worker answers within milliseconds.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
     )
 
 
