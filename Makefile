@@ -7,7 +7,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup lock lint-docker data demo test test-fast lint docs-screenshot eval bench-embed bench-index ui ui-screenshot reader-screenshot clean bench-scrape bench-serve
+.PHONY: setup lock lint-docker data demo test test-fast lint docs-screenshot eval bench-embed bench-index ui ui-screenshot reader-screenshot clean bench-scrape bench-serve bench-serve-5m
 
 # Where torch's CPU wheel comes from when it is not on local disk (the Dockerfile passes
 # https://download.pytorch.org/whl/cpu); empty: pip's own configuration.
@@ -134,6 +134,13 @@ bench-serve: setup
 	$(BIN)/recflow data demo
 	test -f var/movielens-100k/bundles/CURRENT || $(BIN)/recflow run nightly
 	$(BIN)/python -m benchmarks.bench_serve
+
+# /recommend on a synthetic 5,000,000-item bundle (built once into var/bench/synthetic-5m,
+# minutes), against the floor in the same run: var/bench/serve-5m.json. One worker process
+# each: a 5M-item worker holds ~5 GB of its own (ids, titles, categories, neighbours).
+bench-serve-5m: setup
+	$(BIN)/python -m benchmarks.bench_serve --items 5000000 --only floor synthetic-5m --workers 1 \
+		--p50-vs-floor-max 2 --out var/bench/serve-5m.json
 
 # The movie page (/movies) on the live MovieLens bundle, asked a question, as docs/movie-page.png.
 .PHONY: movies-screenshot

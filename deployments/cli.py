@@ -54,6 +54,10 @@ SomeCatalogue = Annotated[
 ]
 
 
+WORKER_HEALTHCHECK_S = 600
+"""Seconds uvicorn's supervisor waits for a worker to answer its health check (see ``serve``)."""
+
+
 def _settings(catalogue: str | None = None):
     from storage.settings import catalogue_settings
 
@@ -179,6 +183,10 @@ def serve(
         port=port or settings.serving.port,
         workers=workers,
         log_level="info",
+        # A worker loading a big bundle (millions of items: checksums, the catalogue) holds the
+        # GIL for seconds at a time and misses uvicorn's 5 s health check, which kills it and
+        # starts another that misses it again; a live worker answers within milliseconds.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
     )
 
 
@@ -510,10 +518,20 @@ def recommend(
     if not all_users or out is None:
         console.print("[red]pass --all-users and --out FILE.parquet (one user: GET /recommend/{user_id})[/]")
         raise typer.Exit(2)
+    from flows.cluster import fanout_configured
+
+    settings = _settings(catalogue)
     try:
-        summary = export_recommendations(
-            ArtifactStore(_settings(catalogue).bundles_dir), out, k=k, version=version, batch_size=batch_size
-        )
+        if fanout_configured(settings):  # settings.cluster: user shards over Dask, one file
+            from flows.export import export_recommendations_flow
+
+            summary = export_recommendations_flow(
+                out, k=k, version=version, batch_size=batch_size, catalogue=settings.catalogue
+            )
+        else:
+            summary = export_recommendations(
+                ArtifactStore(settings.bundles_dir), out, k=k, version=version, batch_size=batch_size
+            )
     except FileNotFoundError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc

@@ -1,8 +1,10 @@
 """The ``embed-items`` flow: encode every new or changed item text, once per model.
 
-In-process by default (one task: the model already uses both cores); with
-``embedding.dask_workers > 0`` the batches fan out over a local Dask cluster through
-Prefect's Dask task runner — the same code runs on a remote Dask cluster for big catalogues.
+In-process by default (one task: the model already uses both cores). With a cluster
+configured (``cluster.dask_address``, a running scheduler; or ``cluster.dask_workers`` /
+``embedding.dask_workers`` > 0, a local cluster) the batches fan out over Dask through
+Prefect's Dask task runner (:mod:`flows.cluster`): texts go to the workers, vectors come
+back, and only the flow's process opens the warehouse.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 
+from flows.cluster import dask_runner
 from models.text_encoder import encode
 from storage.settings import EmbeddingSettings, Settings, catalogue_settings
 from storage.warehouse import open_warehouse
@@ -64,33 +67,30 @@ def _fanout(settings: Settings) -> EmbedSummary:
     return plan.summary(time.perf_counter() - started)
 
 
+@flow(name="embed-items-fanout")
+def embed_fanout_flow(settings: Settings) -> EmbedSummary:
+    """The fan-out itself, as a subflow: its task runner (Dask) is chosen at call time."""
+    summary = _fanout(settings)
+    report(summary)
+    return summary
+
+
+def embed_step(settings: Settings) -> EmbedSummary:
+    """Embed under ``settings``: over Dask when a cluster is configured, else in-process.
+    What the nightly's embedding step and the ``embed-items`` flow both call."""
+    runner = dask_runner(settings, settings.embedding.dask_workers)
+    if runner is None:
+        return embed_in_process_task(settings)
+    return embed_fanout_flow.with_options(task_runner=runner)(settings)
+
+
 @flow(name="embed-items")
 def embed_items_flow(catalogue: str | None = None, overrides: dict[str, Any] | None = None) -> EmbedSummary:
     """Embed what is new or changed in ``catalogue`` (None: the settings' own); show the
     summary as an artifact."""
-    settings = catalogue_settings(catalogue, overrides)
-    if settings.embedding.dask_workers > 0:
-        summary = _fanout(settings)
-        report(summary)
-        return summary
-    return embed_in_process_task(settings)
+    return embed_step(catalogue_settings(catalogue, overrides))
 
 
 def run_embed_items(overrides: dict[str, Any] | None = None, catalogue: str | None = None) -> EmbedSummary:
     """Run ``embed-items`` with the task runner the settings ask for."""
-    settings = catalogue_settings(catalogue, overrides)
-    workers = settings.embedding.dask_workers
-    if workers > 0:
-        from prefect_dask import DaskTaskRunner
-
-        runner = DaskTaskRunner(
-            cluster_kwargs={
-                "n_workers": workers,
-                "threads_per_worker": 1,
-                "processes": True,
-                "dashboard_address": None,
-            }
-        )
-        # prefect-dask's runner is generic over Dask futures, which Flow.with_options does not name.
-        return embed_items_flow.with_options(task_runner=runner)(catalogue, overrides)  # type: ignore[arg-type]
     return embed_items_flow(catalogue, overrides)

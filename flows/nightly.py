@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from expectations import DataQualityError
-from flows.embed import embed_in_process_task
+from flows.embed import embed_step
 from models.configs import ModelOverrides
 from storage.artifacts import ArtifactStore
 from storage.settings import Settings, catalogue_settings
@@ -472,7 +472,7 @@ def nightly_refresh(
     if settings.source.kind == "feeds":
         ensure_pool_task(settings)
     if settings.embedding.enabled:
-        embed_in_process_task(settings)
+        embed_step(settings)  # over Dask when settings.cluster names one
     kcore_task(settings)
     split_task(settings)
     return train_publish_task(settings, str(flow_run.get_id()) if flow_run.get_id() else None, candidates)

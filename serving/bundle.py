@@ -4,6 +4,9 @@ Why everything is read into memory: a bundle directory may be deleted by retenti
 rolled away from) while the service runs, and DuckDB would keep a file handle open for the
 life of a connection. So ``catalog.duckdb`` is opened read-only, read completely and closed;
 the request path then touches only numpy arrays and Python lists, never DuckDB or the disk.
+The exception is size: item vectors and index files above ``MAP_ABOVE_BYTES`` are
+memory-mapped (bundle files are never rewritten in place, and a deleted file's pages stay
+valid while mapped), so the service's worker processes share one copy in the page cache.
 
 Why the swap is safe: a :class:`LoadedBundle` is never mutated after it is built. The holder
 replaces its single reference to the live bundle in one assignment (atomic in CPython), and a
@@ -64,6 +67,10 @@ from storage.settings import ServingSettings
 logger = logging.getLogger("recflow.serving")
 
 CATALOG = "catalog.duckdb"
+MAP_ABOVE_BYTES = 1 << 29
+"""Item vectors or an index file larger than this (512 MiB) are memory-mapped, not read: at
+5,000,000 64-d items each is 1.3 GB, which every uvicorn worker would otherwise hold apart.
+Smaller bundles (MovieLens, the 500k bench) are read into memory as before."""
 MODEL_DIR = "model"
 RUN_NIGHTLY_HINT = "run `recflow run nightly` to build and publish one"
 
@@ -760,12 +767,16 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
     vectors = index = None
     text_model = (manifest.get("embedding") or {}).get("model")
     if (path / "index").is_dir():
-        index = ItemIndex.load(path / "index")
+        big = [p.stat().st_size > MAP_ABOVE_BYTES for p in (path / "index").glob("shard-*.faiss")]
+        index = ItemIndex.load(path / "index", mmap=any(big))
         if [str(i) for i in index.item_ids] != item_ids:
             raise BundleError(f"bundle {version}: index item ids do not follow the catalogue order")
         # float32 in memory whatever was stored: the index searches float32, and a float64
         # copy would double what every user vector and similarity gathers
-        vectors = np.ascontiguousarray(np.load(path / "item_vectors.npy"), dtype=np.float32)
+        vectors_file = path / "item_vectors.npy"
+        mapped = vectors_file.stat().st_size > MAP_ABOVE_BYTES
+        stored = np.load(vectors_file, mmap_mode="r" if mapped else None)
+        vectors = np.ascontiguousarray(stored, dtype=np.float32)  # a float32 map stays a map
         if vectors.shape[0] != n_items:
             raise BundleError(f"bundle {version}: {vectors.shape[0]} item vectors for {n_items} items")
         if text_model is not None:
@@ -798,7 +809,7 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
         version=version,
         path=path,
         manifest=manifest,
-        items=items_table.to_pandas(),
+        items=items_table.to_pandas(types_mapper=pd.ArrowDtype),  # Arrow-backed: no object per cell
         item_index=item_index,
         histories=histories,
         popularity=popularity,

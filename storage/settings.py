@@ -612,6 +612,22 @@ class HarvestSettings(BaseModel):
     """...and at least this many positive events back it."""
 
 
+class ClusterSettings(BaseModel):
+    """Where the fan-out stages run: ``embed-items``' batches and ``export-recommendations``'
+    user shards, as Prefect tasks on Dask (prefect-dask's ``DaskTaskRunner``)."""
+
+    dask_address: str | None = None
+    """A running Dask scheduler (``tcp://host:8786``): both stages fan out over its workers.
+    The workers read bundles and write export parts under ``home``, so ``home`` must be the
+    same shared path on them as on the flow's machine. None: no remote cluster."""
+    dask_workers: NonNegativeInt = 0
+    """Without ``dask_address``: > 0 starts a local Dask cluster of this many processes (one
+    thread each) for the fan-out stages; 0 runs them in the flow's process, one after another."""
+    export_shards: NonNegativeInt = 0
+    """User shards of ``export-recommendations`` (one task each); 0: one per Dask worker when
+    fanning out (a single shard otherwise)."""
+
+
 class TuneSettings(BaseModel):
     """The ``tune-models`` flow (Optuna) and whether its results become the defaults."""
 
@@ -689,6 +705,7 @@ class Settings(BaseSettings):
     nrms: NRMSConfig = Field(default_factory=NRMSConfig)
     """NRMS, the news model: reads stories' words, learns from impressions."""
     tune: TuneSettings = Field(default_factory=TuneSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @field_validator("catalogues")
     @classmethod

@@ -172,6 +172,11 @@ def test_save_load_round_trip(
     assert loaded.metadata() == index.metadata()
     for got, want in zip(loaded.search(queries, K), index.search(queries, K), strict=True):
         np.testing.assert_array_equal(got, want)
+    # memory-mapped (what serving does with big files): the same answers
+    mapped = ItemIndex.load(tmp_path / "index", mmap=True)
+    assert mapped.metadata() == index.metadata()
+    for got, want in zip(mapped.search(queries, K), index.search(queries, K), strict=True):
+        np.testing.assert_array_equal(got, want)
     # ids are stored without pickling: loading a bundle never runs code
     stored = np.load(tmp_path / "index" / "item_ids.npy", allow_pickle=False)
     assert stored.dtype.kind == "U"
@@ -334,3 +339,14 @@ def faiss_cells(index: ItemIndex, queries: np.ndarray) -> np.ndarray:
     ivf = faiss.extract_index_ivf(index.shards[0])
     _, cells = ivf.quantizer.search(np.ascontiguousarray(queries), 1)
     return cells[:, 0]
+
+
+def test_automatic_ivf_cells_stop_at_the_cap() -> None:
+    """~8·√n cells up to ``IVF_AUTO_NLIST_MAX``: 5,000,000 items get as many cells as 500,000
+    (k-means training grows with the square of the cells); an explicit ``ivf_nlist`` wins."""
+    from models.ann import IVF_AUTO_NLIST_MAX, ivf_nlist
+
+    settings = IndexSettings()
+    assert ivf_nlist(100_000, settings) == 2048
+    assert ivf_nlist(500_000, settings) == ivf_nlist(5_000_000, settings) == IVF_AUTO_NLIST_MAX == 4096
+    assert ivf_nlist(5_000_000, IndexSettings(ivf_nlist=16_384)) == 16_384

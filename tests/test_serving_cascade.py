@@ -693,3 +693,31 @@ def test_fastapi_opentelemetry_follows_the_setting(tmp_path: Path, enabled: bool
     app = create_app(Settings(home=tmp_path, serving={"opentelemetry": enabled}))
     flags = app._telemetry  # FastAPI's own record of the configuration it was given
     assert (flags["tracing"], flags["metrics"], flags["logs"]) == (enabled, enabled, enabled)
+
+
+def test_big_files_are_memory_mapped_and_serve_the_same(
+    catalogue: Catalogue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above ``MAP_ABOVE_BYTES`` the vectors and the index are mapped from the bundle's files
+    (shared by the worker processes), and the lists are exactly the ones read into memory give."""
+    import serving.bundle as bundle_module
+
+    store = ArtifactStore(catalogue.settings.bundles_dir)
+    version = str(store.current_version())
+    read = bundle_module.load_bundle(store, version)
+    monkeypatch.setattr(bundle_module, "MAP_ABOVE_BYTES", 0)
+    mapped = bundle_module.load_bundle(store, version)
+    assert read.vectors is not None and mapped.vectors is not None
+
+    def is_mapped(array: np.ndarray) -> bool:
+        while array is not None:
+            if isinstance(array, np.memmap):
+                return True
+            array = array.base  # type: ignore[assignment]
+        return False
+
+    assert not is_mapped(read.vectors) and is_mapped(mapped.vectors)
+    np.testing.assert_array_equal(read.vectors, mapped.vectors)
+    for user in catalogue.data.user_ids[:10]:
+        got, want = mapped.recommend(str(user), 6), read.recommend(str(user), 6)
+        assert got.indices.tolist() == want.indices.tolist() and got.strategy == want.strategy
