@@ -8,13 +8,13 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from benchmarks.gen_movielens import generate
 from expectations import DataQualityError
 from storage.settings import Settings
 from storage.warehouse import open_warehouse
 from tasks.bulk_load import bulk_loadable
 from tasks.load import load_source
 from tasks.sources.movielens import read_movielens
+from tasks.synthetic_movielens import generate
 
 MOVIES = (
     'movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n2,"American President, The (1995)",Drama\n'

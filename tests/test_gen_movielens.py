@@ -7,8 +7,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from benchmarks.gen_movielens import FULL_ITEMS, FULL_USERS, GENRES, generate, main, shape_for
 from tasks.sources.movielens import detect_layout
+from tasks.synthetic_movielens import FULL_ITEMS, FULL_USERS, GENRES, generate, main, shape_for
 
 
 def test_layout_and_shape(tmp_path: Path) -> None:
@@ -67,3 +67,18 @@ def test_seeded_and_scaled(tmp_path: Path) -> None:
 def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main(["--ratings", "2000", "--out", str(tmp_path)])
     assert "2,000 ratings" in capsys.readouterr().out
+
+
+def test_recflow_data_generate_movielens(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deployments.cli import app
+
+    result = CliRunner().invoke(
+        app, ["data", "generate-movielens", "--ratings", "3000", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "3,000 ratings" in result.output
+    assert detect_layout(tmp_path) == "ml-latest"
+    bad = CliRunner().invoke(app, ["data", "generate-movielens", "--ratings", "5", "--out", str(tmp_path)])
+    assert bad.exit_code != 0

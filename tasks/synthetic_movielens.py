@@ -1,8 +1,8 @@
 """Generate MovieLens-25M-shaped data in ML-25M's own layout (``ratings.csv`` + ``movies.csv``).
 
-Run from the repository root::
+Run as ``recflow data generate-movielens --ratings 5000000 --out var/bench/scale/5m``, or::
 
-    .venv/bin/python -m benchmarks.gen_movielens --ratings 5000000 --out var/bench/scale/5m
+    .venv/bin/python -m tasks.synthetic_movielens --ratings 5000000 --out var/bench/scale/5m
 
 Why it exists: the README's figures are on MovieLens-100K, and the nightly has to be measured
 at the sizes people run (millions of ratings) on any machine, without a download. The files
@@ -276,9 +276,45 @@ def generate(ratings: int, out: Path, *, seed: int = 0, chunk_ratings: int = 1_0
     return Shape(written, shape.users, shape.items)
 
 
+def append_ratings(directory: Path, ratings: int, *, seed: int = 1) -> int:
+    """Append ``ratings`` new ratings to ``directory/ratings.csv``: the next day's events.
+
+    Known users (nine in ten rows) and new ones, movies by a Zipf-like popularity, all dated
+    after the file's last timestamp, so the appended rows are what a second night sees as new.
+    Returns the rows appended (repeated (user, movie) picks are dropped)."""
+    import duckdb
+
+    path = directory / "ratings.csv"
+    users, items, last = duckdb.sql(
+        f"SELECT max(userId), (SELECT max(movieId) FROM read_csv('{directory / 'movies.csv'}')), "
+        f"max(timestamp) FROM read_csv('{path}')"
+    ).fetchall()[0]
+    rng = np.random.default_rng(seed)
+    known = rng.random(ratings) < 0.9
+    new_users = max(1, ratings // 40)
+    user = np.where(
+        known, rng.integers(1, users + 1, ratings), users + 1 + rng.integers(0, new_users, ratings)
+    )
+    rank = rng.permutation(items)
+    weight = 1.0 / (rank + 10.0) ** 1.1
+    item = rng.choice(items, size=ratings, p=weight / weight.sum()) + 1
+    _, keep = np.unique(user * (items + 1) + item, return_index=True)
+    keep.sort()
+    user, item = user[keep], item[keep]
+    ts = last + 1 + np.sort(rng.integers(0, 86_400, len(user)))
+    half = rng.integers(1, 11, len(user))
+    with path.open("ab") as fh:
+        fh.write(
+            "".join(
+                f"{u},{i},{h / 2:.1f},{t}\n" for u, i, h, t in zip(user, item, half, ts, strict=True)
+            ).encode()
+        )
+    return len(user)
+
+
 def main(argv: list[str] | None = None) -> Shape:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.gen_movielens", description=__doc__.split("\n")[0]
+        prog="python -m tasks.synthetic_movielens", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--ratings", type=int, default=1_000_000, help="ratings to generate (1M … 25M)")
     parser.add_argument("--out", type=Path, required=True, help="directory for ratings.csv + movies.csv")
