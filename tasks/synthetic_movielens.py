@@ -285,10 +285,12 @@ def append_ratings(directory: Path, ratings: int, *, seed: int = 1) -> int:
     import duckdb
 
     path = directory / "ratings.csv"
-    users, items, last = duckdb.sql(
-        f"SELECT max(userId), (SELECT max(movieId) FROM read_csv('{directory / 'movies.csv'}')), "
-        f"max(timestamp) FROM read_csv('{path}')"
-    ).fetchall()[0]
+    with duckdb.connect() as con:
+        users, items, last = con.execute(
+            "SELECT max(userId), (SELECT max(movieId) FROM read_csv($movies)), max(timestamp) "
+            "FROM read_csv($ratings)",
+            {"movies": str(directory / "movies.csv"), "ratings": str(path)},
+        ).fetchall()[0]
     rng = np.random.default_rng(seed)
     known = rng.random(ratings) < 0.9
     new_users = max(1, ratings // 40)
