@@ -19,8 +19,9 @@ Per size:
 functions the nightly's tasks call, without Prefect or training: the part of the nightly this
 benchmark's loader owns, measurable at 25M when the model stages are too slow to wait for.
 
-Results go to ``--out`` (default ``var/bench/scale.json``) after every size, the table is printed,
-and ``--plot`` (default ``docs/scale.png``) draws total seconds against ratings, log-log.
+Results go to ``--out`` (default ``var/bench/scale.json``; ``scale-data.json`` with
+``--data-only``) after every size, the table is printed, and ``--plot`` (default
+``docs/scale.png``, ``scale-data.png``) draws seconds against ratings, log-log.
 """
 
 from __future__ import annotations
@@ -293,11 +294,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=Path("var/bench/scale"), help="generated data")
     parser.add_argument("--work", type=Path, default=Path("var/bench/scale/homes"), help="warehouses")
-    parser.add_argument("--out", type=Path, default=Path("var/bench/scale.json"))
-    parser.add_argument("--plot", type=Path, default=Path("docs/scale.png"))
+    parser.add_argument("--out", type=Path, help="default var/bench/scale.json (scale-data.json)")
+    parser.add_argument("--plot", type=Path, help="default docs/scale.png (scale-data.png)")
     parser.add_argument("--data-only", action="store_true", help="time load, k-core and split only")
     parser.add_argument("--keep", action="store_true", help="keep each size's warehouse and bundles")
     args = parser.parse_args(argv)
+    suffix = "-data" if args.data_only else ""  # the two modes never overwrite each other
+    args.out = args.out or Path(f"var/bench/scale{suffix}.json")
+    args.plot = args.plot or Path(f"docs/scale{suffix}.png")
     for size in args.sizes:
         shape_for(size)  # a bad size fails before anything runs
     args.cache, args.work = args.cache.resolve(), args.work.resolve()
