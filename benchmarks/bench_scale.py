@@ -262,7 +262,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     xs = [r["ratings"] for r in results]
-    ax.plot(xs, [r["full"]["total_s"] for r in results], "o-", lw=2, label="nightly, total")
+    what = "data stages" if results[0]["mode"] == "data stages" else "nightly"
+    ax.plot(xs, [r["full"]["total_s"] for r in results], "o-", lw=2, label=f"{what}, total")
     ax.plot(xs, [r["incremental"]["total_s"] for r in results], "s--", lw=2, label="+1 % night, total")
     stages = {s for r in results for s in r["full"]["stages"]}
     for s in sorted(stages):
@@ -271,7 +272,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         if pts:
             ax.plot(*zip(*pts, strict=True), ".:", alpha=0.7, label=s)
     ax.axhline(900, color="grey", lw=0.8)
-    ax.annotate("15 min", (xs[0], 900), textcoords="offset points", xytext=(0, 3), fontsize=8, color="grey")
+    ax.annotate("15 min", (xs[-1], 900), textcoords="offset points", xytext=(-30, 3), fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("ratings")
@@ -279,7 +280,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     mode = results[0]["mode"]
     ax.set_title(f"recflow {mode} on ML-25M-shaped data ({os.cpu_count()} cores)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
