@@ -7,7 +7,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup lock lint-docker data demo test test-fast lint docs-screenshot eval bench-embed bench-index ui ui-screenshot reader-screenshot clean bench-scrape bench-serve bench-serve-5m
+.PHONY: setup lock lint-docker data demo test test-fast lint docs-screenshot eval bench-embed bench-index ui ui-screenshot reader-screenshot clean bench-scrape bench-serve bench-serve-5m bench-scale
 
 # Where torch's CPU wheel comes from when it is not on local disk (the Dockerfile passes
 # https://download.pytorch.org/whl/cpu); empty: pip's own configuration.
@@ -168,3 +168,11 @@ SOAK_SECONDS ?= 600
 test-reliability: setup
 	$(BIN)/recflow data demo
 	$(BIN)/python -m benchmarks.reliability --soak-seconds $(SOAK_SECONDS) --out var/bench/reliability.json
+
+# The nightly on ML-25M-shaped data (generated once under var/bench/scale/): seconds and peak
+# memory per stage, full and 1 % incremental night → var/bench/scale.json, docs/scale.png.
+# SCALE_SIZES=1000000 for a quick look; SCALE_ARGS=--data-only times load, k-core and split only.
+SCALE_SIZES ?= 1000000 5000000 25000000
+SCALE_ARGS ?=
+bench-scale: setup
+	$(BIN)/python -m benchmarks.bench_scale --sizes $(SCALE_SIZES) $(SCALE_ARGS)

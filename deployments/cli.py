@@ -77,6 +77,20 @@ def data_demo(force: Annotated[bool, typer.Option(help="Download again even if p
     )
 
 
+@data_app.command("generate-movielens")
+def data_generate_movielens(
+    out: Annotated[Path, typer.Option(help="Directory for ratings.csv + movies.csv (ML-25M's layout).")],
+    ratings: Annotated[
+        int, typer.Option(min=1000, help="Ratings to generate; 25000000 is ML-25M's size.")
+    ] = 1_000_000,
+    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+) -> None:
+    """Generate MovieLens-25M-shaped ratings in ML-25M's layout (a catalogue's source.path)."""
+    from tasks.synthetic_movielens import main as generate_main
+
+    generate_main(["--ratings", str(ratings), "--out", str(out), "--seed", str(seed)])
+
+
 @run_app.command("nightly")
 def run_nightly(catalogue: SomeCatalogue = None) -> None:
     """Run the nightly-refresh flow once, now."""

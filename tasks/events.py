@@ -186,8 +186,12 @@ def ingest_events(
                     "INSERT INTO interactions (event_id, user_id, item_id, event_type, value, dwell_s, ts, "
                     "seq, session_id, source_file, client, label) SELECT event_id, user_id, item_id, "
                     "event_type, value, dwell_s, ts, seq, session_id, source_file, CAST(client AS VARCHAR), "
-                    "label "
-                    "FROM new_events ON CONFLICT DO NOTHING"
+                    "label FROM new_events n "
+                    # event ids are the key (no index: migration 12): skip stored and repeated ids,
+                    # probing the stored ones with tonight's few rather than hashing them all
+                    "WHERE n.event_id NOT IN (SELECT event_id FROM interactions WHERE event_id IN "
+                    "(SELECT event_id FROM new_events)) "
+                    "QUALIFY row_number() OVER (PARTITION BY n.event_id ORDER BY n.seq) = 1"
                 )
                 con.unregister("new_events")
                 added = int(scalar(con, "SELECT count(*) FROM interactions")) - before

@@ -155,7 +155,8 @@ def insert_interactions(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame, sour
     a file that grew at the end) are one event, while the same user rating the same item again
     at another time, or with another value, stays a distinct event. Rows already in the
     warehouse with the same content are skipped whatever their id, so events stored under an
-    earlier id scheme are not loaded a second time.
+    earlier id scheme are not loaded a second time (which also keeps ``event_id`` unique: the
+    table has no key index, see migration 12).
     """
     frame = rows.drop(columns=["row_number"]).copy()
     frame["source_file"] = source_file
@@ -177,7 +178,6 @@ def insert_interactions(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame, sour
               AND i.session_id IS NOT DISTINCT FROM n.session_id
         )
         QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY seq) = 1
-        ON CONFLICT DO NOTHING
         """
     )
     con.unregister("new_interactions")
@@ -216,6 +216,11 @@ def load_source(
     Raises :class:`DataQualityError` (after quarantining) when a file's rejected share is
     beyond ``settings.validation.max_failure_share``; nothing of that file is inserted then.
     """
+    if data is None:
+        from tasks.bulk_load import bulk_loadable, load_movielens_csv  # imports this module
+
+        if bulk_loadable(settings):  # ML-25M's CSV layout: streamed through DuckDB
+            return load_movielens_csv(con, settings)
     data = data if data is not None else read_source(settings.source)
     max_share = settings.validation.max_failure_share
     loads: list[TableLoad] = []
