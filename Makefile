@@ -157,3 +157,9 @@ SOAK_SECONDS ?= 600
 test-reliability: setup
 	$(BIN)/recflow data demo
 	$(BIN)/python -m benchmarks.reliability --soak-seconds $(SOAK_SECONDS) --out var/bench/reliability.json
+
+# The nightly's model stages (load split, fit, evaluate, report, gate, publish) on synthetic
+# ratings at 1M and 5M: a full night, then a night with 1 % new ratings that reuses the fit.
+.PHONY: bench-model-stages
+bench-model-stages: setup
+	$(BIN)/python -m benchmarks.bench_model_stages --ratings 1000000 5000000 --out var/bench/model-stages.json
