@@ -198,11 +198,12 @@ class ModelSettings(BaseModel):
     candidate_cpu_seconds: float = Field(600.0, gt=0.0)
     """CPU-time budget of each candidate's training (torch models stop at the epoch that
     crosses it and keep their best epoch so far)."""
-    refit_max_interactions: PositiveInt | None = 2_000_000
+    refit_max_interactions: PositiveInt | None = 500_000
     """Above this many interactions the nightly serves the model it evaluated (fitted on the
     training part) instead of fitting it again on every interaction: the refit would cost a
     second full training to add each user's last two events to the item similarities, while
     the bundle's user histories, which serving scores from, hold every event either way.
+    A fit on the training part is also what the next nights can reuse (``reuse_max_new_share``).
     None: always refit."""
     torch_max_interactions: PositiveInt | None = 2_000_000
     """Torch candidates (``two-tower-knn``, ``two-tower``, ``neumf``) are skipped, with the
