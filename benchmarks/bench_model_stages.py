@@ -37,7 +37,14 @@ from storage.artifacts import ArtifactStore
 from storage.settings import Settings
 from storage.warehouse import open_warehouse
 from tasks.eval_report import report_for_models
-from tasks.incremental import SERVING_FIT_ALL, SERVING_FIT_TRAIN, plan_reuse, reused_result
+from tasks.incremental import (
+    EVAL_CACHE,
+    SERVING_FIT_ALL,
+    SERVING_FIT_TRAIN,
+    plan_reuse,
+    reused_result,
+    save_eval_cache,
+)
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, make_splits
 from tasks.publish import LiveScore, build_manifest, live_score, publish_bundle
 from tasks.training import (
@@ -164,7 +171,7 @@ def night(
         )
         result: TrainResult
         if plan.model is not None:
-            result = stages.run(label, "evaluate reused fit", lambda: reused_result(plan, data, ks))
+            result = stages.run(label, "evaluate reused fit", lambda: reused_result(plan, data, ks, store))
             live = LiveScore(store.current_version(), result.valid, "rescored", plan.reason)
             serving, serving_fit = result.model, SERVING_FIT_TRAIN
         else:
@@ -192,6 +199,8 @@ def night(
                     lists={name: result.test_lists},
                 ),
             )
+            saved = save_eval_cache(Path(tmp) / EVAL_CACHE, data, result)
+            cache = {EVAL_CACHE: saved} if saved else {}
             manifest = build_manifest(
                 catalogue="bench",
                 source_run=None,
@@ -209,7 +218,7 @@ def night(
                     data,
                     serving,
                     manifest,
-                    attachments={"report": report.directory},
+                    attachments={"report": report.directory, **cache},
                     live_scored=live,
                 ),
             )

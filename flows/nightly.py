@@ -29,7 +29,15 @@ from tasks.eval_report import report_for_models
 from tasks.events import EventIngestSummary, ingest_events
 from tasks.features import FEATURE_MODELS, load_item_features
 from tasks.harvest import ensure_pool, pool_fingerprint
-from tasks.incremental import SERVING_FIT_ALL, SERVING_FIT_TRAIN, ReusePlan, plan_reuse, reused_result
+from tasks.incremental import (
+    EVAL_CACHE,
+    SERVING_FIT_ALL,
+    SERVING_FIT_TRAIN,
+    ReusePlan,
+    plan_reuse,
+    reused_result,
+    save_eval_cache,
+)
 from tasks.load import LoadSummary, load_source
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, KCoreSummary, kcore_filter, make_splits
 from tasks.publish import BUNDLE_FORMAT, LiveScore, PublishResult, build_manifest, live_score, publish_bundle
@@ -216,7 +224,7 @@ def train_publish_task(
         logger.info("incremental: %s", reuse.reason)
         if reuse.model is not None:
             cpu = time.process_time()
-            result = reused_result(reuse, data, list(settings.eval.ks))
+            result = reused_result(reuse, data, list(settings.eval.ks), store)
             record_run(con, result, proto, fingerprint, run_id)
             tried.append((result, time.process_time() - cpu))
         elif cold:
@@ -312,6 +320,8 @@ def train_publish_task(
         live_valid = live_scored.valid
         with tempfile.TemporaryDirectory(prefix="recflow-report-") as tmp:
             attachments: dict[str, Path] = {}
+            if save_eval_cache(Path(tmp) / EVAL_CACHE, data, result):  # the next nights' unchanged users
+                attachments[EVAL_CACHE] = Path(tmp) / EVAL_CACHE
             if not cold and is_torch_model(result.model):  # the next night's gate scores this one
                 result.model.save(Path(tmp) / TRAIN_MODEL_DIR)
                 attachments[TRAIN_MODEL_DIR] = Path(tmp) / TRAIN_MODEL_DIR

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 
 from models.base import Recommender
 from models.registry import build_model, load_model
@@ -106,12 +108,28 @@ def plan_reuse(
     )
 
 
-def reused_result(plan: ReusePlan, data: SplitData, ks: list[int]) -> TrainResult:
-    """The reused model evaluated on tonight's split, as a fresh fit's result would be."""
+def reused_result(
+    plan: ReusePlan, data: SplitData, ks: list[int], store: ArtifactStore | None = None
+) -> TrainResult:
+    """The reused model evaluated on tonight's split, as a fresh fit's result would be.
+
+    Users whose history is unchanged since the live bundle's evaluation (its
+    :data:`EVAL_CACHE`, in ``store``) keep their ranks and lists; only the others are
+    scored (how many: ``plan.record["rescored_users"]``)."""
     if plan.model is None or plan.name is None:
         raise ValueError(f"nothing to reuse: {plan.reason}")
-    valid = evaluate_with_lists(plan.model, data, "valid", ks)[0]
-    test, lists = evaluate_with_lists(plan.model, data, "test", ks, list_k=REPORT_LIST_K)
+    live = (plan.record or {}).get("live")
+    known = known_users(store.root / live / EVAL_CACHE, data) if store is not None and live else {}
+    detail: dict[str, dict[str, Any]] = {"valid": {}, "test": {}}
+    valid, detail["valid"]["lists"] = evaluate_with_lists(
+        plan.model, data, "valid", ks, list_k=REPORT_LIST_K, known=known.get("valid"), detail=detail["valid"]
+    )
+    test, lists = evaluate_with_lists(
+        plan.model, data, "test", ks, list_k=REPORT_LIST_K, known=known.get("test"), detail=detail["test"]
+    )
+    detail["test"]["lists"] = lists
+    if plan.record is not None:
+        plan.record["rescored_users"] = {p: int(d["scored"]) for p, d in detail.items()}
     return TrainResult(
         run_id=uuid.uuid4().hex,
         model_name=plan.name,
@@ -121,4 +139,72 @@ def reused_result(plan: ReusePlan, data: SplitData, ks: list[int]) -> TrainResul
         train_seconds=0.0,
         model=plan.model,
         test_lists=lists,
+        eval_detail=detail,
     )
+
+
+EVAL_CACHE = "eval_cache.npz"
+"""Bundle file: each evaluated user's target ranks and lists, and a key of their history."""
+
+
+def history_keys(data: SplitData) -> np.ndarray:
+    """Per user, a checksum of their train, valid and test items in order: equal keys, the
+    same split for that user (item indices are the same on a reused catalogue)."""
+    keys = np.zeros(data.n_users, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for u in range(data.n_users):
+            key = np.uint64(1469598103934665603)
+            for code, part in enumerate((data.train, data.valid, data.test)):
+                h = part[u].astype(np.uint64) + np.uint64(1)
+                weights = np.arange(1, len(h) + 1, dtype=np.uint64) * np.uint64(1099511628211)
+                key = key * np.uint64(31) + np.uint64(code + 7) + np.sum(h * weights, dtype=np.uint64)
+            keys[u] = key
+    return keys
+
+
+def save_eval_cache(path: Path, data: SplitData, result: TrainResult) -> Path | None:
+    """Write ``result``'s per-user evaluation (``TrainResult.eval_detail``) to ``path``."""
+    if not result.eval_detail:
+        return None
+    arrays: dict[str, np.ndarray] = {"user_ids": data.user_ids.astype(str), "keys": history_keys(data)}
+    for part, detail in result.eval_detail.items():
+        ranks = detail["ranks"]
+        offsets = np.zeros(len(ranks) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in ranks], out=offsets[1:])
+        arrays[f"{part}_users"] = detail["users"]
+        arrays[f"{part}_ranks"] = np.concatenate([*ranks, np.zeros(0, np.int64)]).astype(np.int64)
+        arrays[f"{part}_offsets"] = offsets
+        arrays[f"{part}_lists"] = detail["lists"]
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy types the keywords as allow_pickle
+    return path
+
+
+def known_users(path: Path, data: SplitData) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """Per part, tonight's user index → (target ranks, list) from the cache at ``path`` for
+    every cached user whose history is unchanged; empty when there is no cache."""
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as cache:
+        tonight = {str(u): i for i, u in enumerate(data.user_ids)}
+        keys = history_keys(data)
+        cached_ids = cache["user_ids"]
+        same = np.array(
+            [
+                (i := tonight.get(str(uid))) is not None and keys[i] == key
+                for uid, key in zip(cached_ids, cache["keys"], strict=True)
+            ],
+            dtype=bool,
+        )
+        out: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        for part in ("valid", "test"):
+            if f"{part}_users" not in cache:
+                continue
+            users, ranks, offsets, lists = (
+                cache[f"{part}_{k}"] for k in ("users", "ranks", "offsets", "lists")
+            )
+            out[part] = {
+                tonight[str(cached_ids[u])]: (ranks[offsets[row] : offsets[row + 1]], lists[row])
+                for row, u in enumerate(users)
+                if same[u]
+            }
+    return out

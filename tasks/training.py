@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -153,7 +154,9 @@ def sample_eval_users(data: SplitData, max_users: int | None, seed: int) -> None
     Scoring every user against every item is what evaluation costs: at 25M ratings that is
     162,000 users × 62,000 items per split and per model. A uniform sample (``seed``, so the
     same users every night the data allow) of the users with a validation or test target
-    keeps the metrics' error small (±0.002 NDCG@10 at 20,000 users) for a bounded cost.
+    keeps the metrics' error small (±0.002 NDCG@10 at 20,000 users) for a bounded cost. The
+    sample is the users with the smallest seeded hash of their id, so it stays put as users
+    arrive.
     Fewer users than ``max_users`` (None: no cap): everyone is evaluated and nothing is
     recorded, so small data's figures are exactly the full evaluation's. The sample's size is
     recorded in ``data.protocol`` (``user_sample``), which :func:`protocol` reports."""
@@ -170,8 +173,19 @@ def sample_eval_users(data: SplitData, max_users: int | None, seed: int) -> None
     data.eval_users = None
     if max_users is None or len(with_target) <= max_users:
         return
-    rng = np.random.default_rng(seed)
-    data.eval_users = np.sort(rng.choice(with_target, size=max_users, replace=False))
+    # the users whose seeded hash of their id is smallest: a new user changes the sample by
+    # at most one, so an incremental night re-scores only the users whose data changed
+    keys = np.fromiter(
+        (
+            int.from_bytes(
+                hashlib.blake2b(f"{seed}:{data.user_ids[u]}".encode(), digest_size=8).digest(), "little"
+            )
+            for u in with_target
+        ),
+        dtype=np.uint64,
+        count=len(with_target),
+    )
+    data.eval_users = np.sort(with_target[np.argsort(keys, kind="stable")[:max_users]])
     data.protocol["user_sample"] = {"users": int(max_users), "of": len(with_target), "seed": seed}
 
 
@@ -203,6 +217,8 @@ def evaluate_with_lists(
     ks: list[int],
     batch_size: int = 1024,
     list_k: int = 0,
+    known: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float], np.ndarray]:
     """Full-ranking metrics of ``model`` on ``part``; keys like ``ndcg@10``.
 
@@ -214,7 +230,13 @@ def evaluate_with_lists(
 
     Also returns the top-``max(ks, list_k)`` lists of the evaluated users (rows in user
     order), what :func:`tasks.eval_report.recommendation_lists` computes, so a report reads
-    them instead of scoring every user again."""
+    them instead of scoring every user again.
+
+    ``known`` maps a user index to that user's target ranks and list from an earlier
+    evaluation of the same model on the same history and targets (an incremental night's
+    unchanged users): those users are not scored again. ``detail``, when given, receives
+    ``users`` (the evaluated user indices) and ``ranks`` (their target ranks), what a later
+    night passes back as ``known``."""
     history_parts: tuple[str, ...] = ("train",) if part == "valid" else ("train", "valid")
     histories = data.histories(history_parts)
     targets = getattr(data, part)
@@ -222,13 +244,23 @@ def evaluate_with_lists(
     max_k = max(ks)
     tiebreak = list_tiebreak(data, part)
     recommended = np.zeros((len(users), min(max(max_k, list_k), data.n_items)), dtype=np.int64)
-    ranks: list[np.ndarray] = []
-    for start in range(0, len(users), batch_size):
-        batch = users[start : start + batch_size]
+    ranks: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(users)
+    todo: list[int] = []  # positions in ``users`` to score
+    for pos, u in enumerate(users):
+        if known is not None and u in known and known[u][1].shape[0] >= recommended.shape[1]:
+            ranks[pos], recommended[pos] = known[u][0], known[u][1][: recommended.shape[1]]
+        else:
+            todo.append(pos)
+    for start in range(0, len(todo), batch_size):
+        positions = todo[start : start + batch_size]
+        batch = [users[pos] for pos in positions]
         scores = model.score([histories[u] for u in batch])
         mask_seen(scores, [histories[u] for u in batch])
-        ranks.extend(target_ranks(scores, [targets[u] for u in batch]))
-        recommended[start : start + len(batch)] = top_k(scores, recommended.shape[1], tiebreak=tiebreak)
+        for pos, r in zip(positions, target_ranks(scores, [targets[u] for u in batch]), strict=True):
+            ranks[pos] = r
+        recommended[positions] = top_k(scores, recommended.shape[1], tiebreak=tiebreak)
+    if detail is not None:
+        detail.update(users=np.asarray(users, dtype=np.int64), ranks=ranks, scored=len(todo))
     ranked = metrics_at_k(ranks, ks)
     popularity = np.asarray(data.matrix(("train",)).sum(axis=0)).ravel()
     categories = data.item_features.categories if data.item_features is not None else None
@@ -276,6 +308,9 @@ class TrainResult:
     where wall-clock time depends on the neighbours."""
     test_lists: np.ndarray | None = None
     """The evaluated users' top-:data:`REPORT_LIST_K` test lists, for the report (None: not kept)."""
+    eval_detail: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per part: ``evaluate_with_lists``'s ``detail`` and the lists (``tasks/incremental.py``
+    keeps them in the bundle, so the next night re-scores only changed users)."""
 
 
 def train_and_evaluate(
@@ -293,8 +328,14 @@ def train_and_evaluate(
     started, cpu = time.perf_counter(), time.process_time()
     model.fit(data.matrix(("train",)), data.train)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    valid = evaluate(model, data, "valid", ks) if validate else {}
-    test, lists = evaluate_with_lists(model, data, "test", ks, list_k=REPORT_LIST_K)
+    detail: dict[str, dict[str, Any]] = {"valid": {}, "test": {}}
+    valid: dict[str, float] = {}
+    if validate:
+        valid, detail["valid"]["lists"] = evaluate_with_lists(
+            model, data, "valid", ks, list_k=REPORT_LIST_K, detail=detail["valid"]
+        )
+    test, lists = evaluate_with_lists(model, data, "test", ks, list_k=REPORT_LIST_K, detail=detail["test"])
+    detail["test"]["lists"] = lists
     return TrainResult(
         run_id=uuid.uuid4().hex,
         model_name=model_name,
@@ -305,6 +346,7 @@ def train_and_evaluate(
         model=model,
         cpu_seconds=round(cpu, 3),
         test_lists=lists,
+        eval_detail={p: d for p, d in detail.items() if d},
     )
 
 

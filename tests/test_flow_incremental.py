@@ -55,6 +55,17 @@ def test_a_one_percent_night_reuses_the_live_fit(
     assert night2["counts"]["interactions"] == total
     assert night2["reused"]["fit_from"] == first.version and night2["reused"]["nights"] == 1
     assert 0 < night2["reused"]["new_share"] <= 0.02
+    # only users whose history changed were scored again; the metrics are a full re-score's
+    rescored = night2["reused"]["rescored_users"]
+    assert 0 < rescored["valid"] < 120 and 0 < rescored["test"] < 120
+    from models.registry import load_model
+    from tasks.training import evaluate, load_split_data
+
+    with duckdb.connect(str(Settings(**overrides).warehouse_path), read_only=True) as con:
+        tonight = load_split_data(con)
+    fresh = evaluate(load_model(store.root / second.version / "model"), tonight, "valid", [5, 10, 20])
+    for key in ("ndcg@10", "hr@10", "mrr@20", "map@5", "users_evaluated"):
+        assert night2["metrics"]["valid"][key] == fresh[key], key
     # the same similarities, tonight's histories, and metrics measured on tonight's split
     sim = "model/similarity.npz"
     assert file_sha256(store.root / second.version / sim) == file_sha256(store.root / first.version / sim)
