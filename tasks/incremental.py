@@ -172,7 +172,7 @@ def save_eval_cache(path: Path, data: SplitData, result: TrainResult) -> Path | 
         offsets = np.zeros(len(ranks) + 1, dtype=np.int64)
         np.cumsum([len(r) for r in ranks], out=offsets[1:])
         arrays[f"{part}_users"] = detail["users"]
-        arrays[f"{part}_ranks"] = np.concatenate([*ranks, np.zeros(0, np.int64)]).astype(np.int64)
+        arrays[f"{part}_ranks"] = np.concatenate([*ranks, np.zeros(0)]).astype(np.float64)  # inf: unranked
         arrays[f"{part}_offsets"] = offsets
         arrays[f"{part}_lists"] = detail["lists"]
     np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy types the keywords as allow_pickle
