@@ -176,3 +176,9 @@ SCALE_SIZES ?= 1000000 5000000 25000000
 SCALE_ARGS ?=
 bench-scale: setup
 	$(BIN)/python -m benchmarks.bench_scale --sizes $(SCALE_SIZES) $(SCALE_ARGS)
+
+# The nightly's model stages (load split, fit, evaluate, report, gate, publish) on synthetic
+# ratings at 1M and 5M: a full night, then a night with 1 % new ratings that reuses the fit.
+.PHONY: bench-model-stages
+bench-model-stages: setup
+	$(BIN)/python -m benchmarks.bench_model_stages --ratings 1000000 5000000 --out var/bench/model-stages.json

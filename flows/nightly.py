@@ -29,9 +29,18 @@ from tasks.eval_report import report_for_models
 from tasks.events import EventIngestSummary, ingest_events
 from tasks.features import FEATURE_MODELS, load_item_features
 from tasks.harvest import ensure_pool, pool_fingerprint
+from tasks.incremental import (
+    EVAL_CACHE,
+    SERVING_FIT_ALL,
+    SERVING_FIT_TRAIN,
+    ReusePlan,
+    plan_reuse,
+    reused_result,
+    save_eval_cache,
+)
 from tasks.load import LoadSummary, load_source
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, KCoreSummary, kcore_filter, make_splits
-from tasks.publish import BUNDLE_FORMAT, PublishResult, build_manifest, live_score, publish_bundle
+from tasks.publish import BUNDLE_FORMAT, LiveScore, PublishResult, build_manifest, live_score, publish_bundle
 from tasks.served_impressions import ingest_impressions
 from tasks.sources import SourceFormatError
 from tasks.train_models import TRAIN_MODEL_DIR, bundle_vectors, is_torch_model, results_dict
@@ -43,6 +52,7 @@ from tasks.training import (
     load_split_data,
     protocol,
     record_run,
+    sample_eval_users,
     train_and_evaluate,
 )
 
@@ -199,11 +209,25 @@ def train_publish_task(
         data = load_split_data(
             con, LEAVE_LAST_OUT, KCORE_TABLE, restrict_items_to_table=settings.kcore.item_k > 0
         )
+        sample_eval_users(data, settings.eval.max_users, settings.model.seed)
         proto = protocol(data, list(settings.eval.ks), settings.kcore.model_dump())
         cold = cold_start_reason(data) if settings.source.kind == "feeds" else None
         tried: list[tuple[TrainResult, float]] = []
         skipped: dict[str, str] = {}  # candidate → why it could not train tonight
-        if cold:
+        reuse = (
+            ReusePlan(None, None, "cold start")
+            if cold
+            else plan_reuse(
+                store, candidates, data, settings.model.reuse_max_new_share, settings.model.reuse_max_nights
+            )
+        )
+        logger.info("incremental: %s", reuse.reason)
+        if reuse.model is not None:
+            cpu = time.process_time()
+            result = reused_result(reuse, data, list(settings.eval.ks), store)
+            record_run(con, result, proto, fingerprint, run_id)
+            tried.append((result, time.process_time() - cpu))
+        elif cold:
             logger.info("cold start: %s", cold)
             result = cold_start_result(data)
             record_run(con, result, proto, fingerprint, run_id)
@@ -216,7 +240,7 @@ def train_publish_task(
                     side=settings.source.books,
                 )
             for name, params in candidates.items():
-                why = untrainable(name, data)
+                why = untrainable(name, data, settings.model.torch_max_interactions)
                 if why is not None:
                     logger.info("candidate %s skipped: %s", name, why)
                     skipped[name] = why
@@ -250,8 +274,15 @@ def train_publish_task(
             result.test.get("hr@10", float("nan")),
             result.train_seconds,
         )
-        # the refit reuses what the evaluated fit chose (e.g. two-tower-knn's fusion weight)
-        serving_model = result.model if cold else fit_for_serving(data, result.model_name, result.params)
+        # the refit reuses what the evaluated fit chose (e.g. two-tower-knn's fusion weight);
+        # above model.refit_max_interactions, or reusing a fit, the evaluated fit is served
+        refit_limit = settings.model.refit_max_interactions
+        refit = (
+            not cold and reuse.model is None and (refit_limit is None or data.n_interactions <= refit_limit)
+        )
+        serving_model = fit_for_serving(data, result.model_name, result.params) if refit else result.model
+        serving_fit = SERVING_FIT_TRAIN if not cold and not refit else SERVING_FIT_ALL
+        logger.info("serving model fitted on %s", serving_fit)
         vectors, index = bundle_vectors(con, settings, data, logger.info)  # raises below the recall floor
         manifest = build_manifest(
             catalogue=settings.catalogue,
@@ -272,17 +303,25 @@ def train_publish_task(
                     else {}
                 ),
                 **({"skipped_candidates": skipped} if skipped else {}),
-            }
-            or None,
+                "serving_fit": serving_fit,
+                **({"reused": reuse.record} if reuse.record else {}),
+            },
         )
-        # The live model scored on tonight's split: the gate compares like with like.
-        live_scored = live_score(store, data, list(settings.eval.ks))
+        # The live model scored on tonight's split: the gate compares like with like (a
+        # reused fit is the live model: its own scores are the live ones).
+        live_scored = (
+            LiveScore(store.current_version(), result.valid, "rescored", f"reused fit: {reuse.reason}")
+            if reuse.model is not None
+            else live_score(store, data, list(settings.eval.ks))
+        )
         logger.info(
             "gate: live %s valid metrics %s (%s)", live_scored.version, live_scored.source, live_scored.how
         )
         live_valid = live_scored.valid
         with tempfile.TemporaryDirectory(prefix="recflow-report-") as tmp:
             attachments: dict[str, Path] = {}
+            if save_eval_cache(Path(tmp) / EVAL_CACHE, data, result):  # the next nights' unchanged users
+                attachments[EVAL_CACHE] = Path(tmp) / EVAL_CACHE
             if not cold and is_torch_model(result.model):  # the next night's gate scores this one
                 result.model.save(Path(tmp) / TRAIN_MODEL_DIR)
                 attachments[TRAIN_MODEL_DIR] = Path(tmp) / TRAIN_MODEL_DIR
@@ -299,6 +338,7 @@ def train_publish_task(
                 {result.model_name: result.model},
                 Path(tmp) / "report",
                 title=f"nightly-refresh: {result.model_name}",
+                lists={result.model_name: result.test_lists},
             )
             published = publish_bundle(
                 store,
@@ -379,10 +419,23 @@ def ensure_pool_task(settings: Settings) -> None:
     )
 
 
-def untrainable(name: str, data: SplitData) -> str | None:
+TORCH_CANDIDATES = frozenset({"two-tower", "two-tower-knn", "neumf", "nrms"})
+"""Candidates trained by torch epochs (``model.torch_max_interactions`` applies)."""
+
+
+def untrainable(name: str, data: SplitData, torch_max_interactions: int | None = None) -> str | None:
     """Why candidate ``name`` cannot train on ``data`` tonight, or None. NRMS is the news
     catalogue's candidate once readers have clicked in logged impressions: before that it
-    would learn next-click from histories alone, which the other candidates do more cheaply."""
+    would learn next-click from histories alone, which the other candidates do more cheaply.
+    A torch candidate above ``torch_max_interactions`` would not finish one epoch within
+    its CPU budget on a small machine."""
+    if name in TORCH_CANDIDATES and torch_max_interactions is not None:
+        n = data.n_interactions
+        if n > torch_max_interactions:
+            return (
+                f"{n:,} interactions > model.torch_max_interactions {torch_max_interactions:,} "
+                "(raise it, or None, to train it within model.candidate_cpu_seconds)"
+            )
     if name == "nrms" and not any(bool(np.any(li.impression.clicked)) for li in data.impressions or []):
         return "no logged impressions with a click to learn from yet"
     return None

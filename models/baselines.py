@@ -70,7 +70,9 @@ class ItemKNNModel:
         return int(self.similarity.shape[0])
 
     def fit(self, train: sp.csr_matrix, histories: list[np.ndarray]) -> None:
-        x = sp.csc_matrix(train, dtype=np.float32)
+        # users × items, binary, float32, in CSR once: a CSC operand would be converted
+        # again for every block's product (the whole matrix per block at 25M ratings)
+        x = sp.csr_matrix(train, dtype=np.float32, copy=True)
         x.data[:] = 1.0
         n_items = x.shape[1]
         norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel()).astype(np.float32)
@@ -81,9 +83,8 @@ class ItemKNNModel:
         vals: list[np.ndarray] = []
         for start in range(0, n_items, self.chunk):
             stop = min(start + self.chunk, n_items)
-            co = (xt[start:stop] @ x).toarray()  # (chunk, n_items) co-occurrence counts
-            denom = np.outer(norms[start:stop], norms) + self.shrink + 1e-9
-            sim = co / denom
+            sim = (xt[start:stop] @ x).toarray()  # (chunk, n_items) co-occurrence counts, float32
+            sim /= np.outer(norms[start:stop], norms) + self.shrink + 1e-9
             sim[np.arange(stop - start), np.arange(start, stop)] = 0.0  # no self-similarity
             # equal similarities: the lower item index (models/ranking.py), not whichever
             # one a partition happens to leave in front

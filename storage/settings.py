@@ -169,6 +169,10 @@ class EvalSettings(BaseModel):
     """Cut-offs for HR/NDCG/MRR/Recall."""
     temporal_cut_quantile: float = Field(0.9, gt=0.0, lt=1.0)
     """Global temporal split: interactions after this time quantile form the test part."""
+    max_users: PositiveInt | None = 20_000
+    """The nightly evaluates a fixed sample (seeded by ``model.seed``) of at most this many
+    users with a held-out interaction, recorded in the protocol as ``user_sample``; fewer
+    users (MovieLens-100K's 943): all of them, exactly as before. None: always every user."""
 
 
 def _knob(config: type[ModelConfig], field: str) -> Any:
@@ -194,6 +198,24 @@ class ModelSettings(BaseModel):
     candidate_cpu_seconds: float = Field(600.0, gt=0.0)
     """CPU-time budget of each candidate's training (torch models stop at the epoch that
     crosses it and keep their best epoch so far)."""
+    refit_max_interactions: PositiveInt | None = 500_000
+    """Above this many interactions the nightly serves the model it evaluated (fitted on the
+    training part) instead of fitting it again on every interaction: the refit would cost a
+    second full training to add each user's last two events to the item similarities, while
+    the bundle's user histories, which serving scores from, hold every event either way.
+    A fit on the training part is also what the next nights can reuse (``reuse_max_new_share``).
+    None: always refit."""
+    torch_max_interactions: PositiveInt | None = 2_000_000
+    """Torch candidates (``two-tower-knn``, ``two-tower``, ``neumf``) are skipped, with the
+    reason logged and recorded in the manifest, above this many interactions: on a 2-core
+    CPU one epoch alone would take longer than ``candidate_cpu_seconds``. None: no limit."""
+    reuse_max_new_share: float = Field(0.02, ge=0.0, lt=1.0)
+    """Incremental nights: when interactions grew by at most this share since the live
+    bundle's fit, and the live model is tonight's candidate with the same parameters, fitted
+    on its training part and on the same items, the nightly reuses it (no fit) and publishes
+    it with tonight's histories; 0 switches reuse off."""
+    reuse_max_nights: PositiveInt = 7
+    """Most nights in a row one fit is reused before the nightly fits again."""
     knn_neighbors: int = _knob(RecencyItemKNNConfig, "neighbors")
     knn_shrink: float = _knob(RecencyItemKNNConfig, "shrink")
     recency_decay: float = _knob(RecencyItemKNNConfig, "decay")

@@ -37,7 +37,7 @@ from models.base import Recommender
 from models.metrics import coverage, mask_seen
 from models.ranking import NO_ITEM, top_k
 from tasks.side_diagnostics import diagnostics_markdown, side_diagnostics
-from tasks.training import Part, SplitData, list_tiebreak
+from tasks.training import Part, SplitData, evaluated_users, list_tiebreak
 
 RANK_METRICS = ("ndcg", "hr", "mrr", "recall", "precision", "map", "diversity")
 TABLE_METRICS = (
@@ -73,8 +73,7 @@ def recommendation_lists(
     Rows with fewer than ``k`` unseen items are padded with ``NO_ITEM``."""
     history_parts: tuple[str, ...] = ("train",) if part == "valid" else ("train", "valid")
     histories = data.histories(history_parts)
-    targets = getattr(data, part)
-    users = [u for u in range(data.n_users) if len(targets[u])]
+    users = evaluated_users(data, part)
     k = min(k, data.n_items)
     tiebreak = list_tiebreak(data, part)
     out = np.zeros((len(users), k), dtype=np.int64)
@@ -288,10 +287,22 @@ def report_for_models(
     k: int = 50,
     title: str | None = None,
     notes: str = "",
+    lists: Mapping[str, np.ndarray | None] | None = None,
 ) -> EvalReport:
-    """The report for fitted models on ``data``: computes their test top-K lists and reads
-    ``training_curve()`` where a model has it. The one call the evaluation and flows need."""
-    recommendations = {name: recommendation_lists(model, data, "test", k) for name, model in models.items()}
+    """The report for fitted models on ``data``: their test top-K lists and
+    ``training_curve()`` where a model has it. The one call the evaluation and flows need.
+
+    ``lists`` holds lists evaluation already computed (``TrainResult.test_lists``, at least
+    ``k`` long, same users): a model found there is not scored again."""
+    given = lists or {}
+    recommendations = {
+        name: (
+            given_lists[:, : min(k, data.n_items)]
+            if (given_lists := given.get(name)) is not None and given_lists.shape[1] >= min(k, data.n_items)
+            else recommendation_lists(model, data, "test", k)
+        )
+        for name, model in models.items()
+    }
     curves = {
         name: model.training_curve()  # type: ignore[attr-defined]
         for name, model in models.items()

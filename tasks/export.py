@@ -60,9 +60,14 @@ def read_catalog(bundle_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str], l
     with duckdb.connect(str(path), read_only=True) as cat:
         items = cat.sql("SELECT item_id, popularity FROM items ORDER BY item_idx").to_arrow_table()
         users = cat.sql("SELECT user_id, items FROM user_histories ORDER BY rowid").to_arrow_table()
-    item_ids = np.asarray(items.column("item_id").to_pylist(), dtype=object)
-    popularity = np.asarray(items.column("popularity").to_pylist(), dtype=np.float64)
-    histories = [np.asarray(h or [], dtype=np.int64) for h in users.column("items").to_pylist()]
+    item_ids = np.asarray(items.column("item_id").to_numpy(zero_copy_only=False), dtype=object)
+    popularity = np.asarray(items.column("popularity").to_numpy(zero_copy_only=False), dtype=np.float64)
+    # the list column as one flat array and its offsets: no Python list per user
+    lists = users.column("items").combine_chunks()
+    flat = np.asarray(lists.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
+    offsets = np.asarray(lists.offsets.to_numpy(), dtype=np.int64)
+    offsets -= offsets[0]
+    histories = np.split(flat, offsets[1:-1]) if len(lists) else []
     return item_ids, popularity, [str(u) for u in users.column("user_id").to_pylist()], histories
 
 
