@@ -25,6 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+REGISTERED = ("embed-items", "build-index", "train-models", "merge-checkpoints", "tune-models")
+"""Flows deployed for every catalogue besides the nightly."""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -92,8 +96,14 @@ def stack(
             stdout=(tmp / "serve.log").open("wb"),
             stderr=subprocess.STDOUT,
         )
+        # Deployments are registered one by one: wait for every one the tests look up.
+        expected = [
+            f"{flow}/{catalogue}"
+            for flow in (*REGISTERED, "nightly-refresh")
+            for catalogue in ("deployed", "news")
+        ] + ["scrape-feeds/news", "morning-harvest/news"]
         _wait(
-            lambda: client.get("/deployments/name/merge-checkpoints/news").status_code == 200,
+            lambda: all(client.get(f"/deployments/name/{name}").status_code == 200 for name in expected),
             180,
             "deployments",
             tmp / "serve.log",
@@ -159,7 +169,7 @@ def test_deployments_are_registered_with_their_schedules(stack: tuple[httpx.Clie
         assert schedule["schedule"]["timezone"] == "Europe/Berlin"
     assert Settings().schedule.scrape_cron == "0 * * * *"
     assert Settings().schedule.harvest_cron == "0 6 * * *"
-    for flow in ("embed-items", "build-index", "train-models", "merge-checkpoints", "tune-models"):
+    for flow in REGISTERED:
         for catalogue in ("deployed", "news"):
             assert client.get(f"/deployments/name/{flow}/{catalogue}").status_code == 200
 
