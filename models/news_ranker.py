@@ -160,7 +160,10 @@ class NewsRanker:
             raise ValueError("news ranker: the click labels need both clicked and not-clicked rows")
         self.trained_events = [e for e, p in zip(EVENTS, present, strict=True) if p]
         self.mean = features.mean(axis=0)
-        self.std = features.std(axis=0) + 1e-6
+        std = features.std(axis=0)
+        # A feature constant in training (every row had history, say) keeps unit scale: divided
+        # by ~0, a value it never took (a reader with no clicks) would saturate every head.
+        self.std = np.where(std > 1e-6, std + 1e-6, 1.0).astype(np.float32)
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         self.net = _Net(len(FEATURES), self.hidden, len(EVENTS))

@@ -411,13 +411,21 @@ class LoadedBundle:
             cand = self.pool.indices
             if len(exclude):
                 cand = cand[~np.isin(cand, exclude)]
-            freshness = 1.0 - np.arange(len(cand)) / max(len(self.pool.indices), 1)
-            pop = np.log1p(self.popularity[cand].astype(np.float64))
-            relevance = freshness + 0.25 * (pop / pop.max() if len(pop) and pop.max() > 0 else pop)
+            learned = self._cold_stage(cand)
+            if learned is not None:
+                # The news ranker's score for a reader it knows nothing about (no clicks: its
+                # freshness, popularity and click-through terms), learned from logged readers.
+                relevance = minmax(learned.score(np.zeros(0, dtype=np.int64), cand))
+                order = "ranked by the news ranker for a new reader"
+            else:
+                freshness = 1.0 - np.arange(len(cand)) / max(len(self.pool.indices), 1)
+                pop = np.log1p(self.popularity[cand].astype(np.float64))
+                relevance = freshness + 0.25 * (pop / pop.max() if len(pop) and pop.max() > 0 else pop)
+                order = "fresh and popular first"
             result = CascadeResult(
                 "fresh_popular_fallback",
-                reason=f"{why}; showing today's pool ({self.pool.pool_date}), fresh and popular first",
-                pipeline=["pool"],
+                reason=f"{why}; showing today's pool ({self.pool.pool_date}), {order}",
+                pipeline=["pool"] + ([f"ranker:{self.ranker_name}"] if learned is not None else []),
             )
             stage = "fresh_popular"
         else:
@@ -443,6 +451,19 @@ class LoadedBundle:
         result.candidates = len(cand)
         diversify(cand, relevance, self.diversity_vectors, params, result, base_stage=stage)
         return result
+
+    def _cold_stage(self, cand: np.ndarray) -> NewsRankStage | None:
+        """The news rank stage that can score ``cand`` for a reader without history, or None.
+
+        A learned news ranker (``ranker/`` of an NRMS bundle) knows from the logged impressions
+        how much freshness, popularity and a story's click-through say when nothing else is
+        known: it ranks the cold-start pool instead of the fixed fresh-and-popular rule. The
+        delta-extended stage covers delta stories; the bundle's own covers its items only."""
+        if not isinstance(self.ranker, NewsRankStage):
+            return None  # text similarity, a model's own scores: the fixed rule
+        if self.fresh_stage is not None:
+            return self.fresh_stage
+        return self.ranker if not len(cand) or int(cand.max()) < self.model_items else None
 
     def _require_index(self) -> tuple[np.ndarray, ItemIndex]:
         if self.vectors is None or self.index is None:
