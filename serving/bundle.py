@@ -22,7 +22,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -220,8 +220,12 @@ class LoadedBundle:
         use_pool: bool = False,
         known: bool = True,
         boost: ItemBoost | None = None,
+        reader_shown: Mapping[str, int] | None = None,
     ) -> CascadeResult:
         """One reader's list: :meth:`_recommend_model`, plus the freshness slot in the feed.
+
+        ``reader_shown`` (item id → times already listed to this reader) feeds the news
+        ranker's ``reshown`` feature; other rank stages do not read it.
 
         Delta stories (rows from ``model_items`` on) are unknown to the model: read ones count
         as history through their text vectors (when retrieval is in text space), and the feed
@@ -234,6 +238,7 @@ class LoadedBundle:
                 who, history, params, min_interactions=min_interactions, exclude=exclude,
                 session_weights=session_weights, learning_rate=learning_rate,
                 extra_vectors=extra_vectors, use_pool=use_pool, known=known, boost=boost,
+                reader_shown=reader_shown,
             )  # fmt: skip
         history = np.asarray(history, dtype=np.int64)
         read_fresh = history[history >= base_n]
@@ -256,9 +261,10 @@ class LoadedBundle:
             use_pool=use_pool,
             known=known,
             boost=boost,
+            reader_shown=reader_shown,
         )
         if use_pool:
-            self._fresh_slot(result, history, exclude, params, time.time())
+            self._fresh_slot(result, history, exclude, params, time.time(), reader_shown)
         return result
 
     def _fresh_slot(
@@ -268,6 +274,7 @@ class LoadedBundle:
         exclude: np.ndarray,
         params: CascadeParams,
         now_s: float,
+        reader_shown: Mapping[str, int] | None = None,
     ) -> None:
         """Give up to :data:`FRESH_SHARE` of the list to stories newer than the pool (in place).
 
@@ -285,7 +292,8 @@ class LoadedBundle:
         if not len(cand):
             return
         if self.fresh_stage is not None:
-            score = np.asarray(self.fresh_stage.score(history, cand), dtype=np.float64)
+            stage = self._for_reader(self.fresh_stage, reader_shown)
+            score = np.asarray(stage.score(history, cand), dtype=np.float64)
         else:
             sim = np.zeros(len(cand), dtype=np.float64)
             recent = history[-EXPLAIN_POSITIVES:]
@@ -332,6 +340,7 @@ class LoadedBundle:
         use_pool: bool = False,
         known: bool = True,
         boost: ItemBoost | None = None,
+        reader_shown: Mapping[str, int] | None = None,
     ) -> CascadeResult:
         """One reader's list through the cascade (or a fallback that says why).
 
@@ -340,20 +349,23 @@ class LoadedBundle:
         ``exclude``: items never to show (defaults to ``history``); ``session_weights``: the
         session's (item_id, weight) events for the private delta; ``extra_vectors``: vectors
         of free titles that count as history; ``use_pool``: candidates are today's pool;
-        ``boost``: item scores every reader shares (``update_mode: global``).
+        ``boost``: item scores every reader shares (``update_mode: global``);
+        ``reader_shown``: item id → times already listed to this reader (the news ranker's).
         """
         pin_threads()
         exclude = np.unique(history) if exclude is None else exclude
         n_interactions = len(history) + (0 if extra_vectors is None else len(extra_vectors))
         if n_interactions < max(min_interactions, 1):
             return self.fallback(
-                who, n_interactions, params, exclude, min_interactions, known=known, boost=boost
-            )
+                who, n_interactions, params, exclude, min_interactions, known=known, boost=boost,
+                reader_shown=reader_shown,
+            )  # fmt: skip
         if self.retrieval is None and use_pool and self.pool is not None:
             cand = self.pool.indices[~np.isin(self.pool.indices, exclude)]
             result = CascadeResult("personalized", pipeline=["pool", f"ranker:{self.ranker_name}"])
             result.candidates = len(cand)
-            diversify(cand, self.rank_stage.score(history, cand), None, params, result, base_stage="ranker")
+            stage = self._for_reader(self.rank_stage, reader_shown)
+            diversify(cand, stage.score(history, cand), None, params, result, base_stage="ranker")
             return result
         if self.retrieval is None:
             scores = np.array(self.model.score([history])[0], dtype=np.float64)
@@ -373,7 +385,7 @@ class LoadedBundle:
             history,
             exclude,
             self.retrieval,
-            self.rank_stage,
+            self._for_reader(self.rank_stage, reader_shown),
             self.ranker_name,
             self.diversity_vectors,
             params,
@@ -393,6 +405,7 @@ class LoadedBundle:
         *,
         known: bool = True,
         boost: ItemBoost | None = None,
+        reader_shown: Mapping[str, int] | None = None,
     ) -> CascadeResult:
         """Fresh-and-popular items (today's pool, popularity within it) or, without a pool,
         the most popular items; diversified by MMR when the bundle has item vectors. A
@@ -413,6 +426,7 @@ class LoadedBundle:
                 cand = cand[~np.isin(cand, exclude)]
             learned = self._cold_stage(cand)
             if learned is not None:
+                learned = self._for_reader(learned, reader_shown)
                 # The news ranker's score for a reader it knows nothing about (no clicks: its
                 # freshness, popularity and click-through terms), learned from logged readers.
                 relevance = minmax(learned.score(np.zeros(0, dtype=np.int64), cand))
@@ -451,6 +465,18 @@ class LoadedBundle:
         result.candidates = len(cand)
         diversify(cand, relevance, self.diversity_vectors, params, result, base_stage=stage)
         return result
+
+    def _for_reader(self, stage: Any, reader_shown: Mapping[str, int] | None) -> Any:
+        """``stage`` bound to what this reader was already listed, when it is the news ranker
+        (the only stage with a ``reshown`` feature); any other stage as it is."""
+        if not reader_shown or not isinstance(stage, NewsRankStage):
+            return stage
+        index = self.item_index
+        pairs = [(index[i], n) for i, n in reader_shown.items() if i in index]
+        if not pairs:
+            return stage
+        items, counts = zip(*pairs, strict=True)
+        return stage.for_reader(np.asarray(items, dtype=np.int64), np.asarray(counts, dtype=np.float32))
 
     def _cold_stage(self, cand: np.ndarray) -> NewsRankStage | None:
         """The news rank stage that can score ``cand`` for a reader without history, or None.
