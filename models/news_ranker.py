@@ -366,6 +366,10 @@ class NewsRankStage:
     the stage itself is shared by every request and never changes.
     """
 
+    orders_exploration = True
+    """The cascade's exploration slot takes the best-scored novel story, not the seed's pick
+    (``serving.cascade.diversify``): what a reader will click is what this stage learned."""
+
     def __init__(
         self,
         ranker: NewsRanker,

@@ -420,6 +420,7 @@ class LoadedBundle:
                 f"{min_interactions} needed to personalise"
             )
         stage: Stage
+        learned: NewsRankStage | None = None
         if self.pool is not None:
             cand = self.pool.indices
             if len(exclude):
@@ -463,7 +464,15 @@ class LoadedBundle:
         if boost is not None:
             relevance = relevance + boost.scores[cand]
         result.candidates = len(cand)
-        diversify(cand, relevance, self.diversity_vectors, params, result, base_stage=stage)
+        diversify(
+            cand,
+            relevance,
+            self.diversity_vectors,
+            params,
+            result,
+            base_stage=stage,
+            explore_by_relevance=learned is not None,
+        )
         return result
 
     def _for_reader(self, stage: Any, reader_shown: Mapping[str, int] | None) -> Any:

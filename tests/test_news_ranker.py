@@ -334,6 +334,17 @@ def test_the_feed_fallback_demotes_what_the_reader_scrolled_past() -> None:
     )
     assert second.indices[:2] == [1, 6], second.indices
     assert set(second.indices[2:]) >= {11}
+    # With exploration on, the learned stage fills the slot with its best remaining story.
+    import dataclasses
+
+    explored = bundle.recommend_for(
+        "session 's'",
+        np.zeros(0, np.int64),
+        dataclasses.replace(params, explore=True, seed=7),
+        min_interactions=3,
+        use_pool=True,
+    )
+    assert explored.stages[-1] == "exploration" and explored.indices == first.indices, explored.indices
 
 
 def test_reader_exposure_counts_per_reader_within_its_bounds() -> None:
