@@ -17,7 +17,12 @@ were clicked. Each candidate of a request is described by :data:`FEATURES`:
 ``history``    1 when the reader has any click;
 ``reshown``    log(1 + times this story was already shown to this reader without a click):
                a story a reader scrolled past twice is less likely to be clicked the third
-               time, and how much less is learned from the log, not set by hand.
+               time, and how much less is learned from the log, not set by hand;
+``position``   log(1 + the story's slot in the logged listing, 0 = top) in training, 0 at
+               serving: readers click the top slots more whatever is there, and a story
+               listed again tends to be listed on top, so without it the log says "shown
+               before" goes with more clicks; scored as if at the top, every candidate is
+               compared on what it is, not where it was.
 
 One shared MLP body, one logistic head per event (click, like, skip, dwell ≥ threshold);
 the served score is a weighted sum of the heads' probabilities with weights from the
@@ -53,6 +58,7 @@ FEATURES: tuple[str, ...] = (
     "session",
     "history",
     "reshown",
+    "position",
 )
 EVENTS: tuple[str, ...] = ("click", "like", "skip", "dwell")
 DEFAULT_WEIGHTS: dict[str, float] = {"click": 1.0, "like": 0.5, "skip": -0.5, "dwell": 0.3}
@@ -89,12 +95,17 @@ def candidate_features(
     candidate_topics: np.ndarray,
     context: CandidateContext,
     reshown: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ``(n_candidates, len(FEATURES))`` float32 matrix, columns in :data:`FEATURES` order.
 
-    ``reshown``: times each candidate was already shown to this reader without a click (None: 0)."""
+    ``reshown``: times each candidate was already shown to this reader without a click (None: 0);
+    ``positions``: each one's slot in a logged listing, 0 = top (None, as when serving: 0)."""
     n = len(candidate_topics)
     reshown = np.zeros(n, np.float32) if reshown is None else np.asarray(reshown, dtype=np.float32)
+    positions = np.zeros(n, np.float32) if positions is None else np.asarray(positions, dtype=np.float32)
+    if len(positions) != n:
+        raise ValueError(f"candidate_features: positions has {len(positions)} values for {n} candidates")
     for name, arr in (
         ("retrieval", retrieval),
         ("age_hours", age_hours),
@@ -114,6 +125,7 @@ def candidate_features(
         topic_shares(context.session_topics, candidate_topics),
         np.full(n, has_history, dtype=np.float32),
         np.log1p(np.clip(reshown, 0.0, None)),
+        np.log1p(np.clip(positions, 0.0, None)),
     ]
     return np.stack(columns, axis=1).astype(np.float32)
 
@@ -334,9 +346,11 @@ def request_features(
     shown: np.ndarray,
     now_s: float,
     reshown: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
 ) -> np.ndarray:
     """One request's feature rows (see :data:`models.news_ranker.FEATURES`); ``reshown``: times
-    each candidate was already shown to this reader without a click (None: never)."""
+    each candidate was already shown to this reader without a click (None: never);
+    ``positions``: slots of a logged listing (training), None when serving (the top)."""
     history = np.asarray(history, dtype=np.int64)
     candidates = np.asarray(candidates, dtype=np.int64)
     nrms_scores = None
@@ -351,6 +365,7 @@ def request_features(
         candidate_topics=facts.topics[candidates],
         context=CandidateContext(facts.topics[history], facts.topics[np.asarray(session, dtype=np.int64)]),
         reshown=reshown,
+        positions=positions,
     )
 
 

@@ -7,7 +7,9 @@ session-topic match) with its event labels (click, skip, dwell ≥ ``events.dwel
 Popularity and click-through are counted over the impressions *before* each one, so a row
 never sees its own outcome; so is ``reshown``, how many earlier impressions of the same reader
 (user, else ``session:<id>``) showed the story without a click, the count serving keeps per
-reader (``serving.impressions.ReaderExposure``). The per-item counts over the whole log ship with the ranker
+reader (``serving.impressions.ReaderExposure``). Each row also carries its slot in the listing
+(``position``; serving scores every candidate at the top), so the log's position bias is
+learned apart from what the story is. The per-item counts over the whole log ship with the ranker
 (``exposure.json``, :meth:`models.news_ranker.NewsRanker.save`) for serving, which
 computes the same features per request (:class:`models.news_ranker.NewsRankStage`).
 """
@@ -97,6 +99,7 @@ def training_rows(
                     shown_n,
                     row.ts,
                     reshown,
+                    np.arange(len(imp.shown)),  # the listing's order (0 = top); serving scores at 0
                 )
             )
             for event, y in rank_labels(imp.clicked, row.dwell_s, None, dwell_threshold_s).items():

@@ -80,6 +80,7 @@ def test_features_are_named_columns() -> None:
     assert np.allclose(col["topic"], [0.5, 0.25]) and np.allclose(col["session"], [1.0, 0.0])
     assert np.allclose(col["history"], 1.0)
     assert np.allclose(col["reshown"], np.log1p([0.0, 2.0]))
+    assert np.allclose(col["position"], 0.0), "serving scores every candidate as if on top"
     assert np.allclose(topic_shares(np.zeros(0, np.int64), np.array([1, 2])), 0.0)
     with pytest.raises(ValueError, match="retrieval has 1 values for 2 candidates"):
         candidate_features(
@@ -118,7 +119,7 @@ def test_weights_come_from_the_caller_and_bad_input_is_named() -> None:
     assert np.allclose(clicks_only.score(x), probs["click"])
     with pytest.raises(ValueError, match="unknown events \\['share'\\]"):
         NewsRanker(weights={"share": 1.0})
-    with pytest.raises(ValueError, match=r"features must be \(n, 9\)"):
+    with pytest.raises(ValueError, match=r"features must be \(n, 10\)"):
         NewsRanker().fit(x[:, :3], y)
     with pytest.raises(ValueError, match="both clicked and not-clicked"):
         NewsRanker().fit(x, {"click": np.zeros(len(x))})
@@ -252,6 +253,8 @@ def test_training_rows_count_what_each_reader_passed_over() -> None:
     x, labels, clicks, shown = training_rows(log, facts, None, 4, 30.0)
     reshown = np.expm1(x[:, FEATURES.index("reshown")])
     assert np.allclose(reshown, [0, 0, 0, 0, 0, 1, 1, 0, 0, 2, 0])
+    slots = np.expm1(x[:, FEATURES.index("position")])
+    assert np.allclose(slots, [0, 1, 2, 0, 1, 0, 1, 2, 3, 0, 1]), "each row's slot in its listing"
     assert labels["click"].tolist() == [1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0]
     assert clicks.tolist() == [1, 1, 0, 1] and shown.tolist() == [2, 4, 3, 2]
     # Rows only of some impressions: the earlier ones still count as shown.
@@ -365,3 +368,46 @@ def test_reader_exposure_counts_per_reader_within_its_bounds() -> None:
     assert exposure.counts(None) == {}
     with pytest.raises(ValueError, match="max_readers"):
         ReaderExposure(max_readers=0)
+
+
+def test_position_keeps_the_top_slot_from_passing_for_a_liked_story() -> None:
+    """A log where stories listed again sit on top (a stable ranking does that) and top slots
+    get clicked more: counted naively, "shown before" goes with more clicks. With the slot as
+    a feature the ranker learns the demotion the readers apply, scored as if on top."""
+    rng = np.random.default_rng(11)
+    blocks, clicked = [], []
+    for _ in range(1500):
+        positions = np.arange(10)
+        listed_before = rng.random(10) < np.where(positions < 3, 0.7, 0.1)  # re-listed stories on top
+        reshown = np.where(listed_before, rng.integers(1, 3, 10), 0).astype(float)
+        x = candidate_features(
+            retrieval=np.full(10, 0.3),
+            nrms=None,
+            age_hours=np.full(10, 5.0),
+            clicks=np.full(10, 10.0),
+            impressions=np.full(10, 100.0),
+            candidate_topics=np.ones(10, np.int64),
+            context=CandidateContext(np.ones(3, np.int64), np.ones(1, np.int64)),
+            reshown=reshown,
+            positions=positions,
+        )
+        logit = -0.5 - 1.2 * np.log1p(positions) - 0.7 * reshown
+        clicked.append(rng.random(10) < 1 / (1 + np.exp(-logit)))
+        blocks.append(x)
+    x = np.concatenate(blocks)
+    y = np.concatenate(clicked)
+    naive = x[:, FEATURES.index("reshown")] > 0
+    assert y[naive].mean() > y[~naive].mean(), "the confound the position feature is for"
+    ranker = NewsRanker(weights={"click": 1.0}, epochs=30).fit(x, {"click": y.astype(np.float32)})
+    top = candidate_features(
+        retrieval=np.full(3, 0.3),
+        nrms=None,
+        age_hours=np.full(3, 5.0),
+        clicks=np.full(3, 10.0),
+        impressions=np.full(3, 100.0),
+        candidate_topics=np.ones(3, np.int64),
+        context=CandidateContext(np.ones(3, np.int64), np.ones(1, np.int64)),
+        reshown=np.array([0.0, 1.0, 2.0]),
+    )
+    scores = ranker.score(top)
+    assert np.all(np.diff(scores) < 0), scores
