@@ -358,7 +358,7 @@ class LoadedBundle:
         if n_interactions < max(min_interactions, 1):
             return self.fallback(
                 who, n_interactions, params, exclude, min_interactions, known=known, boost=boost,
-                reader_shown=reader_shown,
+                reader_shown=reader_shown, history=history,
             )  # fmt: skip
         if self.retrieval is None and use_pool and self.pool is not None:
             cand = self.pool.indices[~np.isin(self.pool.indices, exclude)]
@@ -406,10 +406,13 @@ class LoadedBundle:
         known: bool = True,
         boost: ItemBoost | None = None,
         reader_shown: Mapping[str, int] | None = None,
+        history: np.ndarray | None = None,
     ) -> CascadeResult:
         """Fresh-and-popular items (today's pool, popularity within it) or, without a pool,
         the most popular items; diversified by MMR when the bundle has item vectors. A
-        ``boost`` (global mode) adds its scores and brings its trending items in."""
+        ``boost`` (global mode) adds its scores and brings its trending items in. A news
+        ranker orders the pool with the reader's few clicks (``history``) as features: it
+        learned how much one or two clicks say, where the fixed rule cannot use them."""
         if not known:
             why = f"{who} has no history in bundle {self.version}"
         elif n_interactions == 0:
@@ -428,10 +431,15 @@ class LoadedBundle:
             learned = self._cold_stage(cand)
             if learned is not None:
                 learned = self._for_reader(learned, reader_shown)
-                # The news ranker's score for a reader it knows nothing about (no clicks: its
-                # freshness, popularity and click-through terms), learned from logged readers.
-                relevance = minmax(learned.score(np.zeros(0, dtype=np.int64), cand))
-                order = "ranked by the news ranker for a new reader"
+                # The news ranker's score for a reader with few or no clicks (then its freshness,
+                # popularity and click-through terms), learned from logged readers.
+                reads = np.zeros(0, dtype=np.int64) if history is None else np.asarray(history, np.int64)
+                relevance = minmax(learned.score(reads, cand))
+                order = (
+                    "ranked by the news ranker from the reader's first clicks"
+                    if len(reads)
+                    else "ranked by the news ranker for a new reader"
+                )
             else:
                 freshness = 1.0 - np.arange(len(cand)) / max(len(self.pool.indices), 1)
                 pop = np.log1p(self.popularity[cand].astype(np.float64))

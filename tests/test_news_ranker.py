@@ -155,8 +155,10 @@ def test_settings_name_a_bad_rank_weight() -> None:
 
 def test_a_new_reader_gets_the_pool_ranked_by_the_learned_stage() -> None:
     """Below ``min_interactions`` the feed falls back to today's pool: a bundle served by the
-    news ranker orders it by the ranker's score for a reader without history (click-through,
+    news ranker orders it (with the reader's first clicks, when there are some) by the ranker's score for a reader without history (click-through,
     freshness, popularity as learned), a text-similarity view by the fixed fresh-and-popular rule."""
+    import dataclasses
+
     import pandas as pd
 
     from serving.bundle import DailyPool, LoadedBundle
@@ -209,9 +211,19 @@ def test_a_new_reader_gets_the_pool_ranked_by_the_learned_stage() -> None:
     assert cold.strategy == "fresh_popular_fallback" and "ranker:news-ranker" in cold.pipeline
     assert "ranked by the news ranker" in (cold.reason or "")
     assert cold.indices == [3, 9, 1, 6, 11], "highest click-through first"
-    # One click (below min_interactions): still the pool, ranked for a reader without history.
+    # One click (below min_interactions): still the pool, ranked with that click as a feature
+    # (every story here shares its topic, so the order is the same).
     one = bundle.recommend_for("session 'one'", np.array([0]), params, min_interactions=3, use_pool=True)
     assert one.indices == [3, 9, 1, 6, 11]
+    assert "from the reader's first clicks" in (one.reason or "")
+    # Two clicks on topic 2: the learned stage puts the pool's topic-2 stories first.
+    topics = np.array([2 if i % 3 == 0 else 1 for i in range(n)])
+    by_topic = dataclasses.replace(
+        bundle,
+        ranker=NewsRankStage(ranker, ItemFacts(None, published, topics), None, np.full(n, 20.0), shown),
+    )
+    two = by_topic.recommend_for("session 'two'", np.array([0, 3]), params, min_interactions=3, use_pool=True)
+    assert two.strategy == "fresh_popular_fallback" and set(two.indices[:2]) == {6, 9}, two.indices
 
     baseline = text_view(bundle)
     fixed = baseline.recommend_for(
