@@ -97,9 +97,9 @@ STACK_ARM = "nrms+ranker"
 def stack_vs_text_similarity(
     home: Path,
     *,
-    warmup_personas: int = 300,
+    warmup_personas: int = 600,
     warmup_days: int = 2,
-    personas: int = 800,
+    personas: int = 1200,
     days: int = 2,
     seed: int = 1,
     nrms_epochs: int = 3,

@@ -62,8 +62,8 @@ def main() -> None:
         help="also run the A/B text-similarity vs nrms+ranker through the service (minutes)",
     )
     parser.add_argument("--ab-only", action="store_true", help="only the A/B; keep the offline table")
-    parser.add_argument("--ab-personas", type=int, default=800, help="A/B readers")
-    parser.add_argument("--ab-warmup", type=int, default=300, help="readers of the warm-up days")
+    parser.add_argument("--ab-personas", type=int, default=1200, help="A/B readers")
+    parser.add_argument("--ab-warmup", type=int, default=600, help="readers of the warm-up days")
     parser.add_argument("--ab-warmup-days", type=int, default=2)
     parser.add_argument("--ab-days", type=int, default=2)
     parser.add_argument("--ab-home", type=Path, default=Path("var/bench/eval-news-ab"))

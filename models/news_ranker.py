@@ -14,7 +14,15 @@ were clicked. Each candidate of a request is described by :data:`FEATURES`:
 ``topic``      share of the reader's clicked stories in the story's topic;
 ``session``    share of this session's clicks in the story's topic (what survives a nightly:
                a reader who just clicked sports gets sports, whatever the model learned);
-``history``    1 when the reader has any click.
+``history``    1 when the reader has any click;
+``reshown``    log(1 + times this story was already shown to this reader without a click):
+               a story a reader scrolled past twice is less likely to be clicked the third
+               time, and how much less is learned from the log, not set by hand;
+``position``   log(1 + the story's slot in the logged listing, 0 = top) in training, 0 at
+               serving: readers click the top slots more whatever is there, and a story
+               listed again tends to be listed on top, so without it the log says "shown
+               before" goes with more clicks; scored as if at the top, every candidate is
+               compared on what it is, not where it was.
 
 One shared MLP body, one logistic head per event (click, like, skip, dwell ≥ threshold);
 the served score is a weighted sum of the heads' probabilities with weights from the
@@ -40,7 +48,18 @@ SESSION_CLICKS = 5
 """A logged impression has no session of its own: the reader's last few clicks stand in for it
 in training, and serving reads the same last few of history + session, so both agree."""
 EXPOSURE_FILE = "exposure.json"
-FEATURES: tuple[str, ...] = ("retrieval", "nrms", "age", "popularity", "ctr", "topic", "session", "history")
+FEATURES: tuple[str, ...] = (
+    "retrieval",
+    "nrms",
+    "age",
+    "popularity",
+    "ctr",
+    "topic",
+    "session",
+    "history",
+    "reshown",
+    "position",
+)
 EVENTS: tuple[str, ...] = ("click", "like", "skip", "dwell")
 DEFAULT_WEIGHTS: dict[str, float] = {"click": 1.0, "like": 0.5, "skip": -0.5, "dwell": 0.3}
 
@@ -75,10 +94,24 @@ def candidate_features(
     impressions: np.ndarray,
     candidate_topics: np.ndarray,
     context: CandidateContext,
+    reshown: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The ``(n_candidates, len(FEATURES))`` float32 matrix, columns in :data:`FEATURES` order."""
+    """The ``(n_candidates, len(FEATURES))`` float32 matrix, columns in :data:`FEATURES` order.
+
+    ``reshown``: times each candidate was already shown to this reader without a click (None: 0);
+    ``positions``: each one's slot in a logged listing, 0 = top (None, as when serving: 0)."""
     n = len(candidate_topics)
-    for name, arr in (("retrieval", retrieval), ("age_hours", age_hours), ("clicks", clicks)):
+    reshown = np.zeros(n, np.float32) if reshown is None else np.asarray(reshown, dtype=np.float32)
+    positions = np.zeros(n, np.float32) if positions is None else np.asarray(positions, dtype=np.float32)
+    if len(positions) != n:
+        raise ValueError(f"candidate_features: positions has {len(positions)} values for {n} candidates")
+    for name, arr in (
+        ("retrieval", retrieval),
+        ("age_hours", age_hours),
+        ("clicks", clicks),
+        ("reshown", reshown),
+    ):
         if len(arr) != n:
             raise ValueError(f"candidate_features: {name} has {len(arr)} values for {n} candidates")
     has_history = float(len(context.history_topics) > 0)
@@ -91,6 +124,8 @@ def candidate_features(
         topic_shares(context.history_topics, candidate_topics),
         topic_shares(context.session_topics, candidate_topics),
         np.full(n, has_history, dtype=np.float32),
+        np.log1p(np.clip(reshown, 0.0, None)),
+        np.log1p(np.clip(positions, 0.0, None)),
     ]
     return np.stack(columns, axis=1).astype(np.float32)
 
@@ -160,7 +195,10 @@ class NewsRanker:
             raise ValueError("news ranker: the click labels need both clicked and not-clicked rows")
         self.trained_events = [e for e, p in zip(EVENTS, present, strict=True) if p]
         self.mean = features.mean(axis=0)
-        self.std = features.std(axis=0) + 1e-6
+        std = features.std(axis=0)
+        # A feature constant in training (every row had history, say) keeps unit scale: divided
+        # by ~0, a value it never took (a reader with no clicks) would saturate every head.
+        self.std = np.where(std > 1e-6, std + 1e-6, 1.0).astype(np.float32)
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         self.net = _Net(len(FEATURES), self.hidden, len(EVENTS))
@@ -307,8 +345,12 @@ def request_features(
     clicks: np.ndarray,
     shown: np.ndarray,
     now_s: float,
+    reshown: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One request's feature rows (see :data:`models.news_ranker.FEATURES`)."""
+    """One request's feature rows (see :data:`models.news_ranker.FEATURES`); ``reshown``: times
+    each candidate was already shown to this reader without a click (None: never);
+    ``positions``: slots of a logged listing (training), None when serving (the top)."""
     history = np.asarray(history, dtype=np.int64)
     candidates = np.asarray(candidates, dtype=np.int64)
     nrms_scores = None
@@ -322,6 +364,8 @@ def request_features(
         impressions=shown[candidates],
         candidate_topics=facts.topics[candidates],
         context=CandidateContext(facts.topics[history], facts.topics[np.asarray(session, dtype=np.int64)]),
+        reshown=reshown,
+        positions=positions,
     )
 
 
@@ -333,25 +377,56 @@ class NewsRankStage:
     encodes no story, only the reader's user vector), and the per-story clicks and
     impressions the ranker shipped with. The request's history is the reader's clicks plus
     the session's, whose last :data:`SESSION_CLICKS` are the session topic feature.
+    :meth:`for_reader` binds what this reader was already shown (the ``reshown`` feature);
+    the stage itself is shared by every request and never changes.
     """
 
+    orders_exploration = True
+    """The cascade's exploration slot takes the best-scored novel story, not the seed's pick
+    (``serving.cascade.diversify``): what a reader will click is what this stage learned."""
+
     def __init__(
-        self, ranker: NewsRanker, facts: ItemFacts, nrms: Any | None, clicks: np.ndarray, shown: np.ndarray
+        self,
+        ranker: NewsRanker,
+        facts: ItemFacts,
+        nrms: Any | None,
+        clicks: np.ndarray,
+        shown: np.ndarray,
+        reader_shown: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.ranker, self.facts, self.nrms = ranker, facts, nrms
         self.clicks, self.shown = clicks, shown
+        self.reader_shown = reader_shown
+        """(sorted item indices, times each was shown to this reader), or None: nothing shown."""
+
+    def for_reader(self, items: np.ndarray, counts: np.ndarray) -> NewsRankStage:
+        """This stage for one request whose reader was already shown ``items`` ``counts`` times."""
+        items = np.asarray(items, dtype=np.int64)
+        order = np.argsort(items, kind="stable")
+        bound = (items[order], np.asarray(counts, dtype=np.float32)[order])
+        return NewsRankStage(self.ranker, self.facts, self.nrms, self.clicks, self.shown, bound)
+
+    def reshown(self, candidates: np.ndarray) -> np.ndarray | None:
+        """Times each candidate was already shown to the bound reader (None when unbound)."""
+        if self.reader_shown is None or not len(self.reader_shown[0]):
+            return None
+        items, counts = self.reader_shown
+        at = np.clip(np.searchsorted(items, candidates), 0, len(items) - 1)
+        return np.where(items[at] == candidates, counts[at], 0.0).astype(np.float32)
 
     def features(self, history: np.ndarray, candidates: np.ndarray, now_s: float | None = None) -> np.ndarray:
         history = np.asarray(history, dtype=np.int64)
+        candidates = np.asarray(candidates, dtype=np.int64)
         return request_features(
             self.facts,
             self.nrms,
             history,
             history[-SESSION_CLICKS:],
-            np.asarray(candidates, dtype=np.int64),
+            candidates,
             self.clicks,
             self.shown,
             time.time() if now_s is None else now_s,
+            self.reshown(candidates),
         )
 
     def score(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:

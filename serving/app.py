@@ -36,7 +36,7 @@ from serving.cascade import pin_threads, set_search_threads
 from serving.dependencies import check_admin_exposure, install_error_handlers
 from serving.events import EventLog
 from serving.global_signals import GlobalSignals
-from serving.impressions import ImpressionLog
+from serving.impressions import ImpressionLog, ReaderExposure
 from serving.metrics import BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
 from serving.routers import admin, catalogue, docs, feed, intent, recommend
 from serving.routers.params import ParamShapes
@@ -129,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if serving.impressions
         else None
     )
+    app.state.exposure = ReaderExposure(max_readers=serving.session_max_sessions)
     app.state.signals = None
     if serving.update_mode == "global":
         signals = GlobalSignals(settings.events_dir, settings.impressions_dir, serving, settings.events)

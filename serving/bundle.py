@@ -25,7 +25,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -227,8 +227,12 @@ class LoadedBundle:
         use_pool: bool = False,
         known: bool = True,
         boost: ItemBoost | None = None,
+        reader_shown: Mapping[str, int] | None = None,
     ) -> CascadeResult:
         """One reader's list: :meth:`_recommend_model`, plus the freshness slot in the feed.
+
+        ``reader_shown`` (item id → times already listed to this reader) feeds the news
+        ranker's ``reshown`` feature; other rank stages do not read it.
 
         Delta stories (rows from ``model_items`` on) are unknown to the model: read ones count
         as history through their text vectors (when retrieval is in text space), and the feed
@@ -241,6 +245,7 @@ class LoadedBundle:
                 who, history, params, min_interactions=min_interactions, exclude=exclude,
                 session_weights=session_weights, learning_rate=learning_rate,
                 extra_vectors=extra_vectors, use_pool=use_pool, known=known, boost=boost,
+                reader_shown=reader_shown,
             )  # fmt: skip
         history = np.asarray(history, dtype=np.int64)
         read_fresh = history[history >= base_n]
@@ -263,9 +268,10 @@ class LoadedBundle:
             use_pool=use_pool,
             known=known,
             boost=boost,
+            reader_shown=reader_shown,
         )
         if use_pool:
-            self._fresh_slot(result, history, exclude, params, time.time())
+            self._fresh_slot(result, history, exclude, params, time.time(), reader_shown)
         return result
 
     def _fresh_slot(
@@ -275,6 +281,7 @@ class LoadedBundle:
         exclude: np.ndarray,
         params: CascadeParams,
         now_s: float,
+        reader_shown: Mapping[str, int] | None = None,
     ) -> None:
         """Give up to :data:`FRESH_SHARE` of the list to stories newer than the pool (in place).
 
@@ -292,7 +299,8 @@ class LoadedBundle:
         if not len(cand):
             return
         if self.fresh_stage is not None:
-            score = np.asarray(self.fresh_stage.score(history, cand), dtype=np.float64)
+            stage = self._for_reader(self.fresh_stage, reader_shown)
+            score = np.asarray(stage.score(history, cand), dtype=np.float64)
         else:
             sim = np.zeros(len(cand), dtype=np.float64)
             recent = history[-EXPLAIN_POSITIVES:]
@@ -339,6 +347,7 @@ class LoadedBundle:
         use_pool: bool = False,
         known: bool = True,
         boost: ItemBoost | None = None,
+        reader_shown: Mapping[str, int] | None = None,
     ) -> CascadeResult:
         """One reader's list through the cascade (or a fallback that says why).
 
@@ -347,20 +356,23 @@ class LoadedBundle:
         ``exclude``: items never to show (defaults to ``history``); ``session_weights``: the
         session's (item_id, weight) events for the private delta; ``extra_vectors``: vectors
         of free titles that count as history; ``use_pool``: candidates are today's pool;
-        ``boost``: item scores every reader shares (``update_mode: global``).
+        ``boost``: item scores every reader shares (``update_mode: global``);
+        ``reader_shown``: item id → times already listed to this reader (the news ranker's).
         """
         pin_threads()
         exclude = np.unique(history) if exclude is None else exclude
         n_interactions = len(history) + (0 if extra_vectors is None else len(extra_vectors))
         if n_interactions < max(min_interactions, 1):
             return self.fallback(
-                who, n_interactions, params, exclude, min_interactions, known=known, boost=boost
-            )
+                who, n_interactions, params, exclude, min_interactions, known=known, boost=boost,
+                reader_shown=reader_shown, history=history,
+            )  # fmt: skip
         if self.retrieval is None and use_pool and self.pool is not None:
             cand = self.pool.indices[~np.isin(self.pool.indices, exclude)]
             result = CascadeResult("personalized", pipeline=["pool", f"ranker:{self.ranker_name}"])
             result.candidates = len(cand)
-            diversify(cand, self.rank_stage.score(history, cand), None, params, result, base_stage="ranker")
+            stage = self._for_reader(self.rank_stage, reader_shown)
+            diversify(cand, stage.score(history, cand), None, params, result, base_stage="ranker")
             return result
         if self.retrieval is None:
             scores = np.array(self.model.score([history])[0], dtype=np.float64)
@@ -380,7 +392,7 @@ class LoadedBundle:
             history,
             exclude,
             self.retrieval,
-            self.rank_stage,
+            self._for_reader(self.rank_stage, reader_shown),
             self.ranker_name,
             self.diversity_vectors,
             params,
@@ -400,10 +412,14 @@ class LoadedBundle:
         *,
         known: bool = True,
         boost: ItemBoost | None = None,
+        reader_shown: Mapping[str, int] | None = None,
+        history: np.ndarray | None = None,
     ) -> CascadeResult:
         """Fresh-and-popular items (today's pool, popularity within it) or, without a pool,
         the most popular items; diversified by MMR when the bundle has item vectors. A
-        ``boost`` (global mode) adds its scores and brings its trending items in."""
+        ``boost`` (global mode) adds its scores and brings its trending items in. A news
+        ranker orders the pool with the reader's few clicks (``history``) as features: it
+        learned how much one or two clicks say, where the fixed rule cannot use them."""
         if not known:
             why = f"{who} has no history in bundle {self.version}"
         elif n_interactions == 0:
@@ -414,17 +430,32 @@ class LoadedBundle:
                 f"{min_interactions} needed to personalise"
             )
         stage: Stage
+        learned: NewsRankStage | None = None
         if self.pool is not None:
             cand = self.pool.indices
             if len(exclude):
                 cand = cand[~np.isin(cand, exclude)]
-            freshness = 1.0 - np.arange(len(cand)) / max(len(self.pool.indices), 1)
-            pop = np.log1p(self.popularity[cand].astype(np.float64))
-            relevance = freshness + 0.25 * (pop / pop.max() if len(pop) and pop.max() > 0 else pop)
+            learned = self._cold_stage(cand)
+            if learned is not None:
+                learned = self._for_reader(learned, reader_shown)
+                # The news ranker's score for a reader with few or no clicks (then its freshness,
+                # popularity and click-through terms), learned from logged readers.
+                reads = np.zeros(0, dtype=np.int64) if history is None else np.asarray(history, np.int64)
+                relevance = minmax(learned.score(reads, cand))
+                order = (
+                    "ranked by the news ranker from the reader's first clicks"
+                    if len(reads)
+                    else "ranked by the news ranker for a new reader"
+                )
+            else:
+                freshness = 1.0 - np.arange(len(cand)) / max(len(self.pool.indices), 1)
+                pop = np.log1p(self.popularity[cand].astype(np.float64))
+                relevance = freshness + 0.25 * (pop / pop.max() if len(pop) and pop.max() > 0 else pop)
+                order = "fresh and popular first"
             result = CascadeResult(
                 "fresh_popular_fallback",
-                reason=f"{why}; showing today's pool ({self.pool.pool_date}), fresh and popular first",
-                pipeline=["pool"],
+                reason=f"{why}; showing today's pool ({self.pool.pool_date}), {order}",
+                pipeline=["pool"] + ([f"ranker:{self.ranker_name}"] if learned is not None else []),
             )
             stage = "fresh_popular"
         else:
@@ -448,8 +479,41 @@ class LoadedBundle:
         if boost is not None:
             relevance = relevance + boost.scores[cand]
         result.candidates = len(cand)
-        diversify(cand, relevance, self.diversity_vectors, params, result, base_stage=stage)
+        diversify(
+            cand,
+            relevance,
+            self.diversity_vectors,
+            params,
+            result,
+            base_stage=stage,
+            explore_by_relevance=learned is not None,
+        )
         return result
+
+    def _for_reader(self, stage: Any, reader_shown: Mapping[str, int] | None) -> Any:
+        """``stage`` bound to what this reader was already listed, when it is the news ranker
+        (the only stage with a ``reshown`` feature); any other stage as it is."""
+        if not reader_shown or not isinstance(stage, NewsRankStage):
+            return stage
+        index = self.item_index
+        pairs = [(index[i], n) for i, n in reader_shown.items() if i in index]
+        if not pairs:
+            return stage
+        items, counts = zip(*pairs, strict=True)
+        return stage.for_reader(np.asarray(items, dtype=np.int64), np.asarray(counts, dtype=np.float32))
+
+    def _cold_stage(self, cand: np.ndarray) -> NewsRankStage | None:
+        """The news rank stage that can score ``cand`` for a reader without history, or None.
+
+        A learned news ranker (``ranker/`` of an NRMS bundle) knows from the logged impressions
+        how much freshness, popularity and a story's click-through say when nothing else is
+        known: it ranks the cold-start pool instead of the fixed fresh-and-popular rule. The
+        delta-extended stage covers delta stories; the bundle's own covers its items only."""
+        if not isinstance(self.ranker, NewsRankStage):
+            return None  # text similarity, a model's own scores: the fixed rule
+        if self.fresh_stage is not None:
+            return self.fresh_stage
+        return self.ranker if not len(cand) or int(cand.max()) < self.model_items else None
 
     def _require_index(self) -> tuple[np.ndarray, ItemIndex]:
         if self.vectors is None or self.index is None:

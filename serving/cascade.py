@@ -408,8 +408,14 @@ def diversify(
     result: CascadeResult,
     *,
     base_stage: Stage,
+    explore_by_relevance: bool = False,
 ) -> None:
     """MMR + near-duplicate removal + exploration over ``candidates`` (any order), into ``result``.
+
+    The exploration slot is a candidate no more similar to the list than average: the one the
+    request's seed picks, or with ``explore_by_relevance`` (a learned rank stage, whose
+    relevance already says what this reader clicks and what they scrolled past) the most
+    relevant of them, so the slot still leaves the reader's usual topics but not at random.
 
     ``relevance`` is in [0, 1]-ish and higher is better; a NaN candidate is never listed.
     ``vectors`` must be unit rows (see :func:`unit_rows`); without them the list is the top-k
@@ -480,7 +486,10 @@ def diversify(
             # chosen by the request's seed (the same reader gets the same one all day).
             near = max_sim[rest]
             novel = rest[near <= sum(near.tolist()) / len(rest)]
-            j = int(novel[params.seed % len(novel)])
+            if explore_by_relevance:
+                j = int(novel[int(np.argmax(rel[novel]))])
+            else:
+                j = int(novel[params.seed % len(novel)])
             result.add(cand[j], rel[j], "exploration")
     result.pipeline.extend(["mmr", "dedup"] + (["exploration"] if explore else []))
 
@@ -555,5 +564,13 @@ def personalized(
     if boost is not None:
         relevance = relevance + boost.scores[cand]
     result.pipeline.append(f"ranker:{ranker_name}")
-    diversify(cand, relevance, diversity_vectors, params, result, base_stage="ranker")
+    diversify(
+        cand,
+        relevance,
+        diversity_vectors,
+        params,
+        result,
+        base_stage="ranker",
+        explore_by_relevance=bool(getattr(ranker, "orders_exploration", False)),
+    )
     return result

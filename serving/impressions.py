@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -170,3 +170,61 @@ class ImpressionLog:
             except Exception:  # the writer must outlive a bad batch
                 logger.exception("impression writer failed")
                 time.sleep(self.flush_s)
+
+
+class ReaderExposure:
+    """How many times each story was already listed to each reader, for the news ranker's
+    ``reshown`` feature (``models.news_ranker``): the nightly learns from the impression log
+    how much less a reader clicks a story they scrolled past before, and serving needs the
+    same count for the request at hand without reading the log back.
+
+    A reader is the user id, else ``session:<session>`` (the key the log's impressions get in
+    training). Kept in this worker's memory: bounded to ``max_readers`` readers (least
+    recently served dropped first) and ``max_items`` stories each (the oldest dropped first),
+    so its cost per request is one dict lookup and an update of the listed stories. Several
+    workers each count the requests they answered, an undercount the ranker tolerates.
+    """
+
+    def __init__(self, max_readers: int = 100_000, max_items: int = 1_000) -> None:
+        if max_readers < 1 or max_items < 1:
+            raise ValueError(
+                f"ReaderExposure: max_readers ({max_readers}) and max_items ({max_items}) must be ≥ 1"
+            )
+        self.max_readers, self.max_items = max_readers, max_items
+        self._readers: OrderedDict[str, dict[str, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def reader(user_id: str | None, session: str | None) -> str | None:
+        """The key a reader's impressions are counted under (None: anonymous, no session)."""
+        if user_id:
+            return user_id
+        return f"session:{session}" if session else None
+
+    def counts(self, reader: str | None) -> dict[str, int]:
+        """Item id → times listed to ``reader`` so far (a copy; empty for an unknown reader)."""
+        if reader is None:
+            return {}
+        with self._lock:
+            seen = self._readers.get(reader)
+            return dict(seen) if seen else {}
+
+    def add(self, reader: str | None, item_ids: Sequence[str]) -> None:
+        """Count one more listing of each of ``item_ids`` to ``reader``."""
+        if reader is None or not item_ids:
+            return
+        with self._lock:
+            seen = self._readers.get(reader)
+            if seen is None:
+                seen = self._readers[reader] = {}
+                while len(self._readers) > self.max_readers:
+                    self._readers.popitem(last=False)
+            else:
+                self._readers.move_to_end(reader)
+            for item in item_ids:
+                seen[item] = seen.pop(item, 0) + 1  # re-inserted: the dict's order is recency
+            while len(seen) > self.max_items:
+                del seen[next(iter(seen))]
+
+    def __len__(self) -> int:
+        return len(self._readers)

@@ -5,7 +5,11 @@ impression log: every shown story of every impression becomes one row of the ran
 features (text retrieval score, NRMS score, age, popularity, click-through, topic and
 session-topic match) with its event labels (click, skip, dwell ≥ ``events.dwell_positive_s``).
 Popularity and click-through are counted over the impressions *before* each one, so a row
-never sees its own outcome. The per-item counts over the whole log ship with the ranker
+never sees its own outcome; so is ``reshown``, how many earlier impressions of the same reader
+(user, else ``session:<id>``) showed the story without a click, the count serving keeps per
+reader (``serving.impressions.ReaderExposure``). Each row also carries its slot in the listing
+(``position``; serving scores every candidate at the top), so the log's position bias is
+learned apart from what the story is. The per-item counts over the whole log ship with the ranker
 (``exposure.json``, :meth:`models.news_ranker.NewsRanker.save`) for serving, which
 computes the same features per request (:class:`models.news_ranker.NewsRankStage`).
 """
@@ -75,24 +79,35 @@ def training_rows(
     per-item clicks and impressions over the whole log."""
     clicks = np.zeros(n_items, np.float64)
     shown_n = np.zeros(n_items, np.float64)
+    passed: dict[str, dict[int, int]] = {}  # reader -> item -> times shown without a click
     blocks: list[np.ndarray] = []
     labels: dict[str, list[np.ndarray]] = {}
     for n, row in enumerate(logged):
         imp = row.impression
         history = np.asarray(imp.history, dtype=np.int64)
-        if rows_from is not None and n not in rows_from:
-            np.add.at(shown_n, imp.shown, 1.0)
-            np.add.at(clicks, imp.shown[imp.clicked], 1.0)
-            continue
-        blocks.append(
-            request_features(
-                facts, nrms, history, history[-SESSION_CLICKS:], imp.shown, clicks, shown_n, row.ts
+        seen = passed.setdefault(str(row.user_id), {})
+        if rows_from is None or n in rows_from:
+            reshown = np.fromiter((seen.get(int(i), 0) for i in imp.shown), np.float32, len(imp.shown))
+            blocks.append(
+                request_features(
+                    facts,
+                    nrms,
+                    history,
+                    history[-SESSION_CLICKS:],
+                    imp.shown,
+                    clicks,
+                    shown_n,
+                    row.ts,
+                    reshown,
+                    np.arange(len(imp.shown)),  # the listing's order (0 = top); serving scores at 0
+                )
             )
-        )
-        for event, y in rank_labels(imp.clicked, row.dwell_s, None, dwell_threshold_s).items():
-            labels.setdefault(event, []).append(y)
+            for event, y in rank_labels(imp.clicked, row.dwell_s, None, dwell_threshold_s).items():
+                labels.setdefault(event, []).append(y)
         np.add.at(shown_n, imp.shown, 1.0)
         np.add.at(clicks, imp.shown[imp.clicked], 1.0)
+        for i in imp.shown[~np.asarray(imp.clicked, dtype=bool)].tolist():
+            seen[i] = seen.get(i, 0) + 1
     features = np.concatenate(blocks) if blocks else np.zeros((0, len(FEATURES)), np.float32)
     return features, {e: np.concatenate(v) for e, v in labels.items()}, clicks, shown_n
 

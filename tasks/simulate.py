@@ -219,9 +219,14 @@ def drifted(
     return {t: m / total for t, m in zip(topics, mixed, strict=True)}
 
 
-def appeal(item_id: str, seed: int) -> float:
-    """A story's attractiveness to every reader: a standard normal fixed by (seed, id)."""
-    digest = hashlib.sha256(f"{seed}:{item_id}".encode()).digest()
+def appeal(item_id: str) -> float:
+    """A story's attractiveness to every reader: a standard normal fixed by its id alone.
+
+    A property of the story, not of the crowd reading it: every simulation against the
+    catalogue (any seed, warm-up or A/B) agrees which stories are appealing, as yesterday's
+    and today's readers of one outlet do. Drawn per run seed, what one run's readers clicked
+    would say nothing about the next run's, and no popularity could ever carry over."""
+    digest = hashlib.sha256(f"appeal:{item_id}".encode()).digest()
     return float(np.random.default_rng(int.from_bytes(digest[:8], "big")).normal())
 
 
@@ -271,7 +276,6 @@ def click_logit(
     taste: Mapping[str, float],
     item: Mapping[str, Any],
     now: float,
-    seed: int,
     config: PersonaConfig,
 ) -> float:
     """The persona click model of :mod:`tasks.personas` for one listed story."""
@@ -288,7 +292,7 @@ def click_logit(
         persona.click_bias
         + config.taste_weight * float(np.clip(np.log(len(taste) * share + 1e-3), -3.0, 2.5))
         + config.keyword_weight * min(hits, 3)
-        + config.appeal_weight * appeal(str(item["item_id"]), seed)
+        + config.appeal_weight * appeal(str(item["item_id"]))
         - config.freshness_weight * age_days
     )
 
@@ -299,7 +303,6 @@ def decide(
     items: Sequence[Mapping[str, Any]],
     now: float,
     rng: np.random.Generator,
-    seed: int,
     config: ReaderConfig,
     memory: Memory | None = None,
 ) -> list[Action]:
@@ -317,7 +320,7 @@ def decide(
         item_id = str(item["item_id"])
         if item_id in memory.read:
             continue  # already read: scrolled past
-        logit = click_logit(persona, taste, item, now, seed, config.persona)
+        logit = click_logit(persona, taste, item, now, config.persona)
         looked.append(item_id)
         logit -= config.repeat_penalty * memory.seen.get(item_id, 0)
         p = 1.0 / (1.0 + math.exp(-logit))
@@ -362,7 +365,7 @@ def read_feed(
     session = session_id(run, persona)
     feed = _check(client.get("/feed", params={"session": session, "k": config.k}), f"GET /feed for {session}")
     items = feed.get("items", [])
-    actions = decide(persona, taste, items, now, _rng(seed, day, index, visit, 1), seed, config, memory)
+    actions = decide(persona, taste, items, now, _rng(seed, day, index, visit, 1), config, memory)
     for n, action in enumerate(actions):
         body: dict[str, Any] = {
             "session": session,

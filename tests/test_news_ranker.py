@@ -4,6 +4,7 @@ weighted score follows the settings' weights, and the stage ranks by the session
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +25,8 @@ from models.news_ranker import (
 def synthetic(
     n_impressions: int = 400, seed: int = 0
 ) -> tuple[np.ndarray, dict[str, np.ndarray], list[np.ndarray]]:
-    """Impressions of 10 stories whose clicks follow topic match, freshness and popularity."""
+    """Impressions of 10 stories whose clicks follow topic match, freshness and popularity, and
+    fall for a story already shown to the reader."""
     rng = np.random.default_rng(seed)
     blocks, clicks, dwell, groups = [], [], [], []
     for n in range(n_impressions):
@@ -38,9 +40,14 @@ def synthetic(
             impressions=rng.integers(50, 200, 10).astype(float),
             candidate_topics=topics,
             context=CandidateContext(history, history[-3:]),
+            reshown=rng.integers(0, 3, 10) * (rng.random(10) < 0.5),
         )
         logit = (
-            -2.0 + 4.0 * x[:, FEATURES.index("session")] - 0.6 * x[:, FEATURES.index("age")] + x[:, 4] * 10
+            -2.0
+            + 4.0 * x[:, FEATURES.index("session")]
+            - 0.6 * x[:, FEATURES.index("age")]
+            + x[:, 4] * 10
+            - 2.0 * x[:, FEATURES.index("reshown")]
         )
         clicked = rng.random(10) < 1 / (1 + np.exp(-logit))
         blocks.append(x)
@@ -63,6 +70,7 @@ def test_features_are_named_columns() -> None:
         impressions=np.array([10.0, 0.0]),
         candidate_topics=np.array([2, 3]),
         context=CandidateContext(np.array([2, 2, 3, 1]), np.array([2])),
+        reshown=np.array([0.0, 2.0]),
     )
     col = {f: x[:, i] for i, f in enumerate(FEATURES)}
     assert np.allclose(col["retrieval"], [0.5, 0.1]) and np.allclose(col["nrms"], 0.0)
@@ -71,6 +79,8 @@ def test_features_are_named_columns() -> None:
     assert np.allclose(col["ctr"], [4 / 20, 1 / 10])
     assert np.allclose(col["topic"], [0.5, 0.25]) and np.allclose(col["session"], [1.0, 0.0])
     assert np.allclose(col["history"], 1.0)
+    assert np.allclose(col["reshown"], np.log1p([0.0, 2.0]))
+    assert np.allclose(col["position"], 0.0), "serving scores every candidate as if on top"
     assert np.allclose(topic_shares(np.zeros(0, np.int64), np.array([1, 2])), 0.0)
     with pytest.raises(ValueError, match="retrieval has 1 values for 2 candidates"):
         candidate_features(
@@ -109,7 +119,7 @@ def test_weights_come_from_the_caller_and_bad_input_is_named() -> None:
     assert np.allclose(clicks_only.score(x), probs["click"])
     with pytest.raises(ValueError, match="unknown events \\['share'\\]"):
         NewsRanker(weights={"share": 1.0})
-    with pytest.raises(ValueError, match=r"features must be \(n, 8\)"):
+    with pytest.raises(ValueError, match=r"features must be \(n, 10\)"):
         NewsRanker().fit(x[:, :3], y)
     with pytest.raises(ValueError, match="both clicked and not-clicked"):
         NewsRanker().fit(x, {"click": np.zeros(len(x))})
@@ -141,3 +151,275 @@ def test_settings_name_a_bad_rank_weight() -> None:
         Settings(serving={"rank_weights": {"click": 1.0, "share": 0.5}})
     with pytest.raises(ValidationError, match="'click' needs a non-zero weight"):
         Settings(serving={"rank_weights": {"skip": -1.0}})
+
+
+def test_a_new_reader_gets_the_pool_ranked_by_the_learned_stage() -> None:
+    """Below ``min_interactions`` the feed falls back to today's pool: a bundle served by the
+    news ranker orders it (with the reader's first clicks, when there are some) by the ranker's score for a reader without history (click-through,
+    freshness, popularity as learned), a text-similarity view by the fixed fresh-and-popular rule."""
+    import dataclasses
+
+    import pandas as pd
+
+    from serving.bundle import DailyPool, LoadedBundle
+    from serving.cascade import CascadeParams
+
+    x, y, _ = synthetic(seed=5)  # clicks follow click-through (×10 in the logit), topic, age
+    ranker = NewsRanker(epochs=40).fit(x, y)
+    n = 12
+    published = np.full(n, 1_000_000.0)
+    facts = ItemFacts(None, published, np.ones(n, np.int64))
+    shown = np.full(n, 100.0)
+    clicks = np.array([2, 30, 5, 45, 0, 12, 25, 1, 8, 40, 3, 18], dtype=np.float64)
+    stage = NewsRankStage(ranker, facts, None, clicks, shown)
+    ids = [f"s{i}" for i in range(n)]
+    vectors = np.eye(n, dtype=np.float32)
+    bundle = LoadedBundle(
+        version="v1",
+        path=Path("."),
+        manifest={"model": {"name": "nrms"}},
+        items=pd.DataFrame({"item_id": ids}),
+        item_index={i: k for k, i in enumerate(ids)},
+        histories={},
+        popularity=np.zeros(n, np.int64),
+        popular_order=np.arange(n),
+        popular_rank=np.arange(n),
+        model=None,
+        item_ids=ids,
+        titles=ids,
+        categories=[["sports"]] * n,
+        years=[None] * n,
+        vectors=vectors,
+        unit_vectors=vectors,
+        ranker=stage,
+        ranker_name="news-ranker",
+        published_s=published,
+        pool=DailyPool("2026-11-23", np.arange(n), [None] * n, [None] * n),
+    )
+    params = CascadeParams(
+        k=5,
+        candidates=12,
+        mmr_lambda=1.0,
+        retrieval_weight=0.0,
+        duplicate_threshold=1.0,
+        explore=False,
+        seed=0,
+    )
+    cold = bundle.recommend_for(
+        "session 'new'", np.zeros(0, np.int64), params, min_interactions=3, use_pool=True
+    )
+    assert cold.strategy == "fresh_popular_fallback" and "ranker:news-ranker" in cold.pipeline
+    assert "ranked by the news ranker" in (cold.reason or "")
+    assert cold.indices == [3, 9, 1, 6, 11], "highest click-through first"
+    # One click (below min_interactions): still the pool, ranked with that click as a feature
+    # (every story here shares its topic, so the order is the same).
+    one = bundle.recommend_for("session 'one'", np.array([0]), params, min_interactions=3, use_pool=True)
+    assert one.indices == [3, 9, 1, 6, 11]
+    assert "from the reader's first clicks" in (one.reason or "")
+    # Two clicks on topic 2: the learned stage puts the pool's topic-2 stories first.
+    topics = np.array([2 if i % 3 == 0 else 1 for i in range(n)])
+    by_topic = dataclasses.replace(
+        bundle,
+        ranker=NewsRankStage(ranker, ItemFacts(None, published, topics), None, np.full(n, 20.0), shown),
+    )
+    two = by_topic.recommend_for("session 'two'", np.array([0, 3]), params, min_interactions=3, use_pool=True)
+    assert two.strategy == "fresh_popular_fallback" and set(two.indices[:2]) == {6, 9}, two.indices
+
+    baseline = text_view(bundle)
+    fixed = baseline.recommend_for(
+        "session 'new'", np.zeros(0, np.int64), params, min_interactions=3, use_pool=True
+    )
+    assert fixed.indices == [0, 1, 2, 3, 4], "pool order: the fixed rule (no popularity here)"
+    assert "fresh and popular first" in (fixed.reason or "")
+
+
+def text_view(bundle: Any) -> Any:
+    """The text-similarity view of ``bundle`` without building an index (the fallback needs none)."""
+    import dataclasses
+
+    from serving.bundle import TextSimilarityRanker
+
+    return dataclasses.replace(
+        bundle, ranker=TextSimilarityRanker(bundle.vectors), ranker_name="text-similarity"
+    )
+
+
+def test_training_rows_count_what_each_reader_passed_over() -> None:
+    """``reshown`` of a logged row: earlier impressions of the same reader that showed the story
+    without a click (a click does not count, another reader's impressions do not count)."""
+    from models.nrms import Impression
+    from tasks.features import LoggedImpression
+    from tasks.news_ranking import training_rows
+
+    def logged(user: str, ts: float, shown: list[int], clicked: list[bool]) -> LoggedImpression:
+        imp = Impression(np.zeros(0, np.int64), np.asarray(shown, np.int64), np.asarray(clicked, bool))
+        return LoggedImpression(user, ts, imp, np.zeros(len(shown)))
+
+    log = [
+        logged("session:a", 1.0, [0, 1, 2], [True, False, False]),
+        logged("session:b", 2.0, [1, 2], [False, False]),
+        logged("session:a", 3.0, [1, 2, 0, 3], [False, False, False, True]),
+        logged("session:a", 4.0, [1, 3], [True, False]),
+    ]
+    facts = ItemFacts(None, np.full(4, 0.0), np.ones(4, np.int64))
+    x, labels, clicks, shown = training_rows(log, facts, None, 4, 30.0)
+    reshown = np.expm1(x[:, FEATURES.index("reshown")])
+    assert np.allclose(reshown, [0, 0, 0, 0, 0, 1, 1, 0, 0, 2, 0])
+    slots = np.expm1(x[:, FEATURES.index("position")])
+    assert np.allclose(slots, [0, 1, 2, 0, 1, 0, 1, 2, 3, 0, 1]), "each row's slot in its listing"
+    assert labels["click"].tolist() == [1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0]
+    assert clicks.tolist() == [1, 1, 0, 1] and shown.tolist() == [2, 4, 3, 2]
+    # Rows only of some impressions: the earlier ones still count as shown.
+    x_late, _, _, _ = training_rows(log, facts, None, 4, 30.0, rows_from={3})
+    assert np.allclose(np.expm1(x_late[:, FEATURES.index("reshown")]), [2, 0])
+
+
+def test_a_story_shown_before_is_demoted_as_the_log_taught() -> None:
+    """The stage bound to what a reader was already listed scores those stories lower (the
+    synthetic log clicks them less) and leaves the others; the feed's fallback ranks with it."""
+    x, y, _ = synthetic(seed=5)
+    ranker = NewsRanker(epochs=40).fit(x, y)
+    n = 12
+    facts = ItemFacts(None, np.full(n, 1_000_000.0), np.ones(n, np.int64))
+    clicks = np.array([2, 30, 5, 45, 0, 12, 25, 1, 8, 40, 3, 18], dtype=np.float64)
+    stage = NewsRankStage(ranker, facts, None, clicks, np.full(n, 100.0))
+    candidates = np.arange(n)
+    plain = stage.score(np.array([0]), candidates)
+    bound = stage.for_reader(np.array([9, 3]), np.array([3.0, 1.0]))
+    again = bound.score(np.array([0]), candidates)
+    assert again[9] < plain[9] and again[3] < plain[3]
+    assert plain[3] - again[3] < plain[9] - again[9], "shown three times weighs more than once"
+    others = np.setdiff1d(candidates, [3, 9])
+    assert np.allclose(again[others], plain[others])
+    assert stage.reshown(candidates) is None, "the shared stage is not changed by a request"
+
+
+def test_the_feed_fallback_demotes_what_the_reader_scrolled_past() -> None:
+    import pandas as pd
+
+    from serving.bundle import DailyPool, LoadedBundle
+    from serving.cascade import CascadeParams
+
+    x, y, _ = synthetic(seed=5)
+    ranker = NewsRanker(epochs=40).fit(x, y)
+    n = 12
+    published = np.full(n, 1_000_000.0)
+    facts = ItemFacts(None, published, np.ones(n, np.int64))
+    clicks = np.array([2, 30, 5, 45, 0, 12, 25, 1, 8, 40, 3, 18], dtype=np.float64)
+    ids = [f"s{i}" for i in range(n)]
+    vectors = np.eye(n, dtype=np.float32)
+    bundle = LoadedBundle(
+        version="v1",
+        path=Path("."),
+        manifest={"model": {"name": "nrms"}},
+        items=pd.DataFrame({"item_id": ids}),
+        item_index={i: k for k, i in enumerate(ids)},
+        histories={},
+        popularity=np.zeros(n, np.int64),
+        popular_order=np.arange(n),
+        popular_rank=np.arange(n),
+        model=None,
+        item_ids=ids,
+        titles=ids,
+        categories=[["sports"]] * n,
+        years=[None] * n,
+        vectors=vectors,
+        unit_vectors=vectors,
+        ranker=NewsRankStage(ranker, facts, None, clicks, np.full(n, 100.0)),
+        ranker_name="news-ranker",
+        published_s=published,
+        pool=DailyPool("2026-11-23", np.arange(n), [None] * n, [None] * n),
+    )
+    params = CascadeParams(
+        k=5,
+        candidates=12,
+        mmr_lambda=1.0,
+        retrieval_weight=0.0,
+        duplicate_threshold=1.0,
+        explore=False,
+        seed=0,
+    )
+    first = bundle.recommend_for(
+        "session 's'", np.zeros(0, np.int64), params, min_interactions=3, use_pool=True
+    )
+    assert first.indices[:2] == [3, 9]
+    shown = {"s3": 3, "s9": 3, "unknown-story": 5}
+    second = bundle.recommend_for(
+        "session 's'", np.zeros(0, np.int64), params, min_interactions=3, use_pool=True, reader_shown=shown
+    )
+    assert second.indices[:2] == [1, 6], second.indices
+    assert set(second.indices[2:]) >= {11}
+    # With exploration on, the learned stage fills the slot with its best remaining story.
+    import dataclasses
+
+    explored = bundle.recommend_for(
+        "session 's'",
+        np.zeros(0, np.int64),
+        dataclasses.replace(params, explore=True, seed=7),
+        min_interactions=3,
+        use_pool=True,
+    )
+    assert explored.stages[-1] == "exploration" and explored.indices == first.indices, explored.indices
+
+
+def test_reader_exposure_counts_per_reader_within_its_bounds() -> None:
+    from serving.impressions import ReaderExposure
+
+    exposure = ReaderExposure(max_readers=2, max_items=3)
+    assert exposure.reader(None, "abc") == "session:abc" and exposure.reader("u1", "abc") == "u1"
+    assert exposure.reader(None, None) is None
+    exposure.add("r1", ["a", "b"])
+    exposure.add("r1", ["b", "c"])
+    assert exposure.counts("r1") == {"a": 1, "b": 2, "c": 1}
+    exposure.add("r1", ["d"])  # a fourth story: the one listed longest ago goes
+    assert exposure.counts("r1") == {"b": 2, "c": 1, "d": 1}
+    exposure.add("r2", ["a"])
+    exposure.add("r1", ["a"])  # r1 served last: r2 is the least recent
+    exposure.add("r3", ["a"])
+    assert len(exposure) == 2 and exposure.counts("r2") == {} and exposure.counts("r1")["a"] == 1
+    assert exposure.counts(None) == {}
+    with pytest.raises(ValueError, match="max_readers"):
+        ReaderExposure(max_readers=0)
+
+
+def test_position_keeps_the_top_slot_from_passing_for_a_liked_story() -> None:
+    """A log where stories listed again sit on top (a stable ranking does that) and top slots
+    get clicked more: counted naively, "shown before" goes with more clicks. With the slot as
+    a feature the ranker learns the demotion the readers apply, scored as if on top."""
+    rng = np.random.default_rng(11)
+    blocks, clicked = [], []
+    for _ in range(1500):
+        positions = np.arange(10)
+        listed_before = rng.random(10) < np.where(positions < 3, 0.7, 0.1)  # re-listed stories on top
+        reshown = np.where(listed_before, rng.integers(1, 3, 10), 0).astype(float)
+        x = candidate_features(
+            retrieval=np.full(10, 0.3),
+            nrms=None,
+            age_hours=np.full(10, 5.0),
+            clicks=np.full(10, 10.0),
+            impressions=np.full(10, 100.0),
+            candidate_topics=np.ones(10, np.int64),
+            context=CandidateContext(np.ones(3, np.int64), np.ones(1, np.int64)),
+            reshown=reshown,
+            positions=positions,
+        )
+        logit = -0.5 - 1.2 * np.log1p(positions) - 0.7 * reshown
+        clicked.append(rng.random(10) < 1 / (1 + np.exp(-logit)))
+        blocks.append(x)
+    x = np.concatenate(blocks)
+    y = np.concatenate(clicked)
+    naive = x[:, FEATURES.index("reshown")] > 0
+    assert y[naive].mean() > y[~naive].mean(), "the confound the position feature is for"
+    ranker = NewsRanker(weights={"click": 1.0}, epochs=30).fit(x, {"click": y.astype(np.float32)})
+    top = candidate_features(
+        retrieval=np.full(3, 0.3),
+        nrms=None,
+        age_hours=np.full(3, 5.0),
+        clicks=np.full(3, 10.0),
+        impressions=np.full(3, 100.0),
+        candidate_topics=np.ones(3, np.int64),
+        context=CandidateContext(np.ones(3, np.int64), np.ones(1, np.int64)),
+        reshown=np.array([0.0, 1.0, 2.0]),
+    )
+    scores = ranker.score(top)
+    assert np.all(np.diff(scores) < 0), scores

@@ -129,6 +129,7 @@ def test_train_models_trains_nrms_ranks_the_feed_and_the_session_survives_a_trai
     ranker = json.loads((bundle / "ranker" / "ranker.json").read_text())
     assert ranker["trained_events"] == ["click", "skip"], "MIND logs no likes and no dwell"
     assert ranker["params"]["weights"] == settings.serving.rank_weights
+    assert "reshown" in ranker["features"], "what a reader scrolled past is a learned feature"
 
     # A reader clicks four sports stories: the feed (NRMS + ranker) turns to sports.
     topic_of = dict(zip(items["item_id"], items["topic"], strict=True))
@@ -145,6 +146,9 @@ def test_train_models_trains_nrms_ranks_the_feed_and_the_session_survives_a_trai
         assert before["strategy"] == "personalized"
         assert "ranker:news-ranker" in before["cascade"]["pipeline"], before["cascade"]
         assert sports_in(before, topic_of) >= 6, [topic_of.get(i["item_id"]) for i in before["items"]]
+        # What the feed listed counts for this reader's next request (the ranker's ``reshown``).
+        listed = _app.state.exposure.counts(f"session:{session}")
+        assert listed == {i["item_id"]: 1 for i in before["items"]}
 
         # Two stories scraped after the training (a sports one and another, word for word like
         # two trained ones): the freshness update encodes them with the bundle's NRMS, and the

@@ -577,9 +577,17 @@ def test_settings_reject_a_bad_update_mode() -> None:
 
 
 def reference_mmr(
-    relevance: np.ndarray, vectors: np.ndarray, k: int, lam: float, threshold: float, explore: bool, seed: int
+    relevance: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    lam: float,
+    threshold: float,
+    explore: bool,
+    seed: int,
+    by_relevance: bool = False,
 ) -> tuple[list[int], list[str], int]:
     """MMR as the definition reads, one pair at a time: the spec the vectorised code must match.
+    The exploration slot is the seed's novel candidate, or (``by_relevance``) the most relevant.
 
     Returns picked positions (into ``relevance``), their stages and the duplicates dropped.
     """
@@ -610,7 +618,7 @@ def reference_mmr(
     if explore and rest:
         mean = sum(max_sim[i] for i in rest) / len(rest)
         novel = [i for i in rest if max_sim[i] <= mean]
-        picks.append(novel[seed % len(novel)])
+        picks.append(max(novel, key=lambda i: relevance[i]) if by_relevance else novel[seed % len(novel)])
         stages.append("exploration")
     return picks, stages, duplicates
 
@@ -642,9 +650,18 @@ def test_vectorised_mmr_matches_the_pairwise_definition(lam: float) -> None:
         result = CascadeResult("personalized")
         # diversify sorts and keeps the head; the reference takes that head as given
         order = np.argsort(-relevance, kind="stable")[: max(MMR_DEPTH_PER_SLOT * k, MMR_MIN_DEPTH)]
-        diversify(np.arange(n), relevance, vectors, params, result, base_stage="ranker")
+        by_relevance = trial % 4 == 1  # a learned rank stage orders the exploration slot
+        diversify(
+            np.arange(n),
+            relevance,
+            vectors,
+            params,
+            result,
+            base_stage="ranker",
+            explore_by_relevance=by_relevance,
+        )
         picks, stages, duplicates = reference_mmr(
-            relevance[order], vectors[order], min(k, n), lam, 0.97, params.explore, trial
+            relevance[order], vectors[order], min(k, n), lam, 0.97, params.explore, trial, by_relevance
         )
         assert result.indices == [int(order[j]) for j in picks]
         assert result.stages == stages

@@ -44,15 +44,15 @@ def slate(topics: list[str]) -> list[dict[str, str]]:
 
 def test_decisions_follow_the_seed_and_the_reader_never_reads_a_story_twice() -> None:
     items = slate(["sports", "politics", "sports", "science", "sports", "politics"] * 2)
-    first = decide(SPORTS_FAN, SPORTS_FAN.taste, items, NOW, np.random.default_rng(1), 0, ReaderConfig())
-    again = decide(SPORTS_FAN, SPORTS_FAN.taste, items, NOW, np.random.default_rng(1), 0, ReaderConfig())
+    first = decide(SPORTS_FAN, SPORTS_FAN.taste, items, NOW, np.random.default_rng(1), ReaderConfig())
+    again = decide(SPORTS_FAN, SPORTS_FAN.taste, items, NOW, np.random.default_rng(1), ReaderConfig())
     assert first == again
 
     memory = Memory()
     clicked: set[str] = set()
     for n in range(30):
         actions = decide(
-            SPORTS_FAN, SPORTS_FAN.taste, items, NOW, np.random.default_rng(n), 0, ReaderConfig(), memory
+            SPORTS_FAN, SPORTS_FAN.taste, items, NOW, np.random.default_rng(n), ReaderConfig(), memory
         )
         now_clicked = {a.item_id for a in actions if a.event == "click"}
         assert not now_clicked & clicked  # read once, never clicked again
@@ -65,7 +65,7 @@ def test_taste_and_position_shape_the_clicks() -> None:
     items = slate(["sports"] * 10 + ["politics"] * 10)
     clicks = {"sports": 0, "politics": 0}
     for n in range(200):
-        for a in decide(SPORTS_FAN, SPORTS_FAN.taste, items, NOW, np.random.default_rng(n), 0, config):
+        for a in decide(SPORTS_FAN, SPORTS_FAN.taste, items, NOW, np.random.default_rng(n), config):
             if a.event == "click":
                 clicks[items[a.position]["topic"]] += 1
     assert clicks["sports"] > 3 * clicks["politics"]
@@ -74,7 +74,7 @@ def test_taste_and_position_shape_the_clicks() -> None:
     top = bottom = 0
     for n in range(300):
         for a in decide(
-            SPORTS_FAN, SPORTS_FAN.taste, slate(["sports"] * 10), NOW, np.random.default_rng(n), 0, biased
+            SPORTS_FAN, SPORTS_FAN.taste, slate(["sports"] * 10), NOW, np.random.default_rng(n), biased
         ):
             top += a.event == "click" and a.position < 2
             bottom += a.event == "click" and a.position >= 8

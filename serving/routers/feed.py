@@ -34,6 +34,7 @@ from serving.dependencies import (
     bad_request,
 )
 from serving.events import Event
+from serving.impressions import ReaderExposure
 from serving.routers import shared
 from serving.routers.params import ParamShapes
 from serving.schemas import (
@@ -118,6 +119,7 @@ def router(shapes: ParamShapes, news: bool = False) -> APIRouter:
         p = shared.cascade_params(
             serving, depth, query.mmr_lambda, query.explore, who, session, bundle.version, len(state)
         )
+        exposure: ReaderExposure = request.app.state.exposure
         result = await shared.run_cascade(
             serving,
             bundle,
@@ -131,9 +133,11 @@ def router(shapes: ParamShapes, news: bool = False) -> APIRouter:
             use_pool=True,
             known=known or len(state) > 0,
             boost=(boost := shared.global_boost(request.app.state, bundle)),
+            reader_shown=exposure.counts(reader := exposure.reader(who, session)),
         )
         result = filters.finish(filt, result, query.k)
         items = shared.listed(bundle, result)
+        exposure.add(reader, [item["item_id"] for item in items])
         explained = bundle.explain(result, history, time.time())
         trending = set(boost.top.tolist()) if boost is not None else set()
         for item, idx, (topic, why, code) in zip(items, result.indices, explained, strict=True):
