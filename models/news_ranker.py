@@ -48,6 +48,12 @@ SESSION_CLICKS = 5
 """A logged impression has no session of its own: the reader's last few clicks stand in for it
 in training, and serving reads the same last few of history + session, so both agree."""
 EXPOSURE_FILE = "exposure.json"
+
+
+class FeatureMismatch(ValueError):
+    """A saved ranker was trained on other features than :data:`FEATURES`."""
+
+
 FEATURES: tuple[str, ...] = (
     "retrieval",
     "nrms",
@@ -271,7 +277,7 @@ class NewsRanker:
     def load(cls, directory: Path) -> NewsRanker:
         meta = json.loads((directory / "ranker.json").read_text())
         if meta.get("features") != list(FEATURES):
-            raise ValueError(
+            raise FeatureMismatch(
                 f"{directory}: ranker features {meta.get('features')} differ from {list(FEATURES)}"
             )
         ranker = cls(**meta["params"])

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 
 from models.ann import ItemIndex
 from models.base import Recommender
-from models.news_ranker import ItemFacts, NewsRankStage, is_news_ranker
+from models.news_ranker import FeatureMismatch, ItemFacts, NewsRankStage, is_news_ranker
 from models.news_ranker import unit_rows as news_unit_rows
 from models.ranking import top_k
 from models.registry import load_model
@@ -48,6 +48,7 @@ from serving.cascade import (
     CascadeParams,
     CascadeResult,
     ItemBoost,
+    ModelRanker,
     RankStage,
     RetrievalSpace,
     Stage,
@@ -199,8 +200,6 @@ class LoadedBundle:
     def rank_stage(self) -> RankStage:
         if self.ranker is not None:
             return self.ranker
-        from serving.cascade import ModelRanker
-
         return ModelRanker(self.model)
 
     @property
@@ -851,7 +850,15 @@ def load_bundle(store: ArtifactStore, version: str) -> LoadedBundle:
     categories = [list(c) if c is not None else [] for c in columns["categories"]]
     ranker: RankStage
     if is_news_ranker(path / "ranker"):  # the news feed's rank stage: features, not embeddings
-        ranker, ranker_name = news_rank_stage(path / "ranker", item_ids, model, vectors, columns, categories)
+        try:
+            ranker, ranker_name = news_rank_stage(
+                path / "ranker", item_ids, model, vectors, columns, categories
+            )
+        except FeatureMismatch as exc:
+            # A bundle from before a feature was added: served in the model's own order (its
+            # retrieval stays) until the next training writes a ranker with today's features.
+            logger.warning("bundle %s: news ranker not used: %s", version, exc)
+            ranker, ranker_name = ModelRanker(model), f"model:{getattr(model, 'name', type(model).__name__)}"
     else:
         ranker, ranker_name = load_rank_stage(path, model)
     space = retrieval_space(model, vectors, index, item_ids)

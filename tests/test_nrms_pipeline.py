@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from models import news_ranker
 from models.nrms import NRMSModel
 from models.registry import load_model
+from serving.bundle import load_bundle
 from storage.artifacts import ArtifactStore
 from storage.deltas import latest_seq, read_delta
 from storage.settings import Settings
@@ -88,7 +90,7 @@ def sports_in(feed: dict, topic_of: dict[str, str]) -> int:
 
 
 def test_train_models_trains_nrms_ranks_the_feed_and_the_session_survives_a_training(
-    prefect_api: None, tmp_path: Path
+    prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.train import train_models
     from tasks.news_eval import demo_items
@@ -130,6 +132,12 @@ def test_train_models_trains_nrms_ranks_the_feed_and_the_session_survives_a_trai
     assert ranker["trained_events"] == ["click", "skip"], "MIND logs no likes and no dwell"
     assert ranker["params"]["weights"] == settings.serving.rank_weights
     assert "reshown" in ranker["features"], "what a reader scrolled past is a learned feature"
+    # A ranker saved before a feature was added does not stop the bundle from serving: the
+    # model's own order stands in until the next training.
+    with monkeypatch.context() as m:
+        m.setattr(news_ranker, "FEATURES", (*news_ranker.FEATURES, "a-later-feature"))
+        older = load_bundle(store, str(first.live))
+    assert older.ranker_name == "model:nrms", older.ranker_name
 
     # A reader clicks four sports stories: the feed (NRMS + ranker) turns to sports.
     topic_of = dict(zip(items["item_id"], items["topic"], strict=True))
