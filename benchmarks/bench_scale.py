@@ -22,6 +22,10 @@ benchmark's loader owns, measurable at 25M when the model stages are too slow to
 Results go to ``--out`` (default ``var/bench/scale.json``; ``scale-data.json`` with
 ``--data-only``) after every size, the table is printed, and ``--plot`` (default
 ``docs/scale.png``, ``scale-data.png``) draws seconds against ratings, log-log.
+
+``--resume`` keeps the sizes ``--out`` already holds (same seed and mode) and runs only the
+others: a 25M run that takes most of an hour need not repeat 1M and 5M, and one that failed
+can be run again alone. The table and plot cover every size in the file.
 """
 
 from __future__ import annotations
@@ -223,6 +227,18 @@ def bench_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def previous_results(path: Path, seed: int, data_only: bool) -> list[dict[str, Any]]:
+    """The sizes an earlier run wrote to ``path`` with the same seed and mode (none if absent)."""
+    if not path.exists():
+        return []
+    try:
+        sizes = json.loads(path.read_text())["sizes"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--resume: {path} is not a bench_scale result file ({exc})") from exc
+    mode = "data stages" if data_only else "nightly"
+    return [r for r in sizes if r.get("seed") == seed and r.get("mode") == mode]
+
+
 def print_table(results: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -299,6 +315,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--plot", type=Path, help="default docs/scale.png (scale-data.png)")
     parser.add_argument("--data-only", action="store_true", help="time load, k-core and split only")
     parser.add_argument("--keep", action="store_true", help="keep each size's warehouse and bundles")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the sizes --out already holds; run the others"
+    )
     args = parser.parse_args(argv)
     suffix = "-data" if args.data_only else ""  # the two modes never overwrite each other
     args.out = args.out or Path(f"var/bench/scale{suffix}.json")
@@ -307,9 +326,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         shape_for(size)  # a bad size fails before anything runs
     args.cache, args.work = args.cache.resolve(), args.work.resolve()
     os.environ.setdefault("PREFECT_HOME", str(args.work / "prefect"))
-    results: list[dict[str, Any]] = []
+    results = previous_results(args.out, args.seed, args.data_only) if args.resume else []
+    done = {r["requested"] for r in results}
     for size in args.sizes:
+        if size in done:
+            print(f"[{size:,}] kept from {args.out}", flush=True)
+            continue
         results.append(bench_size(size, args))
+        results.sort(key=lambda r: r["ratings"])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
             json.dumps(
