@@ -41,8 +41,38 @@ def test_resume_keeps_the_sizes_already_measured(tmp_path: Path) -> None:
     assert again["full"] != first[0]["full"]
 
 
+def test_resume_from_joins_sizes_measured_by_separate_commands(tmp_path: Path) -> None:
+    common = ["--data-only", "--cache", str(tmp_path / "cache"), "--work", str(tmp_path / "w")]
+    small, large, joined = tmp_path / "small.json", tmp_path / "large.json", tmp_path / "scale.json"
+    main(["--sizes", "3000", *common, "--out", str(small), "--plot", str(tmp_path / "s.png")])
+    main(["--sizes", "5000", *common, "--out", str(large), "--plot", str(tmp_path / "l.png")])
+    png = tmp_path / "scale.png"
+    main(
+        [
+            "--sizes",
+            "3000",
+            "5000",
+            *common,
+            "--resume-from",
+            str(large),
+            str(small),
+            "--out",
+            str(joined),
+            "--plot",
+            str(png),
+        ]
+    )
+    sizes = json.loads(joined.read_text())["sizes"]
+    assert sizes == json.loads(small.read_text())["sizes"] + json.loads(large.read_text())["sizes"]
+    assert all(s["measured"]["load_average"] for s in sizes)  # when and under what load
+    assert png.stat().st_size > 10_000
+
+
 def test_resume_refuses_a_file_that_is_not_a_result(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     out.write_text('{"something": 1}')
+    args = ["--sizes", "3000", "--data-only", "--work", str(tmp_path / "w")]
     with pytest.raises(SystemExit, match="not a bench_scale result file"):
-        main(["--sizes", "3000", "--data-only", "--resume", "--out", str(out), "--work", str(tmp_path / "w")])
+        main([*args, "--resume", "--out", str(out)])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main([*args, "--resume-from", str(tmp_path / "missing.json"), "--out", str(tmp_path / "o.json")])
