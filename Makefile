@@ -172,6 +172,7 @@ test-reliability: setup
 # The nightly on ML-25M-shaped data (generated once under var/bench/scale/): seconds and peak
 # memory per stage, full and 1 % incremental night → var/bench/scale.json, docs/scale.png.
 # SCALE_SIZES=1000000 for a quick look; SCALE_ARGS=--data-only times load, k-core and split only.
+# SCALE_ARGS=--resume keeps the sizes var/bench/scale.json already holds and runs the others.
 SCALE_SIZES ?= 1000000 5000000 25000000
 SCALE_ARGS ?=
 bench-scale: setup

@@ -22,6 +22,13 @@ benchmark's loader owns, measurable at 25M when the model stages are too slow to
 Results go to ``--out`` (default ``var/bench/scale.json``; ``scale-data.json`` with
 ``--data-only``) after every size, the table is printed, and ``--plot`` (default
 ``docs/scale.png``, ``scale-data.png``) draws seconds against ratings, log-log.
+
+``--resume`` keeps the sizes ``--out`` already holds (same seed and mode) and runs only the
+others: a 25M run that takes most of an hour need not repeat 1M and 5M, and one that failed
+can be run again alone. ``--resume-from A.json B.json`` also keeps the sizes of earlier result
+files (sizes measured by separate commands) and writes them together to ``--out``. Each size
+measured records when, and the load average then, under ``measured``. The table and plot
+cover every size asked for.
 """
 
 from __future__ import annotations
@@ -223,6 +230,36 @@ def bench_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def previous_results(path: Path, seed: int, data_only: bool, required: bool = False) -> list[dict[str, Any]]:
+    """The sizes an earlier run wrote to ``path`` with the same seed and mode (none if absent,
+    unless ``required``)."""
+    if not path.exists():
+        if required:
+            raise SystemExit(f"--resume-from: {path} does not exist")
+        return []
+    try:
+        sizes = json.loads(path.read_text())["sizes"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--resume: {path} is not a bench_scale result file ({exc})") from exc
+    mode = "data stages" if data_only else "nightly"
+    return [r for r in sizes if r.get("seed") == seed and r.get("mode") == mode]
+
+
+def write_results(path: Path, results: list[dict[str, Any]]) -> None:
+    """The result file: the machine, the targets and every size so far, smallest first."""
+    results.sort(key=lambda r: r["ratings"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    machine = {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "load_average": os.getloadavg(),
+    }
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    body = {"when": when, "machine": machine, "targets": TARGETS, "sizes": results}
+    path.write_text(json.dumps(body, indent=2))
+
+
 def print_table(results: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -299,6 +336,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--plot", type=Path, help="default docs/scale.png (scale-data.png)")
     parser.add_argument("--data-only", action="store_true", help="time load, k-core and split only")
     parser.add_argument("--keep", action="store_true", help="keep each size's warehouse and bundles")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the sizes --out already holds; run the others"
+    )
+    parser.add_argument(
+        "--resume-from",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="also keep the sizes these earlier result files hold (sizes run as separate commands)",
+    )
     args = parser.parse_args(argv)
     suffix = "-data" if args.data_only else ""  # the two modes never overwrite each other
     args.out = args.out or Path(f"var/bench/scale{suffix}.json")
@@ -308,25 +356,24 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args.cache, args.work = args.cache.resolve(), args.work.resolve()
     os.environ.setdefault("PREFECT_HOME", str(args.work / "prefect"))
     results: list[dict[str, Any]] = []
+    sources = ([(args.out, False)] if args.resume else []) + [(p, True) for p in args.resume_from]
+    for source, required in sources:
+        for kept in previous_results(source, args.seed, args.data_only, required):
+            if kept["requested"] in args.sizes and kept["requested"] not in {r["requested"] for r in results}:
+                print(f"[{kept['requested']:,}] kept from {source}", flush=True)
+                results.append(kept)
+    done = {r["requested"] for r in results}
     for size in args.sizes:
-        results.append(bench_size(size, args))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
-            json.dumps(
-                {
-                    "when": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "machine": {
-                        "cpus": os.cpu_count(),
-                        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-                        "python": platform.python_version(),
-                        "load_average": os.getloadavg(),
-                    },
-                    "targets": TARGETS,
-                    "sizes": results,
-                },
-                indent=2,
-            )
-        )
+        if size in done:
+            continue
+        measured = bench_size(size, args)
+        measured["measured"] = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        }
+        results.append(measured)
+        write_results(args.out, results)
+    write_results(args.out, results)
     print_table(results)
     plot(results, args.plot)
     print(f"wrote {args.out} and {args.plot}")

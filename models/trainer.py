@@ -63,8 +63,10 @@ class FitConfig:
     max_seconds: float | None = None
     """Stop after the epoch that crosses this wall-clock budget (None: no budget)."""
     max_cpu_seconds: float | None = None
-    """Stop after the epoch that crosses this budget of the process's CPU time (None: no
-    budget): unlike wall-clock time it does not shrink when other processes share the cores."""
+    """Stop at the batch that crosses this budget of the process's CPU time (None: no budget);
+    the part of the epoch trained is validated like a whole one. Checked per batch, not per
+    epoch: at a million interactions one epoch can cost more than the budget itself. Unlike
+    wall-clock time it does not shrink when other processes share the cores."""
 
 
 EpochHook = Callable[[int, float | None, dict[str, Any]], None]
@@ -125,8 +127,16 @@ def fit_module(
         if scheduler is None:
             scheduler = _schedule(optimizer, config, max(len(batches), 1))
         module.train()
-        total = 0.0
+        total, done, out_of_cpu = 0.0, 0, False
         for batch in batches:
+            if (
+                done
+                and config.max_cpu_seconds is not None
+                and time.process_time() - cpu_started > config.max_cpu_seconds
+            ):
+                out_of_cpu = True
+                break
+            done += 1
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(batch)
             if not torch.isfinite(loss):
@@ -137,7 +147,7 @@ def fit_module(
             optimizer.step()
             scheduler.step()
             total += float(loss.detach())
-        mean_loss = total / max(len(batches), 1)
+        mean_loss = total / max(done, 1)
         metric = None
         if validate is not None:
             module.eval()
@@ -172,7 +182,9 @@ def fit_module(
             report.best_epoch = epoch
         if config.max_seconds is not None and time.perf_counter() - started > config.max_seconds:
             break
-        if config.max_cpu_seconds is not None and time.process_time() - cpu_started > config.max_cpu_seconds:
+        if out_of_cpu or (
+            config.max_cpu_seconds is not None and time.process_time() - cpu_started > config.max_cpu_seconds
+        ):
             break
     bar.close()
     if best_state is not None:

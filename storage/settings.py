@@ -196,8 +196,8 @@ class ModelSettings(BaseModel):
     """Models the nightly refresh trains, each within ``candidate_cpu_seconds``; the best on
     validation NDCG@10 is published (through the gate). Empty: only ``name``."""
     candidate_cpu_seconds: float = Field(600.0, gt=0.0)
-    """CPU-time budget of each candidate's training (torch models stop at the epoch that
-    crosses it and keep their best epoch so far)."""
+    """CPU-time budget of each candidate's training (torch models stop at the batch that
+    crosses it, validate that last part-epoch and keep their best epoch so far)."""
     refit_max_interactions: PositiveInt | None = 500_000
     """Above this many interactions the nightly serves the model it evaluated (fitted on the
     training part) instead of fitting it again on every interaction: the refit would cost a
