@@ -153,19 +153,15 @@ def test_settings_name_a_bad_rank_weight() -> None:
         Settings(serving={"rank_weights": {"skip": -1.0}})
 
 
-def test_a_new_reader_gets_the_pool_ranked_by_the_learned_stage() -> None:
-    """Below ``min_interactions`` the feed falls back to today's pool: a bundle served by the
-    news ranker orders it (with the reader's first clicks, when there are some) by the ranker's score for a reader without history (click-through,
-    freshness, popularity as learned), a text-similarity view by the fixed fresh-and-popular rule."""
-    import dataclasses
-
+def _pool_bundle(ranker: NewsRanker) -> tuple[Any, Any]:
+    """Twelve same-topic stories in today's pool, served by ``ranker`` (click-through differing
+    per story), and cascade parameters that keep the pool's order visible (no MMR, no
+    exploration)."""
     import pandas as pd
 
     from serving.bundle import DailyPool, LoadedBundle
     from serving.cascade import CascadeParams
 
-    x, y, _ = synthetic(seed=5)  # clicks follow click-through (×10 in the logit), topic, age
-    ranker = NewsRanker(epochs=40).fit(x, y)
     n = 12
     published = np.full(n, 1_000_000.0)
     facts = ItemFacts(None, published, np.ones(n, np.int64))
@@ -205,6 +201,19 @@ def test_a_new_reader_gets_the_pool_ranked_by_the_learned_stage() -> None:
         explore=False,
         seed=0,
     )
+    return bundle, params
+
+
+def test_a_new_reader_gets_the_pool_ranked_by_the_learned_stage() -> None:
+    """Below ``min_interactions`` the feed falls back to today's pool: a bundle served by the
+    news ranker orders it (with the reader's first clicks, when there are some) by the ranker's score for a reader without history (click-through,
+    freshness, popularity as learned), a text-similarity view by the fixed fresh-and-popular rule."""
+    import dataclasses
+
+    x, y, _ = synthetic(seed=5)  # clicks follow click-through (×10 in the logit), topic, age
+    ranker = NewsRanker(epochs=40).fit(x, y)
+    bundle, params = _pool_bundle(ranker)
+    n, published, shown = 12, bundle.published_s, np.full(12, 100.0)
     cold = bundle.recommend_for(
         "session 'new'", np.zeros(0, np.int64), params, min_interactions=3, use_pool=True
     )
@@ -295,50 +304,10 @@ def test_a_story_shown_before_is_demoted_as_the_log_taught() -> None:
 
 
 def test_the_feed_fallback_demotes_what_the_reader_scrolled_past() -> None:
-    import pandas as pd
-
-    from serving.bundle import DailyPool, LoadedBundle
-    from serving.cascade import CascadeParams
 
     x, y, _ = synthetic(seed=5)
     ranker = NewsRanker(epochs=40).fit(x, y)
-    n = 12
-    published = np.full(n, 1_000_000.0)
-    facts = ItemFacts(None, published, np.ones(n, np.int64))
-    clicks = np.array([2, 30, 5, 45, 0, 12, 25, 1, 8, 40, 3, 18], dtype=np.float64)
-    ids = [f"s{i}" for i in range(n)]
-    vectors = np.eye(n, dtype=np.float32)
-    bundle = LoadedBundle(
-        version="v1",
-        path=Path("."),
-        manifest={"model": {"name": "nrms"}},
-        items=pd.DataFrame({"item_id": ids}),
-        item_index={i: k for k, i in enumerate(ids)},
-        histories={},
-        popularity=np.zeros(n, np.int64),
-        popular_order=np.arange(n),
-        popular_rank=np.arange(n),
-        model=None,
-        item_ids=ids,
-        titles=ids,
-        categories=[["sports"]] * n,
-        years=[None] * n,
-        vectors=vectors,
-        unit_vectors=vectors,
-        ranker=NewsRankStage(ranker, facts, None, clicks, np.full(n, 100.0)),
-        ranker_name="news-ranker",
-        published_s=published,
-        pool=DailyPool("2026-11-23", np.arange(n), [None] * n, [None] * n),
-    )
-    params = CascadeParams(
-        k=5,
-        candidates=12,
-        mmr_lambda=1.0,
-        retrieval_weight=0.0,
-        duplicate_threshold=1.0,
-        explore=False,
-        seed=0,
-    )
+    bundle, params = _pool_bundle(ranker)
     first = bundle.recommend_for(
         "session 's'", np.zeros(0, np.int64), params, min_interactions=3, use_pool=True
     )
