@@ -24,10 +24,14 @@ were clicked. Each candidate of a request is described by :data:`FEATURES`:
                before" goes with more clicks; scored as if at the top, every candidate is
                compared on what it is, not where it was.
 
-One shared MLP body, one logistic head per event (click, like, skip, dwell ≥ threshold);
-the served score is a weighted sum of the heads' probabilities with weights from the
-settings (a skip weighs negatively). A head whose event never occurred in the training
-impressions is kept but weighs zero, so it cannot add noise.
+One logistic head per event (click, like, skip, dwell ≥ threshold), linear in the features
+by default: the ranker learns from a few thousand rows of one night's log, and what it scores
+tomorrow (new readers, new stories, a catalogue older by a day) lies outside them. Trained on
+the simulated warm-up log and scored on the A/B's impressions, an MLP body (``hidden`` 32)
+ranked them at AUC 0.52–0.62 where the linear heads reached 0.68; ``hidden`` > 0 adds that
+body for a log big enough to feed it. The served score is a weighted sum of the heads'
+probabilities with weights from the settings (a skip weighs negatively). A head whose event
+never occurred in the training impressions is kept but weighs zero, so it cannot add noise.
 """
 
 from __future__ import annotations
@@ -137,15 +141,23 @@ def candidate_features(
 
 
 class _Net(nn.Module):
+    """A linear logistic head per event, plus an MLP body over the same features when
+    ``hidden`` > 0 (the body's layout is the one rankers saved before linear became the default)."""
+
     def __init__(self, n_features: int, hidden: int, heads: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Linear(n_features, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU()
-        )
-        self.linear = nn.Linear(n_features, heads)  # a wide path: the monotone trends stay easy
-        self.heads = nn.Linear(hidden, heads)
+        self.linear = nn.Linear(n_features, heads)
+        self.body: nn.Sequential | None = None
+        self.heads: nn.Linear | None = None
+        if hidden > 0:
+            self.body = nn.Sequential(
+                nn.Linear(n_features, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU()
+            )
+            self.heads = nn.Linear(hidden, heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.body is None or self.heads is None:
+            return self.linear(x)
         return self.heads(self.body(x)) + self.linear(x)
 
 
@@ -157,8 +169,8 @@ class NewsRanker:
     def __init__(
         self,
         weights: Mapping[str, float] | None = None,
-        hidden: int = 32,
-        epochs: int = 60,
+        hidden: int = 0,
+        epochs: int = 200,
         lr: float = 1e-2,
         weight_decay: float = 1e-4,
         batch_size: int = 2048,

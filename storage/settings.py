@@ -284,6 +284,9 @@ class ServingSettings(BaseModel):
     """News rank stage (models/news_ranker.py): the feed's score is the sum over events of
     weight × the event head's probability (a skip weighs negatively). Read when the ranker is
     trained (train-models, the nightly) and stored with it."""
+    ranker_hidden: int = Field(0, ge=0)
+    """News rank stage: width of an MLP body beside its linear heads (0: linear heads only, what
+    a night's few thousand logged impressions support; models/news_ranker.py says why)."""
     min_interactions: int = Field(3, ge=0)
     """M: users with fewer interactions (bundle history + session) get the fresh-and-popular fallback."""
     mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)

@@ -121,6 +121,7 @@ def train_news_ranker(
     dwell_threshold_s: float,
     seed: int = 42,
     rows_from: set[int] | None = None,
+    hidden: int = 0,
 ) -> tuple[NewsRanker, dict[str, Any]]:
     """The fitted ranker and the per-item exposure serving needs with it."""
     features, labels, clicks, shown_n = training_rows(
@@ -128,7 +129,7 @@ def train_news_ranker(
     )
     if len(features) == 0:
         raise ValueError("news ranker: the impression log has no impression on the catalogue's items")
-    ranker = NewsRanker(weights=weights, seed=seed).fit(features, labels)
+    ranker = NewsRanker(weights=weights, hidden=hidden, seed=seed).fit(features, labels)
     exposure = {
         "item_ids": [str(i) for i in item_ids],
         "clicks": clicks.astype(int).tolist(),
@@ -177,6 +178,7 @@ def attach_news_ranker(
         settings.events.dwell_positive_s,
         seed=settings.model.seed,
         rows_from=rows_from,
+        hidden=settings.serving.ranker_hidden,
     )
     directory = workdir / "ranker"
     save_news_ranker(directory, ranker, exposure)

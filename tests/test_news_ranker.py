@@ -112,6 +112,37 @@ def test_heads_learn_the_events_and_the_score_ranks_clicks(tmp_path: Path) -> No
     assert again.weights == ranker.weights
 
 
+def test_linear_heads_by_default_and_an_mlp_body_when_asked(tmp_path: Path) -> None:
+    """The default ranker is linear in the features: scaling a feature that raises clicks
+    raises every candidate's score in step, whatever the other features are. A ranker with an
+    MLP body (``serving.ranker_hidden`` > 0, or one saved before linear was the default) keeps
+    its width through save and load."""
+    x, y, _ = synthetic(seed=3)
+    linear = NewsRanker(epochs=40).fit(x, y)
+    assert linear.hidden == 0
+    p = linear.head_probabilities(x)["click"]
+    logits = np.log(p / (1 - p))
+    session = FEATURES.index("session")
+    bumped = x.copy()
+    bumped[:, session] += 0.5
+    raised = linear.head_probabilities(bumped)["click"]
+    shift = np.log(raised / (1 - raised)) - logits
+    assert np.allclose(shift, shift[0], atol=1e-4) and shift[0] > 0, "one slope per feature: linear"
+    deep = NewsRanker(hidden=16, epochs=20).fit(x, y)
+    deep.save(tmp_path / "deep")
+    again = NewsRanker.load(tmp_path / "deep")
+    assert again.hidden == 16
+    assert np.allclose(again.score(x), deep.score(x), atol=1e-6)
+
+
+def test_the_width_setting_defaults_to_linear_and_names_a_bad_value() -> None:
+    from storage.settings import Settings
+
+    assert Settings().serving.ranker_hidden == 0
+    with pytest.raises(ValueError, match="ranker_hidden"):
+        Settings(serving={"ranker_hidden": -1})  # type: ignore[arg-type]
+
+
 def test_weights_come_from_the_caller_and_bad_input_is_named() -> None:
     x, y, _ = synthetic(100, seed=3)
     clicks_only = NewsRanker(weights={"click": 1.0}, epochs=5).fit(x, y)
