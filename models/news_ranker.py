@@ -220,6 +220,15 @@ class NewsRanker:
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         self.net = _Net(len(FEATURES), self.hidden, len(EVENTS))
+        # A constant feature is 0 after centring, so its weights never get a gradient: left at
+        # their random start they would turn any value it takes at serving into noise.
+        constant = torch.from_numpy(std <= 1e-6)
+        with torch.no_grad():
+            self.net.linear.weight[:, constant] = 0.0
+            if self.net.body is not None:
+                first = self.net.body[0]
+                assert isinstance(first, nn.Linear)
+                first.weight[:, constant] = 0.0
         x_all = torch.from_numpy((features - self.mean) / self.std)
         y = torch.from_numpy(targets)
         mask = torch.from_numpy(present.astype(np.float32))

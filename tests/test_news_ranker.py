@@ -135,6 +135,18 @@ def test_linear_heads_by_default_and_an_mlp_body_when_asked(tmp_path: Path) -> N
     assert np.allclose(again.score(x), deep.score(x), atol=1e-6)
 
 
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_a_feature_constant_in_training_does_not_move_the_score(hidden: int) -> None:
+    """A log where every reader had history (``history`` always 1) says nothing about a reader
+    without: the score must not change with it, rather than follow weights left at random."""
+    x, y, _ = synthetic(seed=4)
+    assert np.allclose(x[:, FEATURES.index("history")], 1.0)
+    ranker = NewsRanker(hidden=hidden, epochs=20).fit(x, y)
+    without = x.copy()
+    without[:, FEATURES.index("history")] = 0.0
+    assert np.allclose(ranker.score(without), ranker.score(x), atol=1e-6)
+
+
 def test_the_width_setting_defaults_to_linear_and_names_a_bad_value() -> None:
     from storage.settings import Settings
 
