@@ -151,7 +151,7 @@ class LoadedBundle:
     text_model: str | None = None
     """The text model that made ``vectors``; queries must be encoded with the same one."""
     cascade_ms: float = float("inf")
-    """p90 time of one user's cascade, measured by :func:`warm_up` at load (inf: not measured)."""
+    """p90 CPU time of one user's cascade, measured by :func:`warm_up` at load (inf: not measured)."""
     warm_history: int = 0
     """The longest history :func:`warm_up` measured: requests far beyond it may cost more."""
     ranker: RankStage | None = None
@@ -1123,6 +1123,14 @@ def warm_up(bundle: LoadedBundle, users: int = WARM_UP_USERS) -> tuple[float, in
     decide where it runs (``ServingSettings.inline_below_ms``). It is measured at k = 10 with
     the default knobs; the service sends deeper requests to the thread pool whatever this says. A
     bundle without users measures inf.
+
+    The cost is this thread's CPU time, not the wall clock: on a busy host the wall clock of
+    a sub-millisecond request measures the neighbours. The 5,000,000-item bench bundle, whose
+    cascade costs ~0.7 ms of CPU, measured 0.85–2.6 ms of wall clock from load to load at a
+    load average of 2–5, and on the slow side of 2 ms it went to the thread pool, where eight
+    concurrent requests cost 1.8–1.9 ms of CPU each instead of 1.3–1.4 on the event loop
+    (``python -m benchmarks.profile_serve --concurrency 8 --compare-paths``).
+    The rank stages run single-threaded (``pin_threads``), so their CPU time is their cost.
     """
     params = CascadeParams.from_settings(ServingSettings(), 10, explore=True)
     step = max(1, len(bundle.user_order) // users)
@@ -1130,10 +1138,10 @@ def warm_up(bundle: LoadedBundle, users: int = WARM_UP_USERS) -> tuple[float, in
     times = []
     for timed in (False, True):  # the first pass warms, the second measures
         for history in chosen:
-            started = time.perf_counter()
+            started = time.thread_time()
             bundle.recommend_for("warm-up", history, params, min_interactions=1)
             if timed:
-                times.append((time.perf_counter() - started) * 1e3)
+                times.append((time.thread_time() - started) * 1e3)
     longest = max((len(h) for h in chosen), default=0)
     return (float(np.percentile(times, 90)) if times else float("inf")), longest
 
