@@ -1128,7 +1128,7 @@ def warm_up(bundle: LoadedBundle, users: int = WARM_UP_USERS) -> tuple[float, in
     a sub-millisecond request measures the neighbours. The 5,000,000-item bench bundle, whose
     cascade costs ~0.7 ms of CPU, measured 0.85–2.6 ms of wall clock from load to load at a
     load average of 2–5, and on the slow side of 2 ms it went to the thread pool, where eight
-    concurrent requests cost 1.8–1.9 ms of CPU each instead of 1.3–1.4 on the event loop
+    concurrent requests cost 1.6–1.9 ms of CPU each instead of 1.3–1.4 on the event loop
     (``python -m benchmarks.profile_serve --concurrency 8 --compare-paths``).
     The rank stages run single-threaded (``pin_threads``), so their CPU time is their cost.
     """
