@@ -458,14 +458,9 @@ class LoadedBundle:
             )
             stage = "fresh_popular"
         else:
-            cand = self.popular_order
-            if len(exclude):
-                keep = np.ones(self.n_items, dtype=bool)
-                keep[exclude] = False
-                cand = cand[keep[cand]]
             # Diversity needs some depth to choose from; without vectors the top k is the list.
             depth = params.k if self.diversity_vectors is None else max(params.candidates, params.k)
-            cand = cand[:depth]
+            cand = first_not_in(self.popular_order, exclude, depth)
             relevance = self.popularity[cand].astype(np.float64)
             if boost is not None:
                 extra = boost.extra(cand, exclude)
@@ -702,12 +697,8 @@ class LoadedBundle:
 
     def popular(self, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most popular items not in ``exclude``, and their popularity as scores."""
-        order = self.popular_order
-        if exclude is not None and len(exclude):
-            keep = np.ones(self.n_items, dtype=bool)
-            keep[exclude] = False
-            order = order[keep[order]]
-        top = order[:k]
+        empty = np.zeros(0, dtype=np.int64)
+        top = first_not_in(self.popular_order, exclude if exclude is not None else empty, k)
         return top, self.popularity[top].astype(np.float64)
 
     def recommend(self, user_id: str, k: int, params: CascadeParams | None = None) -> Ranked:
@@ -728,6 +719,23 @@ class LoadedBundle:
             np.asarray(result.scores, dtype=np.float64),
             result.reason,
         )
+
+
+def first_not_in(order: np.ndarray, exclude: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` entries of ``order`` (distinct item indices) not in ``exclude``, in order.
+
+    Only the first ``n + len(unique(exclude))`` entries can hold them, so this reads that
+    prefix and tests it by binary search in the sorted exclusions, where a mask over every
+    item and a pass over the whole order cost ~20 ms per fallback request at 5,000,000 items.
+    """
+    if n <= 0:
+        return order[:0]
+    if not len(exclude):
+        return order[:n]
+    ex = np.unique(exclude)
+    head = order[: n + len(ex)]
+    pos = np.minimum(np.searchsorted(ex, head), len(ex) - 1)
+    return head[ex[pos] != head][:n]
 
 
 def rank_unseen(scores: np.ndarray, seen: np.ndarray, k: int, tiebreak: np.ndarray) -> np.ndarray:
