@@ -128,8 +128,9 @@ async def measure(args: argparse.Namespace) -> None:
             flush=True,
         )
         users = np.random.default_rng(0).permutation(bundle.user_order)[: args.users].tolist()
-        paths = [f"/recommend/{u}?k={args.k}" for u in users]
-        for path in paths[:20]:  # warm: first touches of index pages, lazily built tables
+        paths = [f"/recommend/{u}?k={args.k}{'&' + args.query if args.query else ''}" for u in users]
+        # warm: first touches of index pages, lazily built tables (a category's members...)
+        for path in paths[: min(20, len(paths) - 1)]:
             status, body = await call(app, path)
             if status != 200:
                 raise SystemExit(f"{path}: HTTP {status}: {body[:300]!r}")
@@ -175,6 +176,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=2000, help="as many as make bench-serve sends")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--query", default="", help="more query parameters, e.g. categories=topic-3")
     parser.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
     parser.add_argument(
         "--compare-paths",
