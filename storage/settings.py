@@ -391,7 +391,7 @@ class ServingSettings(BaseModel):
     search_threads: PositiveInt = 1
     """FAISS threads per query: concurrency comes from requests, not from splitting one query."""
     inline_below_ms: float = Field(2.0, ge=0.0)
-    """A bundle whose cascade measured (at load, p90 of 16 users at k = 10) at most this many ms
+    """A bundle whose cascade measured (at load, p90 CPU time of 16 users at k = 10) at most this many ms
     runs ordinary requests on the event loop; slower bundles, and deep requests (k > 50, or a
     history longer than twice the longest measured), go to the thread pool (a ~0.1 ms hop)."""
     intent: IntentSettings = Field(default_factory=IntentSettings)

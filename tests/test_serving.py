@@ -32,9 +32,10 @@ from fastapi import FastAPI
 
 from models.base import Recommender
 from serving.app import create_app
-from serving.bundle import BundleHolder, LoadedBundle, load_bundle, rank_unseen
+from serving.bundle import BundleHolder, LoadedBundle, first_not_in, load_bundle, rank_unseen
+from serving.cascade import CascadeParams
 from storage.artifacts import CURRENT, ArtifactStore, file_sha256
-from storage.settings import Settings
+from storage.settings import ServingSettings, Settings
 from storage.warehouse import connect
 from tasks.publish import publish_bundle
 from tasks.training import SplitData, fit_for_serving
@@ -614,6 +615,37 @@ def test_rank_unseen_breaks_ties_by_popularity_and_skips_seen() -> None:
     assert top.tolist() == [1, 4, 5, 2]
     assert rank_unseen(scores.copy(), np.arange(6), 3, tiebreak).tolist() == []
     assert len(rank_unseen(scores.copy(), np.array([0, 1]), 10, tiebreak)) == 4
+
+
+def test_first_not_in_lists_what_a_mask_over_every_item_would() -> None:
+    """The popularity fallback reads only a prefix of the popular order: the same items, in
+    the same order, as masking the exclusions out of the whole order (what it did before)."""
+    rng = np.random.default_rng(3)
+    for n_items in (1, 2, 7, 300):
+        order = rng.permutation(n_items)
+        for _ in range(60):
+            exclude = rng.integers(0, n_items, int(rng.integers(0, 2 * n_items + 1)))  # repeats too
+            n = int(rng.integers(0, n_items + 3))
+            keep = np.ones(n_items, dtype=bool)
+            keep[exclude] = False
+            want = order[keep[order]][:n]
+            got = first_not_in(order, exclude.astype(np.int32), n)
+            assert got.tolist() == want.tolist(), (n_items, n, sorted(set(exclude.tolist())))
+
+
+def test_popularity_fallback_skips_the_excluded_items(
+    tmp_path: Path, warehouse: duckdb.DuckDBPyConnection, data: SplitData
+) -> None:
+    store = ArtifactStore(tmp_path / "bundles")
+    bundle = load_bundle(store, publish(store, warehouse, data))
+    exclude = bundle.popular_order[[0, 2, 3]]
+    top, scores = bundle.popular(4, exclude)
+    assert top.tolist() == bundle.popular_order[[1, 4, 5, 6]].tolist()
+    assert scores.tolist() == bundle.popularity[top].astype(float).tolist()
+    params = CascadeParams.from_settings(ServingSettings(), 3, explore=False)
+    result = bundle.fallback("user 'x'", 1, params, exclude, 3)
+    assert result.strategy == "popularity_fallback" and result.indices
+    assert not set(result.indices) & set(exclude.tolist())
 
 
 def test_loaded_bundle_survives_its_directory_being_deleted(
