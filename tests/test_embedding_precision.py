@@ -97,3 +97,26 @@ def test_bad_precision_or_threads_are_clear_errors() -> None:
         EmbeddingSettings(precision="fp16")  # type: ignore[arg-type]
     with pytest.raises(pydantic.ValidationError, match="threads"):
         EmbeddingSettings(threads=-2)
+
+
+def test_flow_fans_out_with_the_precision(prefect_api: None, tmp_path: Path) -> None:
+    """Through the embed-items flow on a local Dask cluster: the workers encode in bfloat16
+    (the vectors are cached under the +bf16 id), and the in-process flow finds them there."""
+    from flows.embed import run_embed_items
+
+    fast = {"precision": "bfloat16", "threads": 1}
+    overrides = {"home": str(tmp_path), "catalogue": "bf16", "embedding": {**fast, "dask_workers": 1}}
+    settings = Settings(**overrides)
+    with connect(settings.warehouse_path) as con:
+        upsert_items(con, ITEMS, "test")
+    first = run_embed_items(overrides)
+    assert first.model_id.endswith("+bf16") and (first.encoded, first.cached) == (len(TEXTS), 0)
+    again = run_embed_items({**overrides, "embedding": fast})
+    assert (again.encoded, again.cached) == (0, len(TEXTS))
+    exact = run_embed_items({**overrides, "embedding": {}})
+    assert (exact.encoded, exact.cached) == (len(TEXTS), 0)
+    ids = ITEMS["item_id"].tolist()
+    with connect(settings.warehouse_path) as con:
+        a = item_vectors(con, EmbeddingSettings(), ids)
+        b = item_vectors(con, settings.embedding, ids)
+    assert (a * b).sum(axis=1).min() > 0.999 and not np.array_equal(a, b)
