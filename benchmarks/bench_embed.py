@@ -40,6 +40,8 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --variants")
     args = parser.parse_args()
+    if args.variants < 0 or args.rounds < 1:
+        parser.error(f"--variants must be >= 0 and --rounds >= 1, got {args.variants} and {args.rounds}")
     if args.variants:
         compare_variants(args.variants, args.rounds)
         return
