@@ -13,7 +13,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -25,7 +25,7 @@ Precision = Literal["float32", "bfloat16", "int8"]
 products in bfloat16, layer norms and pooling in float32) or ``int8`` (dynamic quantization of
 the Linear layers, CPU only). Anything but float32 gives slightly different vectors, so it is
 part of :func:`model_id`."""
-PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "int8")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 _ID_SUFFIX = {"float32": "", "bfloat16": "+bf16", "int8": "+int8"}
 
 
