@@ -71,6 +71,12 @@ bench-embed: setup
 	$(BIN)/recflow data demo
 	$(BIN)/python -m benchmarks.bench_embed
 
+# The CPU encoder's settings (embedding.precision / threads / batch_size) side by side on 5,000
+# ML-25M-style movie texts: texts/s, cosine and recall@10 vs float32 → var/bench/embed-variants.json (~10 min).
+.PHONY: bench-embed-variants
+bench-embed-variants: setup
+	$(BIN)/python -m benchmarks.bench_embed --variants 5000 --rounds 2
+
 bench-index: setup
 	$(BIN)/python -m benchmarks.bench_index --sizes 100000 1000000
 

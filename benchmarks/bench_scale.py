@@ -23,8 +23,12 @@ Results go to ``--out`` (default ``var/bench/scale.json``; ``scale-data.json`` w
 ``--data-only``) after every size, the table is printed, and ``--plot`` (default
 ``docs/scale.png``, ``scale-data.png``) draws seconds against ratings, log-log.
 
-``--resume`` keeps the sizes ``--out`` already holds (same seed and mode) and runs only the
-others: a 25M run that takes most of an hour need not repeat 1M and 5M, and one that failed
+``--embedding-precision`` and ``--embedding-threads`` set ``embedding.precision`` and
+``embedding.threads`` for the nightly (e.g. ``make bench-scale SCALE_ARGS="--embedding-precision
+bfloat16"``); a result records them under ``embedding`` (empty: the defaults).
+
+``--resume`` keeps the sizes ``--out`` already holds (same seed, mode and embedding settings)
+and runs only the others: a 25M run that takes most of an hour need not repeat 1M and 5M, and one that failed
 can be run again alone. ``--resume-from A.json B.json`` also keeps the sizes of earlier result
 files (sizes measured by separate commands) and writes them together to ``--out``. Each size
 measured records when, and the load average then, under ``measured``. The table and plot
@@ -138,11 +142,14 @@ def _prefect_stages(flow_run_id: Any, sampler: RssSampler) -> dict[str, dict[str
     return stages
 
 
-def run_nightly(home: Path, data: Path) -> dict[str, Any]:
-    """One nightly on ``home``'s warehouse; per-stage seconds and peak RSS, total, result."""
+def run_nightly(home: Path, data: Path, embedding: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One nightly on ``home``'s warehouse; per-stage seconds and peak RSS, total, result.
+    ``embedding``: overrides of the embedding settings (precision, threads)."""
     from flows.nightly import nightly_refresh
 
-    overrides = {"home": str(home), "source": {"kind": "movielens", "path": str(data)}}
+    overrides: dict[str, Any] = {"home": str(home), "source": {"kind": "movielens", "path": str(data)}}
+    if embedding:
+        overrides["embedding"] = embedding
     sampler = RssSampler()
     sampler.start()
     t0 = time.time()
@@ -210,7 +217,11 @@ def bench_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     data.mkdir(parents=True)
     for name in ("ratings.csv", "movies.csv"):
         shutil.copyfile(source / name, data / name)
-    night = run_data_stages if args.data_only else run_nightly
+    embedding = embedding_overrides(args)
+
+    def night(home: Path, data: Path) -> dict[str, Any]:
+        return run_data_stages(home, data) if args.data_only else run_nightly(home, data, embedding)
+
     print(f"[{size:,}] full night …", flush=True)
     full = night(home, data)
     print(f"[{size:,}] full night: {full['total_s']} s, peak {full['peak_rss_mb']:,} MB", flush=True)
@@ -224,15 +235,24 @@ def bench_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     return {
         **meta,
         "mode": "data stages" if args.data_only else "nightly",
+        "embedding": embedding,
         "full": full,
         "incremental": incremental,
         "incremental_share": round(incremental["total_s"] / full["total_s"], 3) if full["total_s"] else None,
     }
 
 
-def previous_results(path: Path, seed: int, data_only: bool, required: bool = False) -> list[dict[str, Any]]:
-    """The sizes an earlier run wrote to ``path`` with the same seed and mode (none if absent,
-    unless ``required``)."""
+def embedding_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The embedding settings asked for on the command line (empty: the defaults)."""
+    chosen = {"precision": args.embedding_precision, "threads": args.embedding_threads}
+    return {k: v for k, v in chosen.items() if v is not None and not args.data_only}
+
+
+def previous_results(
+    path: Path, seed: int, data_only: bool, required: bool = False, embedding: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The sizes an earlier run wrote to ``path`` with the same seed, mode and embedding
+    settings (none if absent, unless ``required``)."""
     if not path.exists():
         if required:
             raise SystemExit(f"--resume-from: {path} does not exist")
@@ -242,7 +262,11 @@ def previous_results(path: Path, seed: int, data_only: bool, required: bool = Fa
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise SystemExit(f"--resume: {path} is not a bench_scale result file ({exc})") from exc
     mode = "data stages" if data_only else "nightly"
-    return [r for r in sizes if r.get("seed") == seed and r.get("mode") == mode]
+    return [
+        r
+        for r in sizes
+        if r.get("seed") == seed and r.get("mode") == mode and r.get("embedding", {}) == (embedding or {})
+    ]
 
 
 def write_results(path: Path, results: list[dict[str, Any]]) -> None:
@@ -337,6 +361,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--data-only", action="store_true", help="time load, k-core and split only")
     parser.add_argument("--keep", action="store_true", help="keep each size's warehouse and bundles")
     parser.add_argument(
+        "--embedding-precision",
+        choices=["float32", "bfloat16", "int8"],
+        help="embedding.precision for the nightly (default: the settings')",
+    )
+    parser.add_argument(
+        "--embedding-threads", type=int, help="embedding.threads for the nightly (0: torch's default)"
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="keep the sizes --out already holds; run the others"
     )
     parser.add_argument(
@@ -348,6 +380,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         help="also keep the sizes these earlier result files hold (sizes run as separate commands)",
     )
     args = parser.parse_args(argv)
+    if args.embedding_threads is not None and args.embedding_threads < 0:
+        parser.error(f"--embedding-threads must be >= 0 (0: torch's default), got {args.embedding_threads}")
     suffix = "-data" if args.data_only else ""  # the two modes never overwrite each other
     args.out = args.out or Path(f"var/bench/scale{suffix}.json")
     args.plot = args.plot or Path(f"docs/scale{suffix}.png")
@@ -358,7 +392,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     sources = ([(args.out, False)] if args.resume else []) + [(p, True) for p in args.resume_from]
     for source, required in sources:
-        for kept in previous_results(source, args.seed, args.data_only, required):
+        for kept in previous_results(source, args.seed, args.data_only, required, embedding_overrides(args)):
             if kept["requested"] in args.sizes and kept["requested"] not in {r["requested"] for r in results}:
                 print(f"[{kept['requested']:,}] kept from {source}", flush=True)
                 results.append(kept)

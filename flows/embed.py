@@ -16,10 +16,9 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 
 from flows.cluster import dask_runner
-from models.text_encoder import encode
 from storage.settings import EmbeddingSettings, Settings, catalogue_settings
 from storage.warehouse import open_warehouse
-from tasks.embedding import EmbedSummary, embed_items, plan_embedding, store_vectors
+from tasks.embedding import EmbedSummary, embed_items, encode_texts, plan_embedding, store_vectors
 
 
 def report(summary: EmbedSummary) -> None:
@@ -47,7 +46,7 @@ def embed_in_process_task(settings: Settings) -> EmbedSummary:
 @task(name="encode-batch", retries=2, retry_delay_seconds=2)
 def encode_batch_task(texts: list[str], embedding: EmbeddingSettings) -> np.ndarray:
     """One fan-out unit: runs in a Dask worker process, which loads the model once."""
-    return encode(texts, embedding.model, embedding.device, embedding.batch_size, progress=False)
+    return encode_texts(texts, embedding, progress=False)
 
 
 def _fanout(settings: Settings) -> EmbedSummary:

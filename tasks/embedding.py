@@ -92,7 +92,7 @@ def plan_embedding(con: duckdb.DuckDBPyConnection, settings: EmbeddingSettings) 
     items = con.execute(
         "SELECT item_id, title, categories, year, description, url, source FROM items ORDER BY item_id"
     ).df()
-    mid = model_id(settings.model)
+    mid = model_id(settings.model, settings.precision)
     texts = render_texts(items, settings.template)
     hashes = [text_hash(t) for t in texts]
     cached = {
@@ -134,13 +134,27 @@ def store_vectors(
     return len(hashes)
 
 
+def encode_texts(texts: Sequence[str], settings: EmbeddingSettings, progress: bool = False) -> np.ndarray:
+    """Encode with every setting that shapes the vectors or the speed (model, device, batch,
+    precision, threads): what the in-process step and each Dask fan-out batch both call."""
+    return encode(
+        texts,
+        settings.model,
+        settings.device,
+        settings.batch_size,
+        progress,
+        precision=settings.precision,
+        threads=settings.threads,
+    )
+
+
 def embed_items(
     con: duckdb.DuckDBPyConnection, settings: EmbeddingSettings, progress: bool = True
 ) -> EmbedSummary:
     """Encode what is new or changed for the configured model, in-process."""
     started = time.perf_counter()
     plan = plan_embedding(con, settings)
-    vectors = encode(plan.missing_texts, settings.model, settings.device, settings.batch_size, progress)
+    vectors = encode_texts(plan.missing_texts, settings, progress)
     store_vectors(con, plan.model_id, plan.missing_hashes, vectors)
     return plan.summary(time.perf_counter() - started)
 

@@ -76,3 +76,25 @@ def test_resume_refuses_a_file_that_is_not_a_result(tmp_path: Path) -> None:
         main([*args, "--resume", "--out", str(out)])
     with pytest.raises(SystemExit, match="does not exist"):
         main([*args, "--resume-from", str(tmp_path / "missing.json"), "--out", str(tmp_path / "o.json")])
+
+
+def test_resume_keeps_only_sizes_measured_with_the_same_embedding_settings(tmp_path: Path) -> None:
+    from benchmarks.bench_scale import previous_results
+
+    out = tmp_path / "scale.json"
+    default = {"requested": 5000, "seed": 0, "mode": "nightly", "embedding": {}}
+    old = {"requested": 3000, "seed": 0, "mode": "nightly"}  # written before the setting existed
+    bf16 = {"requested": 5000, "seed": 0, "mode": "nightly", "embedding": {"precision": "bfloat16"}}
+    out.write_text(json.dumps({"sizes": [default, old, bf16]}))
+    assert previous_results(out, 0, False) == [default, old]
+    assert previous_results(out, 0, False, embedding={"precision": "bfloat16"}) == [bf16]
+
+
+def test_embedding_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--sizes", "3000", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o.json")]
+    with pytest.raises(SystemExit):
+        main([*args, "--embedding-threads", "-1"])
+    assert "--embedding-threads must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--embedding-precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
