@@ -227,8 +227,12 @@ class LoadedBundle:
         known: bool = True,
         boost: ItemBoost | None = None,
         reader_shown: Mapping[str, int] | None = None,
+        allowed: np.ndarray | None = None,
     ) -> CascadeResult:
         """One reader's list: :meth:`_recommend_model`, plus the freshness slot in the feed.
+
+        ``allowed`` (sorted item indices, a strict category filter's) limits every path of
+        the cascade to those items; None: every item not in ``exclude``.
 
         ``reader_shown`` (item id → times already listed to this reader) feeds the news
         ranker's ``reshown`` feature; other rank stages do not read it.
@@ -244,7 +248,7 @@ class LoadedBundle:
                 who, history, params, min_interactions=min_interactions, exclude=exclude,
                 session_weights=session_weights, learning_rate=learning_rate,
                 extra_vectors=extra_vectors, use_pool=use_pool, known=known, boost=boost,
-                reader_shown=reader_shown,
+                reader_shown=reader_shown, allowed=allowed,
             )  # fmt: skip
         history = np.asarray(history, dtype=np.int64)
         read_fresh = history[history >= base_n]
@@ -268,9 +272,10 @@ class LoadedBundle:
             known=known,
             boost=boost,
             reader_shown=reader_shown,
+            allowed=None if allowed is None else allowed[allowed < base_n],
         )
         if use_pool:
-            self._fresh_slot(result, history, exclude, params, time.time(), reader_shown)
+            self._fresh_slot(result, history, exclude, params, time.time(), reader_shown, allowed)
         return result
 
     def _fresh_slot(
@@ -281,6 +286,7 @@ class LoadedBundle:
         params: CascadeParams,
         now_s: float,
         reader_shown: Mapping[str, int] | None = None,
+        allowed: np.ndarray | None = None,
     ) -> None:
         """Give up to :data:`FRESH_SHARE` of the list to stories newer than the pool (in place).
 
@@ -295,6 +301,8 @@ class LoadedBundle:
         if fresh is None or not len(fresh) or vectors is None:
             return
         cand = fresh[~np.isin(fresh, exclude) & ~np.isin(fresh, np.asarray(result.indices, dtype=np.int64))]
+        if allowed is not None:
+            cand = cand[np.isin(cand, allowed)]
         if not len(cand):
             return
         if self.fresh_stage is not None:
@@ -347,6 +355,7 @@ class LoadedBundle:
         known: bool = True,
         boost: ItemBoost | None = None,
         reader_shown: Mapping[str, int] | None = None,
+        allowed: np.ndarray | None = None,
     ) -> CascadeResult:
         """One reader's list through the cascade (or a fallback that says why).
 
@@ -356,7 +365,8 @@ class LoadedBundle:
         session's (item_id, weight) events for the private delta; ``extra_vectors``: vectors
         of free titles that count as history; ``use_pool``: candidates are today's pool;
         ``boost``: item scores every reader shares (``update_mode: global``);
-        ``reader_shown``: item id → times already listed to this reader (the news ranker's).
+        ``reader_shown``: item id → times already listed to this reader (the news ranker's);
+        ``allowed``: the only items that may be listed (sorted; None: all but ``exclude``).
         """
         pin_threads()
         exclude = np.unique(history) if exclude is None else exclude
@@ -364,10 +374,12 @@ class LoadedBundle:
         if n_interactions < max(min_interactions, 1):
             return self.fallback(
                 who, n_interactions, params, exclude, min_interactions, known=known, boost=boost,
-                reader_shown=reader_shown, history=history,
+                reader_shown=reader_shown, history=history, allowed=allowed,
             )  # fmt: skip
         if self.retrieval is None and use_pool and self.pool is not None:
             cand = self.pool.indices[~np.isin(self.pool.indices, exclude)]
+            if allowed is not None:
+                cand = cand[np.isin(cand, allowed)]
             result = CascadeResult("personalized", pipeline=["pool", f"ranker:{self.ranker_name}"])
             result.candidates = len(cand)
             stage = self._for_reader(self.rank_stage, reader_shown)
@@ -375,6 +387,10 @@ class LoadedBundle:
             return result
         if self.retrieval is None:
             scores = np.array(self.model.score([history])[0], dtype=np.float64)
+            if allowed is not None:  # −inf outside, as excluded items get, without listing them
+                kept = scores[allowed]
+                scores.fill(-np.inf)
+                scores[allowed] = kept
             top = rank_unseen(scores, exclude, params.k, self.popular_rank)
             result = CascadeResult("personalized", pipeline=[f"ranker:{self.ranker_name}"])
             result.candidates = self.n_items
@@ -399,6 +415,7 @@ class LoadedBundle:
             extra_vectors=extra_vectors,
             pool=pool,
             boost=boost,
+            allowed=allowed,
         )
 
     def fallback(
@@ -413,12 +430,15 @@ class LoadedBundle:
         boost: ItemBoost | None = None,
         reader_shown: Mapping[str, int] | None = None,
         history: np.ndarray | None = None,
+        allowed: np.ndarray | None = None,
     ) -> CascadeResult:
         """Fresh-and-popular items (today's pool, popularity within it) or, without a pool,
         the most popular items; diversified by MMR when the bundle has item vectors. A
         ``boost`` (global mode) adds its scores and brings its trending items in. A news
         ranker orders the pool with the reader's few clicks (``history``) as features: it
-        learned how much one or two clicks say, where the fixed rule cannot use them."""
+        learned how much one or two clicks say, where the fixed rule cannot use them.
+        ``allowed`` (sorted item indices) limits the list to them: the pool's allowed
+        stories, or the allowed items in popularity order."""
         if not known:
             why = f"{who} has no history in bundle {self.version}"
         elif n_interactions == 0:
@@ -434,6 +454,8 @@ class LoadedBundle:
             cand = self.pool.indices
             if len(exclude):
                 cand = cand[~np.isin(cand, exclude)]
+            if allowed is not None:
+                cand = cand[np.isin(cand, allowed)]
             learned = self._cold_stage(cand)
             if learned is not None:
                 learned = self._for_reader(learned, reader_shown)
@@ -460,10 +482,11 @@ class LoadedBundle:
         else:
             # Diversity needs some depth to choose from; without vectors the top k is the list.
             depth = params.k if self.diversity_vectors is None else max(params.candidates, params.k)
-            cand = first_not_in(self.popular_order, exclude, depth)
+            by_pop = self.popular_order if allowed is None else self.popular_among(allowed)
+            cand = first_not_in(by_pop, exclude, depth)
             relevance = self.popularity[cand].astype(np.float64)
             if boost is not None:
-                extra = boost.extra(cand, exclude)
+                extra = boost.extra(cand, exclude, allowed)
                 cand = np.concatenate([cand, extra])
                 relevance = minmax(self.popularity[cand].astype(np.float64))
             result = CascadeResult(
@@ -694,6 +717,11 @@ class LoadedBundle:
                 why = f"picked for you in {label}" if label else "picked for you"
             out.append((topic, why, code))
         return out
+
+    def popular_among(self, items: np.ndarray) -> np.ndarray:
+        """``items`` in :attr:`popular_order`'s order (a sort of ``items`` alone, not a pass
+        over the whole order: a strict filter's category may be 2% of the catalogue)."""
+        return items[np.argsort(self.popular_rank[items], kind="stable")]
 
     def popular(self, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most popular items not in ``exclude``, and their popularity as scores."""

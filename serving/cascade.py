@@ -360,14 +360,21 @@ def stable_seed(*parts: object) -> int:
 
 
 def retrieve(
-    space: RetrievalSpace, user_vec: np.ndarray, n: int, exclude: np.ndarray
+    space: RetrievalSpace,
+    user_vec: np.ndarray,
+    n: int,
+    exclude: np.ndarray,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``n`` nearest items to ``user_vec`` not in ``exclude``, and their similarity."""
+    """The ``n`` nearest items to ``user_vec`` not in ``exclude`` (and in ``allowed``, sorted
+    item indices, if given), and their similarity."""
     norm = float(np.linalg.norm(user_vec))
     if norm == 0.0 or not np.isfinite(norm):
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     query = (user_vec / norm).astype(np.float32)[None, :]
     pin_threads()
+    if allowed is not None:
+        return retrieve_among(space.vectors, query[0], n, not_in(allowed, exclude))
     want = min(n + len(exclude), space.index.n)
     scores, rows = space.index.search(query, want)
     rows, scores = rows[0], scores[0]
@@ -379,6 +386,35 @@ def retrieve(
         pos = np.minimum(np.searchsorted(ex, rows), len(ex) - 1)
         keep &= ex[pos] != rows
     return rows[keep][:n], scores[keep][:n]
+
+
+def not_in(items: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+    """``items`` without those in ``exclude``, in their order (binary search in the sorted
+    exclusions: ``exclude`` is a reader's history, ``items`` may be a whole category)."""
+    if not len(exclude) or not len(items):
+        return items
+    ex = np.unique(exclude)
+    pos = np.minimum(np.searchsorted(ex, items), len(ex) - 1)
+    return items[ex[pos] != items]
+
+
+def retrieve_among(
+    vectors: np.ndarray, query: np.ndarray, n: int, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` of ``rows`` with the highest inner product with ``query`` (unit, float32), best
+    first (equal scores by lower row), and those scores: an exact search among a strict
+    filter's items. The index would return the same list for the same rows, but reaching
+    them through it means excluding every other item: a full scan of 5,000,000 rows for a
+    category of 100,000, where this scores the 100,000 alone."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(rows) or n <= 0:
+        return rows[:0], np.zeros(0, dtype=np.float32)
+    scores = vectors[rows] @ query
+    if len(rows) > n:
+        head = np.argpartition(-scores, n - 1)[:n]
+        rows, scores = rows[head], scores[head]
+    order = np.lexsort((rows, -scores))
+    return rows[order], scores[order].astype(np.float32, copy=False)
 
 
 MMR_DEPTH_PER_SLOT = 5
@@ -524,6 +560,7 @@ def personalized(
     extra_vectors: np.ndarray | None = None,
     pool: np.ndarray | None = None,
     boost: ItemBoost | None = None,
+    allowed: np.ndarray | None = None,
 ) -> CascadeResult:
     """The full cascade for one reader.
 
@@ -531,6 +568,7 @@ def personalized(
     titles) join the user vector's mean; ``delta`` is the session's private shift. ``pool``
     restricts candidates to given items (today's feed) instead of searching the index.
     ``boost`` (global mode) adds shared item scores and its trending items as candidates.
+    ``allowed`` (sorted item indices: a strict category filter) limits every candidate to them.
     """
     result = CascadeResult("personalized")
     user_vec = space.user_vector(history)
@@ -541,16 +579,19 @@ def personalized(
         norm = float(np.linalg.norm(user_vec))
         user_vec = (user_vec / norm if norm > 0 else user_vec) + delta
     if pool is None:
-        cand, sims = retrieve(space, user_vec, params.candidates, exclude)
+        cand, sims = retrieve(space, user_vec, params.candidates, exclude, allowed)
         result.pipeline.append(f"retrieval:{space.source}")
     else:
         cand = pool[~np.isin(pool, exclude)] if len(exclude) else pool
+        if allowed is not None:
+            cand = cand[np.isin(cand, allowed)]
         norm = float(np.linalg.norm(user_vec))
         unit = user_vec / norm if norm > 0 else user_vec
         sims = space.vectors[cand] @ unit.astype(np.float32)
         result.pipeline.append("pool")
     if boost is not None:
-        extra = boost.extra(cand, exclude, pool)
+        within = pool if allowed is None else allowed if pool is None else pool[np.isin(pool, allowed)]
+        extra = boost.extra(cand, exclude, within)
         if len(extra):
             norm = float(np.linalg.norm(user_vec))
             unit = user_vec / norm if norm > 0 else user_vec

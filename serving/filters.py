@@ -1,8 +1,12 @@
 """Category filters on ``/recommend``, ``/feed`` and ``/search``: ``categories=A,B&mode=strict|soft``.
 
-``strict`` keeps only items of the named categories: every other item joins the request's
-exclusion list, so each path of the cascade (retrieval, today's pool, the fallbacks) fills the
-list from the allowed items alone instead of filtering a finished list short.
+``strict`` keeps only items of the named categories, so each path of the cascade (retrieval,
+today's pool, the fallbacks) fills the list from the allowed items alone instead of filtering a
+finished list short. Whichever side is smaller travels down: when the categories cover at most
+half the catalogue their items go to the cascade as ``allowed`` (retrieval scores them exactly,
+the popularity fallback walks them in popularity order); otherwise every other item joins the
+request's exclusion list. Excluding the complement of a small category asked the index for
+~4.9 million results per request at 5,000,000 items (~20 s of CPU).
 
 ``soft`` keeps everything but moves items of the named categories up. Scores are not on one
 scale across the cascade's paths (ranker scores, popularity, pool freshness), so the boost
@@ -54,10 +58,21 @@ class CategoryFilter:
             "matching_items": len(self.members),
         }
 
+    def allowed(self, bundle: LoadedBundle) -> np.ndarray | None:
+        """The items a strict filter keeps (sorted), when they are the smaller side; else None."""
+        if self.mode != "strict" or 2 * len(self.members) > bundle.n_items:
+            return None
+        return self.members
+
     def exclude(self, bundle: LoadedBundle, exclude: np.ndarray) -> np.ndarray:
-        """``exclude`` plus, for a strict filter, every item outside the categories."""
-        if self.mode != "strict":
+        """``exclude`` plus, for a strict filter whose :meth:`allowed` is None, every item
+        outside the categories (then at most half the catalogue)."""
+        if self.mode != "strict" or self.allowed(bundle) is not None:
             return exclude
+        return self.complement(bundle, exclude)
+
+    def complement(self, bundle: LoadedBundle, exclude: np.ndarray) -> np.ndarray:
+        """``exclude`` plus every item outside the categories."""
         outside = np.ones(bundle.n_items, dtype=bool)
         outside[self.members] = False
         return np.union1d(exclude.astype(np.int64), np.flatnonzero(outside))
@@ -158,6 +173,11 @@ def widen(
     if filt is None:
         return k, exclude
     return filt.depth(k, bundle.n_items), filt.exclude(bundle, exclude)
+
+
+def allowed(filt: CategoryFilter | None, bundle: LoadedBundle) -> np.ndarray | None:
+    """The cascade's ``allowed`` items under ``filt`` (None: every item not excluded)."""
+    return None if filt is None else filt.allowed(bundle)
 
 
 def finish(filt: CategoryFilter | None, result: CascadeResult, k: int) -> CascadeResult:

@@ -5,11 +5,19 @@ them by ``category_boost``; bad modes, boosts and names are 422s that say what w
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
+from models.ann import ItemIndex
+from serving import filters
+from serving.bundle import LoadedBundle, load_bundle
+from serving.cascade import CascadeParams
+from storage.artifacts import ArtifactStore
 from tests.serving_fixtures import Catalogue, build_catalogue, serve
 
 pytestmark = pytest.mark.slow  # builds a catalogue with real text vectors
@@ -119,3 +127,93 @@ def test_bad_filters_are_422_naming_the_problem(
     r = client.post("/recommend", json={"item_ids": ["sci-0"], "categories": ["Musical"]})
     assert r.status_code == 422 and "Musical" in r.json()["detail"][0]["msg"]
     assert r.json()["detail"][0]["loc"] == ["body", "categories"]
+
+
+def loaded(catalogue: Catalogue) -> LoadedBundle:
+    store = ArtifactStore(catalogue.settings.bundles_dir)
+    return load_bundle(store, str(store.current_version()))
+
+
+@pytest.mark.parametrize("variant", ["as built", "no pool", "no vectors"])
+def test_strict_lists_from_the_allowed_items_what_excluding_the_rest_listed(
+    catalogue: Catalogue, variant: str
+) -> None:
+    """Issue 19: a strict filter's items go down as ``allowed`` instead of every other item as
+    exclusions; each path of the cascade (retrieval, pool, fallbacks, model scores) must list
+    exactly what the complement-exclusion path lists."""
+    bundle = loaded(catalogue)
+    if variant != "as built":
+        bundle = dataclasses.replace(bundle, pool=None)
+    if variant == "no vectors":
+        bundle = dataclasses.replace(bundle, retrieval=None, unit_vectors=None)
+    serving = catalogue.settings.serving
+    compared = 0
+    for names in ("Western,Horror", "Crime", "Romance,Sci-Fi"):
+        filt = filters.resolve(bundle, names, "strict", None, 0.5, ("query", "categories"))
+        assert filt is not None
+        allowed = filt.allowed(bundle)
+        assert allowed is not None and np.array_equal(allowed, filt.members)
+        for who in ["u0", "u3", "u7", "lonely", "nobody"]:
+            history = bundle.histories.get(who, np.zeros(0, dtype=np.int64))
+            for use_pool in (False, True):
+                p = CascadeParams.from_settings(serving, 4, seed=len(who))
+                common = {"min_interactions": serving.min_interactions, "use_pool": use_pool}
+                seen = np.unique(history)
+                old = bundle.recommend_for(who, history, p, exclude=filt.complement(bundle, seen), **common)
+                new = bundle.recommend_for(who, history, p, exclude=seen, allowed=allowed, **common)
+                assert (new.strategy, new.indices, new.stages, new.pipeline) == (
+                    old.strategy,
+                    old.indices,
+                    old.stages,
+                    old.pipeline,
+                ), (variant, names, who, use_pool)
+                assert new.scores == pytest.approx(old.scores, abs=1e-5)
+                assert new.candidates == old.candidates
+                assert set(new.indices) <= set(allowed.tolist())
+                compared += bool(new.indices)
+    assert compared >= 20, "most requests list something"
+
+
+def test_a_strict_filter_never_excludes_every_other_item(
+    catalogue: Catalogue, client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request's exclusion list stays the reader's own and the index is never asked for
+    the catalogue: counted on the real server's calls, not timed. A filter covering more
+    than half the catalogue still excludes the (then smaller) rest."""
+    bundle = loaded(catalogue)
+    calls: list[tuple[int, int | None]] = []
+    searched: list[int] = []
+    recommend_for = LoadedBundle.recommend_for
+    search = ItemIndex.search
+
+    def counting_recommend_for(self: LoadedBundle, *args: Any, **kwargs: Any) -> Any:
+        allowed = kwargs.get("allowed")
+        calls.append((len(kwargs["exclude"]), None if allowed is None else len(allowed)))
+        return recommend_for(self, *args, **kwargs)
+
+    def counting_search(self: ItemIndex, queries: np.ndarray, k: int, **kwargs: Any) -> Any:
+        searched.append(k)
+        return search(self, queries, k, **kwargs)
+
+    monkeypatch.setattr(LoadedBundle, "recommend_for", counting_recommend_for)
+    monkeypatch.setattr(ItemIndex, "search", counting_search)
+    n_items, seen = bundle.n_items, len(np.unique(bundle.histories["u0"]))
+
+    body = client.get("/recommend/u0", params={"k": 5, "categories": "Western"}).json()
+    assert set(genres(catalogue, body)) == {"Western"} and body["filter"]["matching_items"] == 6
+    assert calls == [(seen, 6)] and searched == [], "6 allowed items, u0's history excluded, no search"
+    post = client.post("/recommend", json={"item_ids": ["sci-0", "sci-1"], "categories": ["Crime"]})
+    assert set(genres(catalogue, post.json())) == {"Crime"}
+    assert calls[1] == (2, 6) and searched == []
+    feed = httpx.get(f"{client.base_url}/feed", params={"k": 5, "categories": "Horror"}).json()
+    assert set(genres(catalogue, feed)) == {"Horror"} and calls[2][1] == 6
+
+    calls.clear()
+    broad = "Western,Horror,Crime,Romance"  # 24 of 37 items: the 13 others are the smaller side
+    body = client.get("/recommend/u0", params={"k": 5, "categories": broad, "explore": "false"}).json()
+    assert len(body["items"]) == 5 and body["filter"]["matching_items"] == 24
+    wide = filters.resolve(bundle, broad, "strict", None, 0.5, ("query", "categories"))
+    assert wide is not None and wide.allowed(bundle) is None
+    rest = np.setdiff1d(np.arange(n_items), wide.members)
+    assert calls == [(len(np.union1d(bundle.histories["u0"], rest)), None)]
+    assert searched and max(searched) <= catalogue.settings.serving.candidates + calls[0][0]

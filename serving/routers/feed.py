@@ -134,6 +134,7 @@ def router(shapes: ParamShapes, news: bool = False) -> APIRouter:
             known=known or len(state) > 0,
             boost=(boost := shared.global_boost(request.app.state, bundle)),
             reader_shown=exposure.counts(reader := exposure.reader(who, session)),
+            allowed=filters.allowed(filt, bundle),
         )
         result = filters.finish(filt, result, query.k)
         items = shared.listed(bundle, result)

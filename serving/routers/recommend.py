@@ -155,6 +155,7 @@ def router(shapes: ParamShapes) -> APIRouter:
             learning_rate=serving.session_learning_rate,
             known=known or bool(session_state and len(session_state)),
             boost=shared.global_boost(state, bundle),
+            allowed=filters.allowed(filt, bundle),
         )
         result = filters.finish(filt, result, query.k)
         return lean_json(
@@ -239,6 +240,7 @@ def router(shapes: ParamShapes) -> APIRouter:
             min_interactions=serving.min_interactions,
             boost=shared.global_boost(request.app.state, bundle),
             exclude=exclude,
+            allowed=filters.allowed(filt, bundle),
         )
         result = filters.finish(filt, result, body.k)
         return lean_json(
