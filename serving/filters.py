@@ -160,7 +160,10 @@ def resolve(
             unknown,
         )
     picked = [known[n.lower()] for n in names]
-    members = np.unique(np.concatenate([rows for _, rows in picked]))
+    # One category's members are sorted and distinct already: np.unique of a 5M bundle's
+    # category (~125,000 items) cost ~40 ms per request, twice the filtered retrieval.
+    rows = [rows for _, rows in picked]
+    members = rows[0] if len(rows) == 1 else np.unique(np.concatenate(rows))
     return CategoryFilter(
         [name for name, _ in picked], members, mode, default_boost if boost is None else boost
     )
