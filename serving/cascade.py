@@ -409,7 +409,9 @@ def retrieve_among(
     rows = np.asarray(rows, dtype=np.int64)
     if not len(rows) or n <= 0:
         return rows[:0], np.zeros(0, dtype=np.float32)
-    scores = vectors[rows] @ query
+    # np.take gathers the rows in half the time of vectors[rows] (10.9 against 20.4 ms for
+    # 125,000 of a 5M bundle's memory-mapped rows, measured alternately in one process)
+    scores = np.take(vectors, rows, axis=0) @ query
     if len(rows) > n:
         head = np.argpartition(-scores, n - 1)[:n]
         rows, scores = rows[head], scores[head]
