@@ -202,6 +202,8 @@ def run_ab(args: argparse.Namespace, console: Console) -> None:
                 for a in arms
             ),
         )
+    for bucket, per_arm in _by_visit(out).items():
+        table.add_row(f"click-through, visit {bucket}", *(f"{per_arm[a]:.4f}" for a in arms))
     console.print(table)
     summary = json.loads(args.summary.read_text()) if args.summary.exists() else {}
     summary["ab"] = arms
@@ -221,6 +223,7 @@ def run_ab(args: argparse.Namespace, console: Console) -> None:
     } | {
         "ctr_lift": out["ctr_lift"],
         "ctr_intervals_overlap": out["ctr_intervals_overlap"],
+        "ctr_by_visit": out.get("ctr_by_visit"),
         "seconds": round(time.perf_counter() - started, 1),
     }
     args.summary.parent.mkdir(parents=True, exist_ok=True)
@@ -232,6 +235,13 @@ def run_ab(args: argparse.Namespace, console: Console) -> None:
         f"{'met' if met else 'missed'}; bundle {out['bundle']} ({out['model']}); wrote {args.summary} "
         f"({summary['ab_protocol']['seconds']:.0f} s)"
     )
+
+
+def _by_visit(out: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Visit bucket → arm → click-through, from the comparison's ``ctr_by_visit``."""
+    by_arm: dict[str, dict[str, dict[str, float]]] = out.get("ctr_by_visit") or {}
+    buckets = next(iter(by_arm.values()), {})
+    return {b: {a: by_arm[a][b]["ctr"] for a in by_arm} for b in buckets}
 
 
 if __name__ == "__main__":

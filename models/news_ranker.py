@@ -26,10 +26,9 @@ were clicked. Each candidate of a request is described by :data:`FEATURES`:
 
 One logistic head per event (click, like, skip, dwell ≥ threshold), linear in the features
 by default: the ranker learns from a few thousand rows of one night's log, and what it scores
-tomorrow (new readers, new stories, a catalogue older by a day) lies outside them. Trained on
-the simulated warm-up log and scored on the A/B's impressions, an MLP body (``hidden`` 32)
-ranked them at AUC 0.52–0.62 where the linear heads reached 0.68; ``hidden`` > 0 adds that
-body for a log big enough to feed it. The served score is a weighted sum of the heads'
+tomorrow (new readers, new stories, a catalogue older by a day) lies outside them, where an
+MLP body follows the log's particulars instead of the trends; ``hidden`` > 0 adds that body for
+a log big enough to feed it. The served score is a weighted sum of the heads'
 probabilities with weights from the settings (a skip weighs negatively). A head whose event
 never occurred in the training impressions is kept but weighs zero, so it cannot add noise.
 """

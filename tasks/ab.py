@@ -263,7 +263,35 @@ def compare(result: SimulationResult, arms: Sequence[str], catalogue_size: int, 
     first, second = (per_arm[a]["ctr"] for a in arms[:2])
     lift = (second["value"] / first["value"] - 1.0) if first["value"] else float("nan")
     overlap = not (first["ci95"][1] < second["ci95"][0] or second["ci95"][1] < first["ci95"][0])
-    return {"arms": per_arm, "ctr_lift": round(lift, 4), "ctr_intervals_overlap": overlap}
+    return {
+        "arms": per_arm,
+        "ctr_lift": round(lift, 4),
+        "ctr_intervals_overlap": overlap,
+        "ctr_by_visit": ctr_by_visit(result, arms),
+    }
+
+
+VISIT_BUCKETS = ("1", "2", "3", "4+")
+
+
+def ctr_by_visit(result: SimulationResult, arms: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per arm, click-through of a reader's 1st, 2nd, 3rd and later visits (``listed`` and
+    ``ctr`` per bucket): where a lift is won, on the cold first visits or once a reader has
+    a history, which one overall number hides."""
+    seen: dict[str, int] = {}
+    counts = {a: {b: [0, 0] for b in VISIT_BUCKETS} for a in arms}
+    for visit in result.visits:
+        n = seen.get(visit.session, 0)
+        seen[visit.session] = n + 1
+        if visit.arm not in counts:
+            continue
+        cell = counts[visit.arm][VISIT_BUCKETS[min(n, len(VISIT_BUCKETS) - 1)]]
+        cell[0] += len(visit.shown)
+        cell[1] += visit.count("click")
+    return {
+        a: {b: {"listed": float(n), "ctr": round(c / n, 5) if n else 0.0} for b, (n, c) in per.items()}
+        for a, per in counts.items()
+    }
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -285,6 +313,11 @@ def report_markdown(
     for key, label in METRICS.items():
         cells = [estimate_text(per[a.name][key]) for a in arms]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    by_visit = comparison.get("ctr_by_visit")
+    if by_visit:
+        for bucket in VISIT_BUCKETS:
+            cells = [f"{by_visit[a.name][bucket]['ctr']:.4f}" for a in arms]
+            lines.append(f"| click-through, visit {bucket} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"CTR of `{arms[1].name}` relative to `{arms[0].name}`: {comparison['ctr_lift']:+.1%}; "

@@ -128,3 +128,17 @@ def test_metrics_carry_intervals_and_separate_a_clearly_worse_arm() -> None:
     assert not comparison["ctr_intervals_overlap"]
     assert a["coverage"]["value"] == pytest.approx(0.3) and a["clicked_age_h"]["value"] == pytest.approx(1.0)
     assert arm_metrics([], 10, 0)["sessions"] == 0
+
+
+def test_click_through_by_visit_counts_each_readers_visits_in_order() -> None:
+    """A reader's first visit lands in bucket 1, the fourth and later ones in 4+; the other arm
+    and its readers are counted apart."""
+    first = _visits("a", 4, 0)  # four readers' first visits, no clicks
+    again = [v for v in _visits("a", 4, 2) for _ in range(4)]  # each reader 4 more visits, 2 clicks
+    other = _visits("b", 2, 5)
+    result = SimulationResult(seed=0, personas=6, days=1, visits=first + other + again)
+    by_visit = compare(result, ("a", "b"), catalogue_size=1000, seed=0)["ctr_by_visit"]
+    assert by_visit["a"]["1"] == {"listed": 40.0, "ctr": 0.0}
+    assert by_visit["a"]["2"]["ctr"] == pytest.approx(0.2) and by_visit["a"]["3"]["listed"] == 40.0
+    assert by_visit["a"]["4+"] == {"listed": 80.0, "ctr": 0.2}
+    assert by_visit["b"]["1"] == {"listed": 20.0, "ctr": 0.5} and by_visit["b"]["2"]["listed"] == 0.0
