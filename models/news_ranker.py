@@ -22,7 +22,12 @@ were clicked. Each candidate of a request is described by :data:`FEATURES`:
                serving: readers click the top slots more whatever is there, and a story
                listed again tends to be listed on top, so without it the log says "shown
                before" goes with more clicks; scored as if at the top, every candidate is
-               compared on what it is, not where it was.
+               compared on what it is, not where it was;
+``depth``      ``retrieval`` × min(1, log(1 + clicks) / log(11)), clicks = the reader's history:
+               a profile of one click says less than one of ten, and linear heads cannot
+               multiply two features themselves, so the text match can weigh more for a
+               reader the service already knows (without it, a reader's fourth and later
+               visits in the simulated A/B clicked less than under text similarity alone).
 
 One logistic head per event (click, like, skip, dwell ≥ threshold), linear in the features
 by default: the ranker learns from a few thousand rows of one night's log, and what it scores
@@ -68,6 +73,7 @@ FEATURES: tuple[str, ...] = (
     "history",
     "reshown",
     "position",
+    "depth",
 )
 EVENTS: tuple[str, ...] = ("click", "like", "skip", "dwell")
 DEFAULT_WEIGHTS: dict[str, float] = {"click": 1.0, "like": 0.5, "skip": -0.5, "dwell": 0.3}
@@ -81,6 +87,11 @@ class CandidateContext:
     """Topic index of each story the reader clicked before (nightly history + session)."""
     session_topics: np.ndarray
     """Topic index of each story clicked in this session only."""
+
+
+def history_depth(clicks: int) -> float:
+    """How much a profile of ``clicks`` clicked stories is worth, 0 (none) to 1 (ten or more)."""
+    return float(min(np.log1p(max(clicks, 0)) / np.log1p(10), 1.0))
 
 
 def topic_shares(clicked_topics: np.ndarray, candidate_topics: np.ndarray) -> np.ndarray:
@@ -135,6 +146,7 @@ def candidate_features(
         np.full(n, has_history, dtype=np.float32),
         np.log1p(np.clip(reshown, 0.0, None)),
         np.log1p(np.clip(positions, 0.0, None)),
+        np.asarray(retrieval, dtype=np.float32) * np.float32(history_depth(len(context.history_topics))),
     ]
     return np.stack(columns, axis=1).astype(np.float32)
 

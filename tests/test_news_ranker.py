@@ -17,6 +17,7 @@ from models.news_ranker import (
     NewsRanker,
     NewsRankStage,
     candidate_features,
+    history_depth,
     rank_labels,
     topic_shares,
 )
@@ -81,6 +82,8 @@ def test_features_are_named_columns() -> None:
     assert np.allclose(col["history"], 1.0)
     assert np.allclose(col["reshown"], np.log1p([0.0, 2.0]))
     assert np.allclose(col["position"], 0.0), "serving scores every candidate as if on top"
+    assert np.allclose(col["depth"], np.array([0.5, 0.1]) * np.log1p(4) / np.log1p(10)), "4 clicks"
+    assert history_depth(0) == 0.0 and history_depth(10) == history_depth(50) == 1.0
     assert np.allclose(topic_shares(np.zeros(0, np.int64), np.array([1, 2])), 0.0)
     with pytest.raises(ValueError, match="retrieval has 1 values for 2 candidates"):
         candidate_features(
@@ -162,7 +165,7 @@ def test_weights_come_from_the_caller_and_bad_input_is_named() -> None:
     assert np.allclose(clicks_only.score(x), probs["click"])
     with pytest.raises(ValueError, match="unknown events \\['share'\\]"):
         NewsRanker(weights={"share": 1.0})
-    with pytest.raises(ValueError, match=r"features must be \(n, 10\)"):
+    with pytest.raises(ValueError, match=r"features must be \(n, 11\)"):
         NewsRanker().fit(x[:, :3], y)
     with pytest.raises(ValueError, match="both clicked and not-clicked"):
         NewsRanker().fit(x, {"click": np.zeros(len(x))})
