@@ -152,12 +152,24 @@ def day_of(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d")
 
 
+TORN_TAIL_CHECKS = 5
+"""Looks at a file's last byte before calling its tail torn, ``TORN_TAIL_SETTLE_S`` apart."""
+TORN_TAIL_SETTLE_S = 0.005
+
+
 def _torn_tail(fd: int) -> bool:
-    """True when the file's last byte is not a newline (a crash cut its last write short)."""
-    size = os.fstat(fd).st_size
-    if size == 0:
-        return False
-    return os.pread(fd, 1, size - 1) != b"\n"
+    """True when the file's last byte is not a newline (a crash cut its last write short).
+
+    Another worker appending to the same file can be caught in the middle of its write: a
+    reader may see part of an append before the rest lands. That tail completes within
+    microseconds, so it is looked at again a few times; only a tail that stays cut is torn."""
+    for attempt in range(TORN_TAIL_CHECKS):
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return False
+        if attempt < TORN_TAIL_CHECKS - 1:
+            time.sleep(TORN_TAIL_SETTLE_S)
+    return True
 
 
 def read_events(directory: Path) -> list[Event]:

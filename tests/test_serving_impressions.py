@@ -140,3 +140,30 @@ def test_workers_sharing_a_file_never_tear_a_line(tmp_path: Path) -> None:
     assert len(lines) - 1 == 2 * 20 * 200
     assert all(json.loads(raw)["items"][9]["position"] == 10 for raw in lines[:-1])
     assert impression_line(pending(1, "x")[0]).endswith(b"\n")
+
+
+def test_a_tail_another_worker_is_still_writing_is_not_torn(tmp_path: Path) -> None:
+    """A worker that opens the day's file while another's append is half visible must not take
+    the cut tail for a crash (and move to ``.1``); a tail that stays cut is torn."""
+    import os
+    import time
+
+    from serving.events import TORN_TAIL_SETTLE_S, _torn_tail
+
+    path = tmp_path / "20261123.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": ')
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    try:
+        assert _torn_tail(fd), "nobody finishes this line: torn"
+
+        def finish() -> None:
+            time.sleep(TORN_TAIL_SETTLE_S / 2)
+            with path.open("ab") as f:
+                f.write(b"2}\n")
+
+        writer = threading.Thread(target=finish)
+        writer.start()
+        assert not _torn_tail(fd), "the line is finished while we look: not torn"
+        writer.join()
+    finally:
+        os.close(fd)
