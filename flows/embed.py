@@ -9,6 +9,7 @@ back, and only the flow's process opens the warehouse.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -81,6 +82,21 @@ def embed_step(settings: Settings) -> EmbedSummary:
     if runner is None:
         return embed_in_process_task(settings)
     return embed_fanout_flow.with_options(task_runner=runner)(settings)
+
+
+def embed_alongside(settings: Settings) -> Callable[[], EmbedSummary]:
+    """Start embedding under ``settings`` so the caller's next steps run beside it; returns
+    what waits for it (raising what it raised). Item texts do not depend on ratings, so the
+    nightly's k-core, split and training need not wait: only what reads the vectors does.
+
+    In-process: the task is submitted to the flow's thread pool (the encoder holds one core,
+    the next steps' DuckDB and numpy work the other). Over Dask the fan-out is a subflow of
+    its own, run here and now as :func:`embed_step` does."""
+    if dask_runner(settings, settings.embedding.dask_workers) is not None:
+        summary = embed_step(settings)
+        return lambda: summary
+    future = embed_in_process_task.submit(settings)
+    return lambda: future.result()
 
 
 @flow(name="embed-items")

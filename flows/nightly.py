@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,11 @@ import duckdb
 import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from expectations import DataQualityError
-from flows.embed import embed_step
+from flows.embed import embed_alongside
 from models.configs import ModelOverrides
 from storage.artifacts import ArtifactStore
 from storage.settings import Settings, catalogue_settings
@@ -173,14 +175,24 @@ def split_task(settings: Settings) -> dict[str, dict[str, int]]:
     return sizes
 
 
-@task(name="train-evaluate-publish", timeout_seconds=3600)
+@task(name="train-evaluate-publish", timeout_seconds=3600, cache_policy=NONE)
 def train_publish_task(
-    settings: Settings, run_id: str | None, candidates: dict[str, dict[str, Any]] | None = None
+    settings: Settings,
+    run_id: str | None,
+    candidates: dict[str, dict[str, Any]] | None = None,
+    embedded: Callable[[], Any] | None = None,
 ) -> PublishResult:
     """Train every candidate, keep the best on validation NDCG@10, evaluate and publish it, in
     one task: the fitted models never leave the process. ``candidates``: model name → its
-    constructor parameters (default: :func:`candidate_params` of settings)."""
+    constructor parameters (default: :func:`candidate_params` of settings). ``embedded``:
+    waits for the item embedding still running beside this task (:func:`flows.embed.embed_alongside`);
+    called before anything reads the vectors (a feature model's training, the bundle's index)."""
     logger = get_run_logger()
+
+    def vectors_ready() -> None:
+        if embedded is not None:
+            embedded()
+
     store = ArtifactStore(settings.bundles_dir, keep=settings.bundles_keep)
     candidates = candidates if candidates is not None else candidate_params(settings)
     if not candidates:
@@ -233,11 +245,16 @@ def train_publish_task(
             record_run(con, result, proto, fingerprint, run_id)
         else:
             if FEATURE_MODELS & set(candidates):  # hybrid models read item features
+                # text vectors only for a feature model that trains tonight (categories are
+                # also what evaluation's diversity reads): the others need not wait for them
+                reads_text = settings.embedding.enabled and any(
+                    untrainable(name, data, settings.model.torch_max_interactions) is None
+                    for name in FEATURE_MODELS & set(candidates)
+                )
+                if reads_text:
+                    vectors_ready()
                 data.item_features = load_item_features(
-                    con,
-                    data,
-                    settings.embedding if settings.embedding.enabled else None,
-                    side=settings.source.books,
+                    con, data, settings.embedding if reads_text else None, side=settings.source.books
                 )
             for name, params in candidates.items():
                 why = untrainable(name, data, settings.model.torch_max_interactions)
@@ -283,6 +300,7 @@ def train_publish_task(
         serving_model = fit_for_serving(data, result.model_name, result.params) if refit else result.model
         serving_fit = SERVING_FIT_TRAIN if not cold and not refit else SERVING_FIT_ALL
         logger.info("serving model fitted on %s", serving_fit)
+        vectors_ready()
         vectors, index = bundle_vectors(con, settings, data, logger.info)  # raises below the recall floor
         manifest = build_manifest(
             catalogue=settings.catalogue,
@@ -524,8 +542,13 @@ def nightly_refresh(
     ingest_events_task(settings)
     if settings.source.kind == "feeds":
         ensure_pool_task(settings)
-    if settings.embedding.enabled:
-        embed_step(settings)  # over Dask when settings.cluster names one
+    # beside k-core, split and training (over Dask when settings.cluster names one)
+    embedded = embed_alongside(settings) if settings.embedding.enabled else None
     kcore_task(settings)
     split_task(settings)
-    return train_publish_task(settings, str(flow_run.get_id()) if flow_run.get_id() else None, candidates)
+    published = train_publish_task(
+        settings, str(flow_run.get_id()) if flow_run.get_id() else None, candidates, embedded
+    )
+    if embedded is not None:
+        embedded()  # an unchanged night returns before reading vectors: the embedding still counts
+    return published

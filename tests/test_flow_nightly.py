@@ -232,3 +232,49 @@ def test_nightly_trains_every_candidate_and_publishes_the_best_on_validation(
     with get_client(sync_client=True) as client:
         table = next(a for a in client.read_artifacts() if a.key == "nightly-candidates")
     assert f"**{best}**" in str(table.data) and "two-tower-knn" in str(table.data)
+
+
+def test_nightly_embeds_items_beside_kcore_split_and_training(
+    prefect_api: None, ml100k_slice: Path, tmp_path: Path
+) -> None:
+    """The embedding task runs while k-core, split and training do (it needs items only), and
+    the bundle carries the finished vectors: those an encoding of the same texts gives."""
+    import numpy as np
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.nightly import nightly_refresh
+    from tasks.embedding import encode_texts, item_vectors, plan_embedding
+
+    overrides = {
+        "home": str(tmp_path / "var"),
+        "catalogue": "ml-slice",
+        "source": {"kind": "movielens", "path": str(ml100k_slice)},
+        "model": {"name": "itemknn-recency"},  # no text features: training need not wait
+    }
+    settings = Settings(**overrides)
+    state = nightly_refresh(overrides=overrides, return_state=True)
+    published = state.result()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    spans = {r.name.rsplit("-", 1)[0]: (r.start_time, r.end_time) for r in runs}
+    embed, kcore, split = spans["embed-items-in-process"], spans["k-core"], spans["split"]
+    assert embed[0] < split[1] and embed[1] > kcore[0]  # overlapping, not one after the other
+
+    bundle = np.load(ArtifactStore(settings.bundles_dir).root / published.version / "item_vectors.npy")
+    with duckdb.connect(str(settings.warehouse_path)) as con:
+        ids = [r[0] for r in con.execute("SELECT item_id FROM items").fetchall()]
+        with duckdb.connect(
+            str(ArtifactStore(settings.bundles_dir).root / published.version / "catalog.duckdb")
+        ) as cat:
+            order = [r[0] for r in cat.execute("SELECT item_id FROM items ORDER BY item_idx").fetchall()]
+        assert sorted(order) == sorted(ids)
+        np.testing.assert_array_equal(bundle, item_vectors(con, settings.embedding, order))
+        con.execute("DELETE FROM item_vectors")
+        plan = plan_embedding(con, settings.embedding)
+    text_of = dict(zip(plan.missing_hashes, plan.missing_texts, strict=True))
+    hash_of = dict(zip(plan.item_ids, plan.hashes, strict=True))
+    fresh = encode_texts([text_of[hash_of[i]] for i in order[:24]], settings.embedding)
+    np.testing.assert_allclose(bundle[:24], fresh, atol=1e-5)
