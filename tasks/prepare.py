@@ -177,7 +177,21 @@ def make_splits(
       interactions has no valid row; with one, only train).
     * ``temporal``: one global cut at the ``temporal_quantile`` of timestamps: later
       interactions are ``test``, the rest ``train``.
+
+    When ``table`` only gained rows since the recorded splits (:func:`_update_splits`), only
+    the rows whose part changes are rewritten; the result is the same as a rebuild's.
     """
+    if not _update_splits(con, table, temporal_quantile):
+        _rebuild_splits(con, table, temporal_quantile)
+    rows = con.execute("SELECT split_name, part, count(*) FROM splits GROUP BY ALL ORDER BY ALL").fetchall()
+    out: dict[str, dict[str, int]] = {}
+    for name, part, n in rows:
+        out.setdefault(name, {})[part] = int(n)
+    return out
+
+
+def _rebuild_splits(con: duckdb.DuckDBPyConnection, table: str, temporal_quantile: float) -> None:
+    """Both splits computed from every row of ``table``."""
     # Written whole into a fresh table swapped in at commit: deleting last night's 2 x n rows
     # first cost more than writing tonight's (no key index either: migration 11).
     con.execute("BEGIN TRANSACTION")
@@ -220,8 +234,107 @@ def make_splits(
     except Exception:
         con.execute("ROLLBACK")
         raise
-    rows = con.execute("SELECT split_name, part, count(*) FROM splits GROUP BY ALL ORDER BY ALL").fetchall()
-    out: dict[str, dict[str, int]] = {}
-    for name, part, n in rows:
-        out.setdefault(name, {})[part] = int(n)
-    return out
+
+
+UPDATE_MAX_NEW_SHARE = 0.2
+"""Above this share of new rows the splits are rebuilt: rewriting is then no dearer."""
+
+
+def _update_splits(con: duckdb.DuckDBPyConnection, table: str, temporal_quantile: float) -> bool:
+    """Bring the recorded splits up to ``table`` when it only gained rows since; False (and
+    nothing changed) when they must be rebuilt: no splits yet, a recorded row no longer in
+    ``table``, or more than :data:`UPDATE_MAX_NEW_SHARE` new rows.
+
+    A night with 1 % new ratings used to rewrite 2 x n rows. Here only the rows whose part can
+    change are written, and the result is what :func:`_rebuild_splits` gives:
+
+    * leave-last-out: a user's last two rows are among their last two recorded ones and
+      their new ones (every earlier row was and stays ``train``), so per user with new
+      rows only those candidates are ranked (a user with at most two recorded rows: all);
+    * temporal: the cut is taken again over every row; recorded ``test`` rows at or below
+      it become ``train``, rows above it that were not ``test`` (new or recorded) ``test``,
+      new rows at or below it ``train``.
+
+    An event id names its row's content (user, item, time), so a recorded id still in
+    ``table`` is the same row; the count check finds rows that left it."""
+    recorded = dict(
+        con.execute(
+            f"SELECT split_name, count(*) FROM splits WHERE split_name IN ('{LEAVE_LAST_OUT}', '{TEMPORAL}') "
+            "GROUP BY split_name"
+        ).fetchall()
+    )
+    n_split = recorded.get(LEAVE_LAST_OUT, 0)
+    if n_split == 0 or recorded.get(TEMPORAL) != n_split:
+        return False
+    total = _count(con, table)
+    lloo = f"(SELECT event_id, part FROM splits WHERE split_name = '{LEAVE_LAST_OUT}')"
+    old_test = f"(SELECT event_id FROM splits WHERE split_name = '{TEMPORAL}' AND part = 'test')"
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE split_new AS SELECT t.event_id, t.user_id, t.ts, t.seq "
+            f"FROM {table} t ANTI JOIN {lloo} s ON s.event_id = t.event_id"
+        )
+        new = _count(con, "split_new")
+        if n_split + new != total or new > UPDATE_MAX_NEW_SHARE * total:
+            con.execute("ROLLBACK")
+            return False
+        # leave-last-out: rank each changed user's candidates for the last two places
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE split_tail AS
+            WITH touched AS (SELECT user_id, count(*) AS k FROM split_new GROUP BY user_id),
+            sizes AS (
+                SELECT t.user_id, count(*) AS n, any_value(u.k) AS k
+                FROM {table} t JOIN touched u ON u.user_id = t.user_id GROUP BY t.user_id
+            ),
+            candidates AS (
+                SELECT t.event_id, t.user_id, t.ts, t.seq
+                FROM {table} t JOIN {lloo} s ON s.event_id = t.event_id AND s.part <> 'train'
+                SEMI JOIN touched u ON u.user_id = t.user_id
+                UNION
+                SELECT t.event_id, t.user_id, t.ts, t.seq
+                FROM {table} t SEMI JOIN (SELECT user_id FROM sizes WHERE n - k <= 2) z
+                    ON z.user_id = t.user_id
+                UNION
+                SELECT event_id, user_id, ts, seq FROM split_new
+            )
+            SELECT c.event_id,
+                   CASE WHEN z.n >= 2 AND c.r = 1 THEN 'test'
+                        WHEN z.n >= 3 AND c.r = 2 THEN 'valid'
+                        ELSE 'train' END AS part
+            FROM (
+                SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY ts DESC, seq DESC) AS r
+                FROM candidates
+            ) c JOIN sizes z ON z.user_id = c.user_id
+            """
+        )
+        # temporal: the rows on the wrong side of tonight's cut, and the new rows
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE split_moved AS
+            WITH cut AS (SELECT quantile_disc(ts, $q) AS c FROM {table})
+            SELECT t.event_id, 'train' AS part
+            FROM {table} t SEMI JOIN {old_test} o ON o.event_id = t.event_id
+            WHERE t.ts <= (SELECT c FROM cut)
+            UNION ALL
+            SELECT t.event_id, 'test' FROM {table} t ANTI JOIN {old_test} o ON o.event_id = t.event_id
+            WHERE t.ts > (SELECT c FROM cut)
+            UNION ALL
+            SELECT event_id, 'train' FROM split_new WHERE ts <= (SELECT c FROM cut)
+            """,
+            {"q": temporal_quantile},
+        )
+        for name, changed in ((LEAVE_LAST_OUT, "split_tail"), (TEMPORAL, "split_moved")):
+            con.execute(
+                f"DELETE FROM splits WHERE split_name = '{name}' "
+                f"AND event_id IN (SELECT event_id FROM {changed})"
+            )
+            con.execute(f"INSERT INTO splits SELECT '{name}', event_id, part FROM {changed}")
+        for temp in ("split_new", "split_tail", "split_moved"):
+            con.execute(f"DROP TABLE {temp}")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return True

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import tasks.prepare
 from storage.warehouse import connect
-from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, TEMPORAL, kcore_filter, make_splits
+from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, TEMPORAL, _rebuild_splits, kcore_filter, make_splits
 
 
 def _load(con: duckdb.DuckDBPyConnection, edges: list[tuple[int, int]]) -> None:
@@ -126,3 +127,86 @@ def test_ties_broken_by_file_order(tmp_path: Path) -> None:
         ).fetchall()
     )
     assert parts == {"a": "train", "b": "valid", "c": "test"}
+
+
+def _add_rows(con: duckdb.DuckDBPyConnection, rows: list[tuple[str, str, int, int]]) -> None:
+    """(event id, user, ts, seq) rows into ``interactions``."""
+    frame = pd.DataFrame(rows, columns=["event_id", "user_id", "ts", "seq"])
+    con.register("added", frame)
+    con.execute(
+        "INSERT INTO interactions (event_id, user_id, item_id, event_type, ts, seq) "
+        "SELECT event_id, user_id, 'i' || (seq % 13), 'click', ts, seq FROM added"
+    )
+    con.unregister("added")
+
+
+def _splits(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str, str]]:
+    return set(con.execute("SELECT split_name, event_id, part FROM splits").fetchall())
+
+
+def _rebuilt(con: duckdb.DuckDBPyConnection, tmp_path: Path, quantile: float) -> set[tuple[str, str, str]]:
+    """The splits a rebuild from nothing gives on ``con``'s k-core table."""
+    fresh = connect(tmp_path / "fresh.duckdb")
+    rows = con.execute(f"SELECT event_id, user_id, ts, seq FROM {KCORE_TABLE}").fetchall()
+    _add_rows(fresh, rows)
+    kcore_filter(fresh, 0, 0)
+    _rebuild_splits(fresh, KCORE_TABLE, quantile)
+    out = _splits(fresh)
+    fresh.close()
+    (tmp_path / "fresh.duckdb").unlink()
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_night_that_only_added_rows_updates_the_splits_to_what_a_rebuild_gives(
+    tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Users with one or two rows, known users with later and earlier (late-arriving) rows,
+    new users, ties at the temporal cut: the updated splits equal a rebuild's, and only the
+    rows whose part changed were written (the row count stays 2 x n, no duplicates)."""
+    import random
+
+    rng = random.Random(seed)
+    con = connect(tmp_path / "w.duckdb")
+    rows = [(f"e{j}", f"u{rng.randrange(40)}", rng.randrange(200), j) for j in range(400)]
+    _add_rows(con, rows)
+    kcore_filter(con, 0, 0)
+    make_splits(con, KCORE_TABLE, 0.8)
+    con.execute("INSERT INTO splits VALUES ('other', 'e1', 'train')")  # another split stays
+
+    def no_rebuild(*_: object) -> None:
+        raise AssertionError("an appended night rebuilt the splits")
+
+    monkeypatch.setattr(tasks.prepare, "_rebuild_splits", no_rebuild)
+    seq = 400
+    for night in range(3):
+        added = []
+        for _ in range(rng.randrange(1, 30)):
+            user = f"u{rng.randrange(55)}"  # u40.. are new users
+            ts = rng.randrange(150, 260 + 20 * night) if rng.random() < 0.8 else rng.randrange(100)
+            added.append((f"e{seq}", user, ts, seq))
+            seq += 1
+        _add_rows(con, added)
+        kcore_filter(con, 0, 0)
+        sizes = make_splits(con, KCORE_TABLE, 0.8)
+        assert sum(sizes[LEAVE_LAST_OUT].values()) == sum(sizes[TEMPORAL].values()) == seq
+        assert _splits(con) - {("other", "e1", "train")} == _rebuilt(con, tmp_path, 0.8)
+        assert ("other", "e1", "train") in _splits(con)
+
+
+def test_rows_that_left_the_table_rebuild_the_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    con = connect(tmp_path / "w.duckdb")
+    _add_rows(con, [(f"e{j}", f"u{j % 5}", j, j) for j in range(60)])
+    kcore_filter(con, 0, 0)
+    make_splits(con)
+    rebuilds: list[str] = []
+    monkeypatch.setattr(
+        tasks.prepare, "_rebuild_splits", lambda *a: rebuilds.append("rebuilt") or _rebuild_splits(*a)
+    )
+    con.execute("DELETE FROM interactions WHERE event_id IN ('e59', 'e58', 'e12')")
+    _add_rows(con, [("e60", "u0", 61, 60), ("e61", "u9", 62, 61)])
+    kcore_filter(con, 0, 0)
+    make_splits(con)
+    assert _splits(con) == _rebuilt(con, tmp_path, 0.9)
+    assert rebuilds == ["rebuilt"]
+    assert not con.execute("SELECT count(*) FROM splits WHERE event_id = 'e59'").fetchall()[0][0]
