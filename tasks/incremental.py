@@ -149,16 +149,22 @@ EVAL_CACHE = "eval_cache.npz"
 
 def history_keys(data: SplitData) -> np.ndarray:
     """Per user, a checksum of their train, valid and test items in order: equal keys, the
-    same split for that user (item indices are the same on a reused catalogue)."""
-    keys = np.zeros(data.n_users, dtype=np.uint64)
+    same split for that user (item indices are the same on a reused catalogue).
+
+    ``key = ((K·31 + 7 + S_train)·31 + 8 + S_valid)·31 + 9 + S_test`` in uint64 arithmetic
+    (wrapping), ``S_part`` the sum over the part's items of ``(item + 1)·position·P``: one
+    pass over every part's items at once (a loop over 160,000 users cost seconds)."""
+    keys = np.full(data.n_users, 1469598103934665603, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for u in range(data.n_users):
-            key = np.uint64(1469598103934665603)
-            for code, part in enumerate((data.train, data.valid, data.test)):
-                h = part[u].astype(np.uint64) + np.uint64(1)
-                weights = np.arange(1, len(h) + 1, dtype=np.uint64) * np.uint64(1099511628211)
-                key = key * np.uint64(31) + np.uint64(code + 7) + np.sum(h * weights, dtype=np.uint64)
-            keys[u] = key
+        for code, part in enumerate((data.train, data.valid, data.test)):
+            lengths = np.fromiter((len(h) for h in part), dtype=np.int64, count=data.n_users)
+            items = np.concatenate([*part, np.zeros(0, np.int64)]).astype(np.uint64) + np.uint64(1)
+            starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+            position = (np.arange(len(items), dtype=np.int64) - starts + 1).astype(np.uint64)
+            terms = items * position * np.uint64(1099511628211)
+            sums = np.zeros(data.n_users, dtype=np.uint64)
+            np.add.at(sums, np.repeat(np.arange(data.n_users), lengths), terms)
+            keys = keys * np.uint64(31) + np.uint64(code + 7) + sums
     return keys
 
 
