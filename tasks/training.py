@@ -106,29 +106,37 @@ def load_split_data(
     )
     order = "ORDER BY TRY_CAST({0} AS BIGINT) NULLS LAST, {0}"
     item_ids = _ids(con.execute(f"SELECT item_id FROM ({item_sql}) {order.format('item_id')}"))
-    events = f"SELECT t.* FROM {table} t JOIN splits s ON s.event_id = t.event_id AND s.split_name = ?"
-    split_users = (
-        f"SELECT user_id, CAST(row_number() OVER ({order.format('user_id')}) - 1 AS INTEGER) AS user_idx"
-        f" FROM (SELECT DISTINCT user_id FROM ({events}))"
+    # the join on event ids is most of the cost: once, into a temporary table both reads share
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE split_rows AS
+            SELECT t.user_id, t.item_id, t.ts, t.seq,
+                   CAST(CASE s.part WHEN 'train' THEN 0 WHEN 'valid' THEN 1 ELSE 2 END AS TINYINT) AS part
+            FROM {table} t JOIN splits s ON s.event_id = t.event_id AND s.split_name = ?""",
+        [split_name],
     )
-    user_ids = _ids(con.execute(f"SELECT user_id FROM ({split_users}) ORDER BY user_idx", [split_name]))
-    columns = con.execute(
-        f"""
-        WITH split_users AS ({split_users}),
-        split_items AS (
-            SELECT item_id, CAST(row_number() OVER ({order.format("item_id")}) - 1 AS INTEGER) AS item_idx
-            FROM ({item_sql})
+    try:
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE split_users AS
+                SELECT user_id, CAST(row_number() OVER ({order.format("user_id")}) - 1 AS INTEGER) AS user_idx
+                FROM (SELECT DISTINCT user_id FROM split_rows)"""
         )
-        SELECT u.user_idx, i.item_idx,
-               CAST(CASE s.part WHEN 'train' THEN 0 WHEN 'valid' THEN 1 ELSE 2 END AS TINYINT) AS part
-        FROM {table} t
-        JOIN splits s ON s.event_id = t.event_id AND s.split_name = ?
-        JOIN split_users u ON u.user_id = t.user_id
-        JOIN split_items i ON i.item_id = t.item_id
-        ORDER BY u.user_idx, t.ts, t.seq
-        """,
-        [split_name, split_name],
-    ).fetchnumpy()
+        user_ids = _ids(con.execute("SELECT user_id FROM split_users ORDER BY user_idx"))
+        columns = con.execute(
+            f"""
+            WITH split_items AS (
+                SELECT item_id, CAST(row_number() OVER ({order.format("item_id")}) - 1 AS INTEGER) AS item_idx
+                FROM ({item_sql})
+            )
+            SELECT u.user_idx, i.item_idx, r.part
+            FROM split_rows r
+            JOIN split_users u ON u.user_id = r.user_id
+            JOIN split_items i ON i.item_id = r.item_id
+            ORDER BY u.user_idx, r.ts, r.seq
+            """
+        ).fetchnumpy()
+    finally:
+        con.execute("DROP TABLE IF EXISTS split_rows")
+        con.execute("DROP TABLE IF EXISTS split_users")
     users = np.asarray(columns["user_idx"], dtype=np.int64)
     items = np.asarray(columns["item_idx"], dtype=np.int64)
     part_codes = np.asarray(columns["part"], dtype=np.int8)
