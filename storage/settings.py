@@ -169,10 +169,12 @@ class EvalSettings(BaseModel):
     """Cut-offs for HR/NDCG/MRR/Recall."""
     temporal_cut_quantile: float = Field(0.9, gt=0.0, lt=1.0)
     """Global temporal split: interactions after this time quantile form the test part."""
-    max_users: PositiveInt | None = 20_000
+    max_users: PositiveInt | None = 10_000
     """The nightly evaluates a fixed sample (seeded by ``model.seed``) of at most this many
     users with a held-out interaction, recorded in the protocol as ``user_sample``; fewer
-    users (MovieLens-100K's 943): all of them, exactly as before. None: always every user."""
+    users (MovieLens-100K's 943): all of them, exactly as before. None: always every user.
+    10,000 (was 20,000) halves evaluation, a third of a 5M night, for NDCG@10 within about
+    ±0.003 instead of ±0.002; the gate compares both models on the same users."""
 
 
 def _knob(config: type[ModelConfig], field: str) -> Any:
