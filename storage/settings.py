@@ -173,7 +173,7 @@ class EvalSettings(BaseModel):
     """The nightly evaluates a fixed sample (seeded by ``model.seed``) of at most this many
     users with a held-out interaction, recorded in the protocol as ``user_sample``; fewer
     users (MovieLens-100K's 943): all of them, exactly as before. None: always every user.
-    10,000 (was 20,000) halves evaluation, a third of a 5M night, for NDCG@10 within about
+    10,000 (was 20,000) halves evaluation, a fifth of a 5M night, for NDCG@10 within about
     ±0.003 instead of ±0.002; the gate compares both models on the same users."""
 
 
