@@ -248,7 +248,7 @@ def train_publish_task(
                 # text vectors only for a feature model that trains tonight (categories are
                 # also what evaluation's diversity reads): the others need not wait for them
                 reads_text = settings.embedding.enabled and any(
-                    untrainable(name, data, settings.model.torch_max_interactions) is None
+                    over_size_limit(name, data, settings.model.torch_max_interactions) is None
                     for name in FEATURE_MODELS & set(candidates)
                 )
                 if reads_text:
@@ -441,12 +441,9 @@ TORCH_CANDIDATES = frozenset({"two-tower", "two-tower-knn", "neumf", "nrms"})
 """Candidates trained by torch epochs (``model.torch_max_interactions`` applies)."""
 
 
-def untrainable(name: str, data: SplitData, torch_max_interactions: int | None = None) -> str | None:
-    """Why candidate ``name`` cannot train on ``data`` tonight, or None. NRMS is the news
-    catalogue's candidate once readers have clicked in logged impressions: before that it
-    would learn next-click from histories alone, which the other candidates do more cheaply.
-    A torch candidate above ``torch_max_interactions`` would not finish one epoch within
-    its CPU budget on a small machine."""
+def over_size_limit(name: str, data: SplitData, torch_max_interactions: int | None = None) -> str | None:
+    """Why torch candidate ``name`` is too large to train on ``data`` tonight, or None: the
+    part of :func:`untrainable` known before the item features (and impressions) are read."""
     if name in TORCH_CANDIDATES and torch_max_interactions is not None:
         n = data.n_interactions
         if n > torch_max_interactions:
@@ -454,6 +451,18 @@ def untrainable(name: str, data: SplitData, torch_max_interactions: int | None =
                 f"{n:,} interactions > model.torch_max_interactions {torch_max_interactions:,} "
                 "(raise it, or None, to train it within model.candidate_cpu_seconds)"
             )
+    return None
+
+
+def untrainable(name: str, data: SplitData, torch_max_interactions: int | None = None) -> str | None:
+    """Why candidate ``name`` cannot train on ``data`` tonight, or None. NRMS is the news
+    catalogue's candidate once readers have clicked in logged impressions: before that it
+    would learn next-click from histories alone, which the other candidates do more cheaply.
+    A torch candidate above ``torch_max_interactions`` would not finish one epoch within
+    its CPU budget on a small machine."""
+    too_large = over_size_limit(name, data, torch_max_interactions)
+    if too_large is not None:
+        return too_large
     if name == "nrms" and not any(bool(np.any(li.impression.clicked)) for li in data.impressions or []):
         return "no logged impressions with a click to learn from yet"
     return None

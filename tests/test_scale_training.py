@@ -10,7 +10,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from flows.nightly import untrainable
+from flows.nightly import over_size_limit, untrainable
 from models.baselines import ItemKNNModel
 from storage.warehouse import open_warehouse
 from tasks.eval_report import recommendation_lists
@@ -166,6 +166,12 @@ def test_torch_candidates_are_skipped_above_their_size_limit(ml100k_slice: Path,
     assert untrainable("two-tower-knn", data, n) is None
     assert untrainable("two-tower-knn", data, None) is None
     assert untrainable("itemknn-recency", data, 1) is None  # not a torch model
+    # what the nightly knows before reading item features: the size limit, not the clicks
+    # (NRMS's impressions come with the features, so it must not be judged without them)
+    assert over_size_limit("two-tower-knn", data, n - 1) == why
+    data.impressions = None  # as in the nightly before load_item_features reads them
+    assert untrainable("nrms", data, None) is not None
+    assert over_size_limit("nrms", data, None) is None and over_size_limit("nrms", data, n) is None
 
 
 def test_history_keys_are_the_per_user_checksum_and_see_order_and_part() -> None:
