@@ -33,9 +33,13 @@ One logistic head per event (click, like, skip, dwell ≥ threshold), linear in 
 by default: the ranker learns from a few thousand rows of one night's log, and what it scores
 tomorrow (new readers, new stories, a catalogue older by a day) lies outside them, where an
 MLP body follows the log's particulars instead of the trends; ``hidden`` > 0 adds that body for
-a log big enough to feed it. The served score is a weighted sum of the heads'
-probabilities with weights from the settings (a skip weighs negatively). A head whose event
-never occurred in the training impressions is kept but weighs zero, so it cannot add noise.
+a log big enough to feed it. The weights carry an L2 penalty (``l2``, as 1/C of a logistic
+regression on standardised features): the features are correlated (text match and ``depth``,
+topic and session share), and unpenalised the heads split them into large opposite weights
+that fit the night's listings and rank the next day's worse. The served score is a weighted
+sum of the heads' probabilities with weights from the settings (a skip weighs negatively).
+A head whose event never occurred in the training impressions is kept but weighs zero, so it
+cannot add noise.
 """
 
 from __future__ import annotations
@@ -186,6 +190,7 @@ class NewsRanker:
         weight_decay: float = 1e-4,
         batch_size: int = 2048,
         seed: int = 42,
+        l2: float = 300.0,
     ) -> None:
         chosen = dict(DEFAULT_WEIGHTS if weights is None else weights)
         unknown = set(chosen) - set(EVENTS)
@@ -196,6 +201,9 @@ class NewsRanker:
         self.weights = {e: float(chosen.get(e, 0.0)) for e in EVENTS}
         self.hidden, self.epochs, self.lr = hidden, epochs, lr
         self.weight_decay, self.batch_size, self.seed = weight_decay, batch_size, seed
+        if l2 < 0:
+            raise ValueError(f"news ranker: l2 must be ≥ 0, got {l2}")
+        self.l2 = float(l2)
         self.mean = np.zeros(len(FEATURES), np.float32)
         self.std = np.ones(len(FEATURES), np.float32)
         self.trained_events: list[str] = []
@@ -244,6 +252,9 @@ class NewsRanker:
         y = torch.from_numpy(targets)
         mask = torch.from_numpy(present.astype(np.float32))
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        penalised = [p for name, p in self.net.named_parameters() if name.endswith("weight")]
+        # Per head: mean log-loss + l2 / (2n) · ‖w‖², the heads' losses averaged as below.
+        l2_scale = self.l2 / (2.0 * max(n, 1) * max(float(present.sum()), 1.0))
         self.curve = []
         for epoch in range(1, self.epochs + 1):
             self.net.train()
@@ -254,6 +265,8 @@ class NewsRanker:
                 loss = (
                     F.binary_cross_entropy_with_logits(self.net(x_all[idx]), y[idx], reduction="none") * mask
                 ).sum(dim=1).mean() / mask.sum().clamp(min=1.0)
+                if l2_scale > 0:
+                    loss = loss + l2_scale * torch.stack([(p * p).sum() for p in penalised]).sum()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -287,6 +300,7 @@ class NewsRanker:
             "weight_decay": self.weight_decay,
             "batch_size": self.batch_size,
             "seed": self.seed,
+            "l2": self.l2,
         }
 
     def save(self, directory: Path) -> None:

@@ -289,6 +289,10 @@ class ServingSettings(BaseModel):
     ranker_hidden: int = Field(0, ge=0)
     """News rank stage: width of an MLP body beside its linear heads (0: linear heads only, what
     a night's few thousand logged impressions support; models/news_ranker.py says why)."""
+    ranker_l2: float = Field(300.0, ge=0.0)
+    """News rank stage: L2 penalty on its weights, as 1/C of a logistic regression (0: none);
+    correlated features otherwise get large opposite weights that rank tomorrow's listings
+    badly (models/news_ranker.py)."""
     min_interactions: int = Field(3, ge=0)
     """M: users with fewer interactions (bundle history + session) get the fresh-and-popular fallback."""
     mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)

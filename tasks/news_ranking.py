@@ -122,6 +122,7 @@ def train_news_ranker(
     seed: int = 42,
     rows_from: set[int] | None = None,
     hidden: int = 0,
+    l2: float = 300.0,
 ) -> tuple[NewsRanker, dict[str, Any]]:
     """The fitted ranker and the per-item exposure serving needs with it."""
     features, labels, clicks, shown_n = training_rows(
@@ -129,7 +130,7 @@ def train_news_ranker(
     )
     if len(features) == 0:
         raise ValueError("news ranker: the impression log has no impression on the catalogue's items")
-    ranker = NewsRanker(weights=weights, hidden=hidden, seed=seed).fit(features, labels)
+    ranker = NewsRanker(weights=weights, hidden=hidden, seed=seed, l2=l2).fit(features, labels)
     exposure = {
         "item_ids": [str(i) for i in item_ids],
         "clicks": clicks.astype(int).tolist(),
@@ -179,6 +180,7 @@ def attach_news_ranker(
         seed=settings.model.seed,
         rows_from=rows_from,
         hidden=settings.serving.ranker_hidden,
+        l2=settings.serving.ranker_l2,
     )
     directory = workdir / "ranker"
     save_news_ranker(directory, ranker, exposure)

@@ -150,6 +150,43 @@ def test_a_feature_constant_in_training_does_not_move_the_score(hidden: int) -> 
     assert np.allclose(ranker.score(without), ranker.score(x), atol=1e-6)
 
 
+def test_the_l2_penalty_shares_a_signal_between_copies_and_shrinks_the_weights() -> None:
+    """Two near-copies of one signal (text match and ``depth`` for a reader with a long
+    history) get about equal weights under the penalty, instead of any split that sums to the
+    signal; and every weight is smaller than unpenalised."""
+    x, y, _ = synthetic(seed=5)
+    rng = np.random.default_rng(5)
+    retrieval, depth, session = (FEATURES.index(f) for f in ("retrieval", "depth", "session"))
+    x[:, depth] = x[:, retrieval] + rng.normal(0, 1e-3, len(x))
+    logit = -2.0 + 8.0 * (x[:, retrieval] - 0.3) + 4.0 * x[:, session]
+    y = rank_labels(rng.random(len(x)) < 1 / (1 + np.exp(-logit)), None, None, 30.0)
+
+    def click_weights(ranker: NewsRanker) -> np.ndarray:
+        net = ranker.net
+        assert net is not None
+        return net.linear.weight.detach().numpy()[0]
+
+    free = click_weights(NewsRanker(l2=0.0, epochs=150).fit(x, y))
+    held = click_weights(NewsRanker(l2=300.0, epochs=150).fit(x, y))
+    pair = held[[retrieval, depth]]
+    assert pair.min() > 0 and abs(pair[0] - pair[1]) < 0.25 * pair.sum(), pair
+    assert np.linalg.norm(held) < np.linalg.norm(free)
+    with pytest.raises(ValueError, match="l2"):
+        NewsRanker(l2=-1.0)
+
+
+def test_the_l2_setting_reaches_the_ranker_and_names_a_bad_value(tmp_path: Path) -> None:
+    from storage.settings import Settings
+
+    assert Settings().serving.ranker_l2 == 300.0
+    with pytest.raises(ValueError, match="ranker_l2"):
+        Settings(serving={"ranker_l2": -1})  # type: ignore[arg-type]
+    x, y, _ = synthetic(seed=6, n_impressions=50)
+    ranker = NewsRanker(l2=42.0, epochs=5).fit(x, y)
+    ranker.save(tmp_path / "r")
+    assert NewsRanker.load(tmp_path / "r").l2 == 42.0
+
+
 def test_the_width_setting_defaults_to_linear_and_names_a_bad_value() -> None:
     from storage.settings import Settings
 
