@@ -16,6 +16,7 @@ export TORCH_INDEX_URL
 
 # Test files run in this many worker processes, a file's tests in one (their fixtures are per
 # file): most slow tests wait on a server, a Prefect API or a subprocess, so 3 fit 2 cores.
+# Files go out in tests/conftest.py's order (longest first), not xdist's (most tests first).
 TEST_WORKERS ?= 3
 
 $(BIN)/python:
@@ -51,12 +52,12 @@ test: setup
 	$(BIN)/recflow data demo
 	# The feed page is tested in Debian's headless chromium (driven over CDP, nothing downloaded).
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The unit tier: everything not marked slow (no Prefect API, no model training, no browser).
 test-fast: setup
 	$(BIN)/recflow data demo
-	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: setup
 	$(BIN)/ruff check .
@@ -168,12 +169,15 @@ readme-examples: setup
 # Crashes, hot swaps, a soak and hostile inputs on real processes (benchmarks/reliability.py):
 # kill -9 of the service under /interact load and of the nightly at each stage, six bundle
 # swaps under /recommend load, a 10-minute soak at 200 req/s; one line per scenario, the
-# details in var/bench/reliability.json. SOAK_SECONDS shortens the soak.
+# details in var/bench/reliability.json. SOAK_SECONDS shortens the soak; RELIABILITY_ARGS passes
+# more options (e.g. --only SCENARIO..., --nightly-stages STAGE...; .ci/run uses both).
 SOAK_SECONDS ?= 600
+RELIABILITY_ARGS ?=
 .PHONY: test-reliability
 test-reliability: setup
 	$(BIN)/recflow data demo
-	$(BIN)/python -m benchmarks.reliability --soak-seconds $(SOAK_SECONDS) --out var/bench/reliability.json
+	$(BIN)/python -m benchmarks.reliability --soak-seconds $(SOAK_SECONDS) $(RELIABILITY_ARGS) \
+		--out var/bench/reliability.json
 
 # The nightly on ML-25M-shaped data (generated once under var/bench/scale/): seconds and peak
 # memory per stage, full and 1 % incremental night → var/bench/scale.json, docs/scale.png.

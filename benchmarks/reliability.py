@@ -22,7 +22,8 @@ Scenarios (``--only`` picks some):
   start-up, flow start, load, event ingestion, k-core, split, train, after publish), new rows
   added before each run so every run has something to publish; after each kill ``CURRENT``
   (if any) must verify and load with ``serving.bundle.load_bundle``, and an uninterrupted
-  nightly afterwards must complete with a loadable live bundle.
+  nightly afterwards must complete with a loadable live bundle. ``--nightly-stages`` kills at
+  some stages only (CI: the ones that write the bundle).
 * ``soak`` — ``--soak-rate`` req/s on a fixed schedule (``/recommend`` for known users, some
   with a session, and ``POST /interact`` into those sessions) for ``--soak-seconds``; the
   server's resident memory is sampled every few seconds. Passes when no request failed and
@@ -516,12 +517,14 @@ def hot_swap(world: World, args: argparse.Namespace) -> Outcome:
     )
 
 
-def kill9_nightly(world: World) -> Outcome:
+def kill9_nightly(world: World, stages: list[str] | None = None) -> Outcome:
     """Kill the nightly (its process group, Prefect's temporary server included) as each
-    stage's log line appears; the live bundle (``CURRENT``) must load after every kill, and a
-    full run must follow. New rows before each run give every run something to publish."""
+    stage's log line appears (``stages``: some of them, in the nightly's order; None: all);
+    the live bundle (``CURRENT``) must load after every kill, and a full run must follow. New
+    rows before each run give every run something to publish."""
+    chosen = [(stage, marker) for stage, marker in NIGHTLY_STAGES if stages is None or stage in stages]
     kills: list[dict[str, Any]] = []
-    for stage, marker in NIGHTLY_STAGES:
+    for stage, marker in chosen:
         world.add_interactions()
         log = world.logs / f"nightly-{stage}.log"
         proc = world.start_nightly()
@@ -551,7 +554,7 @@ def kill9_nightly(world: World) -> Outcome:
     completed = rc == 0 and "live bundle:" in output
     killed = sum(k["killed_alive"] for k in kills)
     loaded = sum(k["current_loadable"] for k in kills)
-    ok = killed == len(NIGHTLY_STAGES) and loaded == len(kills) and completed and good
+    ok = killed == len(chosen) and loaded == len(kills) and completed and good
     verdict = next((line for line in output.splitlines() if line.startswith("published:")), "")
     figure = (
         f"{killed} kills, one per stage: CURRENT loadable {loaded}/{len(kills)}; "
@@ -754,6 +757,13 @@ def main(argv: list[str] | None = None) -> int:
         "--events-between-kills", type=int, default=1000, help="acknowledged events before each kill"
     )
     parser.add_argument("--swaps", type=int, default=6, help="bundles published under /recommend load")
+    parser.add_argument(
+        "--nightly-stages",
+        nargs="+",
+        action="extend",
+        choices=[stage for stage, _ in NIGHTLY_STAGES],
+        help="kill the nightly at these stages only (default: every stage)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, homes)")
     parser.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "reliability.json")
     args = parser.parse_args(argv)
@@ -780,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
             "hostile-inputs": lambda: hostile_inputs(args),
             "kill9-service-under-interact": lambda: kill9_service(world(), args),
             "hot-swap-under-load": lambda: hot_swap(world(), args),
-            "kill9-nightly-each-stage": lambda: kill9_nightly(world()),
+            "kill9-nightly-each-stage": lambda: kill9_nightly(world(), args.nightly_stages),
             "soak": lambda: soak(world(), args),
         }
         for name in chosen:
