@@ -423,22 +423,6 @@ MMR_DEPTH_PER_SLOT = 5
 MMR_MIN_DEPTH = 50
 
 
-def head_scaled(relevance: np.ndarray, k: int) -> np.ndarray:
-    """``relevance`` scaled so the lowest is 0 and the ``k``-th best is 1 (the top k at or above 1).
-
-    MMR trades relevance against similarity on this scale. Scaled by the best alone, one
-    story far ahead of the rest (a trending one, a learned ranker's confident pick) squeezes
-    every other candidate into a sliver near 0, where any story unlike the list beats the
-    reader's own topics; measured against the k-th best, diversity swaps in only stories
-    that nearly made the list."""
-    v = np.asarray(relevance, dtype=np.float64)
-    if len(v) <= k or k < 1 or not np.isfinite(v).all():
-        return minmax(v)
-    lo = float(v.min())
-    kth = float(np.partition(v, len(v) - k)[len(v) - k])
-    return (v - lo) / (kth - lo) if kth > lo else minmax(v)
-
-
 def minmax(values: np.ndarray) -> np.ndarray:
     """Scale to [0, 1]; constant (or empty) input becomes zeros. NaN/inf count as the minimum."""
     v = np.asarray(values, dtype=np.float64)
@@ -496,7 +480,7 @@ def diversify(
     d = vectors[cand]
     # One similarity matrix up front, then each greedy step is four vector operations over
     # the head (~50 rows): a Python loop over pairs took ~600 µs for k = 10.
-    rel01 = head_scaled(rel, slots)
+    rel01 = minmax(rel)
     sim = (d @ d.T).astype(np.float64)
     # value = λ·relevance − (1−λ)·max(similarity to the picks, 0), −inf once picked or dropped.
     # The penalty term is kept as a running minimum of the picked rows of −(1−λ)·sim, which
