@@ -8,6 +8,7 @@ defaults, which run the MovieLens-100K demo under ``./var/`` with no setup.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -602,11 +603,9 @@ def allow_entry_problem(entry: str) -> str | None:
         except ValueError as exc:
             return f"is not a network: {exc}"
         return None
-    try:
+    with contextlib.suppress(ValueError):  # not a bare address: read it as host[:port] below
         ipaddress.ip_address(entry)  # a bare IPv6 address holds colons: not host:port
         return None
-    except ValueError:
-        pass
     parts = urlsplit(f"//{entry}")
     if (
         not parts.hostname
