@@ -32,9 +32,11 @@ import duckdb
 import numpy as np
 
 from models.base import Recommender
+from models.ranking import NO_ITEM
 from models.registry import build_model, load_model
 from storage.artifacts import ArtifactStore
-from tasks.training import REPORT_LIST_K, SplitData, TrainResult, evaluate_with_lists
+from tasks.train_models import is_torch_model
+from tasks.training import REPORT_LIST_K, EvalEntry, SplitData, TrainResult, evaluate_with_lists
 
 SERVING_FIT_TRAIN = "train"
 SERVING_FIT_ALL = "train+valid+test"
@@ -113,19 +115,36 @@ def reused_result(
 ) -> TrainResult:
     """The reused model evaluated on tonight's split, as a fresh fit's result would be.
 
-    Users whose history is unchanged since the live bundle's evaluation (its
-    :data:`EVAL_CACHE`, in ``store``) keep their ranks and lists; only the others are
-    scored (how many: ``plan.record["rescored_users"]``)."""
+    A user whose history and targets on a part are ones the live bundle's evaluation saw
+    (its :data:`EVAL_CACHE`, in ``store``; on either part: a user with one new event is
+    validated tonight as they were tested last night) keeps those ranks and list scores,
+    the list re-ordered by tonight's tie-break; only the others are scored (how many:
+    ``plan.record["rescored_users"]``), on two threads unless the model is a torch one."""
     if plan.model is None or plan.name is None:
         raise ValueError(f"nothing to reuse: {plan.reason}")
     live = (plan.record or {}).get("live")
-    known = known_users(store.root / live / EVAL_CACHE, data) if store is not None and live else {}
+    known = known_entries(store.root / live / EVAL_CACHE) if store is not None and live else {}
+    workers = 1 if is_torch_model(plan.model) else 2  # scipy's products release the GIL
     detail: dict[str, dict[str, Any]] = {"valid": {}, "test": {}}
     valid, detail["valid"]["lists"] = evaluate_with_lists(
-        plan.model, data, "valid", ks, list_k=REPORT_LIST_K, known=known.get("valid"), detail=detail["valid"]
+        plan.model,
+        data,
+        "valid",
+        ks,
+        list_k=REPORT_LIST_K,
+        known=known,
+        detail=detail["valid"],
+        workers=workers,
     )
     test, lists = evaluate_with_lists(
-        plan.model, data, "test", ks, list_k=REPORT_LIST_K, known=known.get("test"), detail=detail["test"]
+        plan.model,
+        data,
+        "test",
+        ks,
+        list_k=REPORT_LIST_K,
+        known=known,
+        detail=detail["test"],
+        workers=workers,
     )
     detail["test"]["lists"] = lists
     if plan.record is not None:
@@ -144,73 +163,51 @@ def reused_result(
 
 
 EVAL_CACHE = "eval_cache.npz"
-"""Bundle file: each evaluated user's target ranks and lists, and a key of their history."""
-
-
-def history_keys(data: SplitData) -> np.ndarray:
-    """Per user, a checksum of their train, valid and test items in order: equal keys, the
-    same split for that user (item indices are the same on a reused catalogue).
-
-    ``key = ((K·31 + 7 + S_train)·31 + 8 + S_valid)·31 + 9 + S_test`` in uint64 arithmetic
-    (wrapping), ``S_part`` the sum over the part's items of ``(item + 1)·position·P``: one
-    pass over every part's items at once (a loop over 160,000 users cost seconds)."""
-    keys = np.full(data.n_users, 1469598103934665603, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for code, part in enumerate((data.train, data.valid, data.test)):
-            lengths = np.fromiter((len(h) for h in part), dtype=np.int64, count=data.n_users)
-            items = np.concatenate([*part, np.zeros(0, np.int64)]).astype(np.uint64) + np.uint64(1)
-            starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-            position = (np.arange(len(items), dtype=np.int64) - starts + 1).astype(np.uint64)
-            terms = items * position * np.uint64(1099511628211)
-            sums = np.zeros(data.n_users, dtype=np.uint64)
-            np.add.at(sums, np.repeat(np.arange(data.n_users), lengths), terms)
-            keys = keys * np.uint64(31) + np.uint64(code + 7) + sums
-    return keys
+"""Bundle file: each evaluated (user, part)'s :func:`tasks.training.eval_key`, target ranks,
+top list and list scores."""
 
 
 def save_eval_cache(path: Path, data: SplitData, result: TrainResult) -> Path | None:
-    """Write ``result``'s per-user evaluation (``TrainResult.eval_detail``) to ``path``."""
-    if not result.eval_detail:
+    """Write ``result``'s per-user evaluation (``TrainResult.eval_detail``) to ``path``: one
+    entry per evaluated user and part, the parts one after the other."""
+    parts = [d for d in result.eval_detail.values() if "keys" in d]
+    if not parts:
         return None
-    arrays: dict[str, np.ndarray] = {"user_ids": data.user_ids.astype(str), "keys": history_keys(data)}
-    for part, detail in result.eval_detail.items():
-        ranks = detail["ranks"]
-        offsets = np.zeros(len(ranks) + 1, dtype=np.int64)
-        np.cumsum([len(r) for r in ranks], out=offsets[1:])
-        arrays[f"{part}_users"] = detail["users"]
-        arrays[f"{part}_ranks"] = np.concatenate([*ranks, np.zeros(0)]).astype(np.float64)  # inf: unranked
-        arrays[f"{part}_offsets"] = offsets
-        arrays[f"{part}_lists"] = detail["lists"]
-    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy types the keywords as allow_pickle
+    width = max(d["lists"].shape[1] for d in parts)
+    ranks = [r for d in parts for r in d["ranks"]]
+    offsets = np.zeros(len(ranks) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in ranks], out=offsets[1:])
+
+    def padded(block: np.ndarray, columns: int, fill: float) -> np.ndarray:
+        out = np.full((block.shape[0], columns), fill, dtype=block.dtype)
+        out[:, : block.shape[1]] = block
+        return out
+
+    np.savez(
+        path,
+        user_ids=np.concatenate([data.user_ids[d["users"]].astype(str) for d in parts]),
+        keys=np.concatenate([d["keys"] for d in parts]),
+        ranks=np.concatenate([*ranks, np.zeros(0)]).astype(np.float64),  # inf: unranked
+        offsets=offsets,
+        lists=np.concatenate([padded(d["lists"], width, NO_ITEM) for d in parts]),
+        list_scores=np.concatenate([padded(d["list_scores"], width + 1, -np.inf) for d in parts]),
+    )
     return path
 
 
-def known_users(path: Path, data: SplitData) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]:
-    """Per part, tonight's user index → (target ranks, list) from the cache at ``path`` for
-    every cached user whose history is unchanged; empty when there is no cache."""
+def known_entries(path: Path) -> dict[tuple[str, int], EvalEntry]:
+    """The cache at ``path`` as :func:`tasks.training.evaluate_with_lists`'s ``known``:
+    (user id, key) → (target ranks, list, list scores); empty without a cache, or with one
+    written before list scores were kept (its lists cannot be re-cut exactly)."""
     if not path.is_file():
         return {}
     with np.load(path, allow_pickle=False) as cache:
-        tonight = {str(u): i for i, u in enumerate(data.user_ids)}
-        keys = history_keys(data)
-        cached_ids = cache["user_ids"]
-        same = np.array(
-            [
-                (i := tonight.get(str(uid))) is not None and keys[i] == key
-                for uid, key in zip(cached_ids, cache["keys"], strict=True)
-            ],
-            dtype=bool,
+        if "list_scores" not in cache:
+            return {}
+        user_ids, keys, ranks, offsets, lists, scores = (
+            cache[k] for k in ("user_ids", "keys", "ranks", "offsets", "lists", "list_scores")
         )
-        out: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
-        for part in ("valid", "test"):
-            if f"{part}_users" not in cache:
-                continue
-            users, ranks, offsets, lists = (
-                cache[f"{part}_{k}"] for k in ("users", "ranks", "offsets", "lists")
-            )
-            out[part] = {
-                tonight[str(cached_ids[u])]: (ranks[offsets[row] : offsets[row + 1]], lists[row])
-                for row, u in enumerate(users)
-                if same[u]
-            }
-    return out
+    return {
+        (str(uid), int(key)): (ranks[offsets[row] : offsets[row + 1]], lists[row], scores[row])
+        for row, (uid, key) in enumerate(zip(user_ids, keys, strict=True))
+    }

@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -31,7 +32,7 @@ from models.metrics import (
     novelty,
     target_ranks,
 )
-from models.ranking import popularity_rank, top_k
+from models.ranking import NO_ITEM, popularity_rank, top_k
 from models.registry import build_model
 from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT
 
@@ -218,6 +219,44 @@ def evaluate(
     return evaluate_with_lists(model, data, part, ks, batch_size)[0]
 
 
+EvalEntry = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""One user's evaluation on one part: target ranks, top list, and the scores of the list's
+items followed by the best score left out of it (−∞: none)."""
+
+
+def eval_key(history: np.ndarray, targets: np.ndarray) -> int:
+    """A 64-bit BLAKE2b digest of what one user's evaluation reads besides the model and the
+    catalogue: the history scored from and the targets, item indices in order (lengths first,
+    so the boundary between the two is part of the key). Equal keys under the same fit: the
+    same target ranks and the same list scores, whatever the part (a user with one new event
+    is validated tonight exactly as they were tested last night)."""
+    h = np.asarray(history, dtype=np.int64)
+    t = np.asarray(targets, dtype=np.int64)
+    payload = np.array([len(h), len(t)], dtype=np.int64).tobytes() + h.tobytes() + t.tobytes()
+    return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "little")
+
+
+def relist(items: np.ndarray, scores: np.ndarray, width: int, tiebreak: np.ndarray) -> np.ndarray | None:
+    """A cached top list cut to ``width`` and ordered by tonight's tie-break, or None when
+    only scoring again can give it: the cached list is shorter, or its last kept place shares
+    its score with an item left out (which of them is listed depends on the tie-break).
+
+    ``items``/``scores``: the cached list and its scores, one score more than items (the best
+    score left out). Equal scores are ordered by ``tiebreak`` (``models/ranking.py``'s rule),
+    which moves as popularity does, so a cached order is never reused as it is."""
+    if len(items) < width or len(scores) < width + 1:
+        return None
+    edge = scores[width]
+    if edge > -np.inf and edge == scores[width - 1]:
+        return None
+    head, head_scores = items[:width], scores[:width]
+    listed = head != NO_ITEM
+    out = np.full(width, NO_ITEM, dtype=np.int64)
+    chosen = head[listed]
+    out[: len(chosen)] = chosen[np.lexsort((tiebreak[chosen], -head_scores[listed]))]
+    return out
+
+
 def evaluate_with_lists(
     model: Recommender,
     data: SplitData,
@@ -225,8 +264,9 @@ def evaluate_with_lists(
     ks: list[int],
     batch_size: int = 1024,
     list_k: int = 0,
-    known: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
+    known: Mapping[tuple[str, int], EvalEntry] | None = None,
     detail: dict[str, Any] | None = None,
+    workers: int = 1,
 ) -> tuple[dict[str, float], np.ndarray]:
     """Full-ranking metrics of ``model`` on ``part``; keys like ``ndcg@10``.
 
@@ -240,35 +280,69 @@ def evaluate_with_lists(
     order), what :func:`tasks.eval_report.recommendation_lists` computes, so a report reads
     them instead of scoring every user again.
 
-    ``known`` maps a user index to that user's target ranks and list from an earlier
-    evaluation of the same model on the same history and targets (an incremental night's
-    unchanged users): those users are not scored again. ``detail``, when given, receives
-    ``users`` (the evaluated user indices) and ``ranks`` (their target ranks), what a later
-    night passes back as ``known``."""
+    ``known`` maps (user id as text, :func:`eval_key`) to an :data:`EvalEntry` from an
+    earlier evaluation of the same fit on the same catalogue (an incremental night): a user
+    whose history and targets have a cached entry is not scored again, unless the cached
+    list cannot be re-cut exactly (:func:`relist`). ``detail``, when given, receives
+    ``users`` (the evaluated user indices), ``keys``, ``ranks``, ``list_scores`` and
+    ``scored`` (users scored here), what a later night passes back as ``known``.
+    ``workers`` > 1 scores batches on that many threads (the model's ``score`` must allow
+    it; results do not depend on it)."""
     history_parts: tuple[str, ...] = ("train",) if part == "valid" else ("train", "valid")
     histories = data.histories(history_parts)
     targets = getattr(data, part)
     users = evaluated_users(data, part)
     max_k = max(ks)
     tiebreak = list_tiebreak(data, part)
-    recommended = np.zeros((len(users), min(max(max_k, list_k), data.n_items)), dtype=np.int64)
+    width = min(max(max_k, list_k), data.n_items)
+    recommended = np.zeros((len(users), width), dtype=np.int64)
     ranks: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(users)
+    keep = detail is not None or known is not None
+    keys = np.zeros(len(users) if keep else 0, dtype=np.uint64)
+    list_scores = np.full((len(users) if keep else 0, width + 1), -np.inf, dtype=np.float32)
     todo: list[int] = []  # positions in ``users`` to score
     for pos, u in enumerate(users):
-        if known is not None and u in known and known[u][1].shape[0] >= recommended.shape[1]:
-            ranks[pos], recommended[pos] = known[u][0], known[u][1][: recommended.shape[1]]
-        else:
+        if not keep:
             todo.append(pos)
-    for start in range(0, len(todo), batch_size):
-        positions = todo[start : start + batch_size]
+            continue
+        keys[pos] = key = eval_key(histories[u], targets[u])
+        hit = known.get((str(data.user_ids[u]), key)) if known else None
+        listed = relist(hit[1], hit[2], width, tiebreak) if hit is not None else None
+        if hit is None or listed is None:
+            todo.append(pos)
+            continue
+        ranks[pos], recommended[pos], list_scores[pos] = hit[0], listed, hit[2][: width + 1]
+
+    def score(positions: list[int]) -> None:
         batch = [users[pos] for pos in positions]
         scores = model.score([histories[u] for u in batch])
         mask_seen(scores, [histories[u] for u in batch])
         for pos, r in zip(positions, target_ranks(scores, [targets[u] for u in batch]), strict=True):
             ranks[pos] = r
-        recommended[positions] = top_k(scores, recommended.shape[1], tiebreak=tiebreak)
+        # one place more than listed when kept: the best score left out (a top-(k+1) list
+        # starts with the top-k list, keys being distinct)
+        top = top_k(scores, width + 1 if keep else width, tiebreak=tiebreak)
+        recommended[positions] = top[:, :width]
+        if keep:
+            got = np.take_along_axis(scores, np.maximum(top, 0), axis=1)
+            got[top == NO_ITEM] = -np.inf
+            list_scores[np.asarray(positions)[:, None], np.arange(top.shape[1])] = got
+
+    batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    if workers > 1 and len(batches) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(score, batches))  # list(): raises a batch's error here
+    else:
+        for positions in batches:
+            score(positions)
     if detail is not None:
-        detail.update(users=np.asarray(users, dtype=np.int64), ranks=ranks, scored=len(todo))
+        detail.update(
+            users=np.asarray(users, dtype=np.int64),
+            keys=keys,
+            ranks=ranks,
+            list_scores=list_scores,
+            scored=len(todo),
+        )
     ranked = metrics_at_k(ranks, ks)
     popularity = np.asarray(data.matrix(("train",)).sum(axis=0)).ravel()
     categories = data.item_features.categories if data.item_features is not None else None

@@ -172,37 +172,3 @@ def test_torch_candidates_are_skipped_above_their_size_limit(ml100k_slice: Path,
     data.impressions = None  # as in the nightly before load_item_features reads them
     assert untrainable("nrms", data, None) is not None
     assert over_size_limit("nrms", data, None) is None and over_size_limit("nrms", data, n) is None
-
-
-def test_history_keys_are_the_per_user_checksum_and_see_order_and_part() -> None:
-    """The vectorised key equals the checksum computed user by user (its definition), and a
-    user's key moves when an item moves between parts or two items swap places."""
-    from tasks.incremental import history_keys
-
-    rng = np.random.default_rng(7)
-    n = 300
-    train = [rng.integers(0, 5_000, rng.integers(0, 60)) for _ in range(n)]
-    valid = [rng.integers(0, 5_000, rng.integers(0, 2)) for _ in range(n)]
-    test = [rng.integers(0, 5_000, rng.integers(0, 2)) for _ in range(n)]
-    data = SplitData(
-        "leave_last_out", np.arange(n).astype(object), np.arange(5_000).astype(object), train, valid, test
-    )
-
-    def by_user(u: int) -> np.uint64:
-        key = np.uint64(1469598103934665603)
-        with np.errstate(over="ignore"):
-            for code, part in enumerate((train, valid, test)):
-                h = part[u].astype(np.uint64) + np.uint64(1)
-                weights = np.arange(1, len(h) + 1, dtype=np.uint64) * np.uint64(1099511628211)
-                key = key * np.uint64(31) + np.uint64(code + 7) + np.sum(h * weights, dtype=np.uint64)
-        return key
-
-    keys = history_keys(data)
-    assert keys.dtype == np.uint64 and keys.tolist() == [int(by_user(u)) for u in range(n)]
-    u = next(u for u in range(n) if len(train[u]) >= 2 and train[u][0] != train[u][1] and len(test[u]))
-    train[u][[0, 1]] = train[u][[1, 0]]
-    swapped = history_keys(data)
-    valid[u], test[u] = test[u], np.zeros(0, np.int64)
-    moved = history_keys(data)
-    assert swapped[u] != keys[u] and moved[u] != swapped[u]
-    assert np.array_equal(np.delete(moved, u), np.delete(keys, u))
