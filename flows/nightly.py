@@ -45,7 +45,14 @@ from tasks.prepare import KCORE_TABLE, LEAVE_LAST_OUT, KCoreSummary, kcore_filte
 from tasks.publish import BUNDLE_FORMAT, LiveScore, PublishResult, build_manifest, live_score, publish_bundle
 from tasks.served_impressions import ingest_impressions
 from tasks.sources import SourceFormatError
-from tasks.train_models import TRAIN_MODEL_DIR, bundle_vectors, is_torch_model, results_dict
+from tasks.train_models import (
+    TRAIN_MODEL_DIR,
+    bundle_vectors,
+    is_torch_model,
+    live_vectors,
+    results_dict,
+    vectors_key,
+)
 from tasks.training import (
     SplitData,
     TrainResult,
@@ -301,7 +308,17 @@ def train_publish_task(
         serving_fit = SERVING_FIT_TRAIN if not cold and not refit else SERVING_FIT_ALL
         logger.info("serving model fitted on %s", serving_fit)
         vectors_ready()
-        vectors, index = bundle_vectors(con, settings, data, logger.info)  # raises below the recall floor
+        # unchanged item texts and settings: the live bundle's vectors and index, linked below
+        vkey = vectors_key(con, settings)
+        reuse_files = {"model": reuse.record["live"]} if reuse.model is not None and reuse.record else {}
+        same_vectors = live_vectors(store, vkey, data)
+        vectors: np.ndarray | None
+        if same_vectors is not None:
+            vectors, index, vectors_from = same_vectors
+            reuse_files |= {"item_vectors.npy": vectors_from, "index": vectors_from}
+            logger.info("item vectors and index of %s reused: items and settings unchanged", vectors_from)
+        else:
+            vectors, index = bundle_vectors(con, settings, data, logger.info)  # raises below the recall floor
         manifest = build_manifest(
             catalogue=settings.catalogue,
             source_run=run_id,
@@ -322,6 +339,7 @@ def train_publish_task(
                 ),
                 **({"skipped_candidates": skipped} if skipped else {}),
                 "serving_fit": serving_fit,
+                **({"vectors_key": vkey} if vkey else {}),
                 **({"reused": reuse.record} if reuse.record else {}),
             },
         )
@@ -368,6 +386,7 @@ def train_publish_task(
                 index=index,
                 attachments={**attachments, "report": report.directory},
                 live_scored=live_scored,
+                reuse=reuse_files,
             )
     _artifact(
         "eval-report", report.markdown, "Evaluation report with plots (metric by K, popularity, coverage)"

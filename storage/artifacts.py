@@ -175,11 +175,49 @@ class ArtifactStore:
         marker.write_text(version + "\n")
         return version
 
-    def commit(self, staged: Path, manifest: dict[str, Any], *, make_current: bool = True) -> str:
+    def link_into(self, version: str, name: str, staged: Path) -> dict[str, str]:
+        """Place file or directory ``name`` of published bundle ``version`` in ``staged`` as
+        hard links to its files: what did not change since that bundle is neither written nor
+        read again. Returns those files' checksums from that bundle's manifest, for
+        :meth:`commit`'s ``linked``. A file that cannot be linked (another filesystem) is
+        copied instead and left out of the returned checksums, so commit hashes and syncs it.
+
+        Published files are never written in place, so a link shares immutable content;
+        pruning either bundle removes one name of it, not the data."""
+        source = self.root / version
+        recorded = self.manifest(version).get("checksums", {})
+        top = source / name
+        if not top.exists():
+            raise BundleError(f"bundle {version} has no {name} to reuse")
+        files = sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else [top]
+        linked: dict[str, str] = {}
+        for path in files:
+            rel = str(path.relative_to(source))
+            target = staged / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copy2(path, target)
+                continue
+            if rel in recorded:
+                linked[rel] = recorded[rel]
+        return linked
+
+    def commit(
+        self,
+        staged: Path,
+        manifest: dict[str, Any],
+        *,
+        make_current: bool = True,
+        linked: dict[str, str] | None = None,
+    ) -> str:
         """Checksum ``staged``, write its manifest, rename it into place, move ``CURRENT``.
 
         The manifest is written last inside the staging directory; the rename is atomic on one
-        filesystem, so a listed bundle is always complete.
+        filesystem, so a listed bundle is always complete. ``linked``: files placed by
+        :meth:`link_into`, with their checksums; they are already durable and keep the mode
+        they were published with (they share it with the bundle they come from).
         """
         version = self._new_version()
         # The staging directory was made by a plain mkdir: its mode is what the umask allows a
@@ -188,11 +226,14 @@ class ArtifactStore:
         file_mode = dir_mode & 0o666
         checksums: dict[str, str] = {}
         for p in sorted(staged.rglob("*")):
+            rel = str(p.relative_to(staged))
             if p.is_dir():
                 p.chmod(dir_mode)
+            elif linked and rel in linked:
+                checksums[rel] = linked[rel]
             elif p.is_file() and p.name != MANIFEST:
                 p.chmod(file_mode)
-                checksums[str(p.relative_to(staged))] = fsync_file_sha256(p)
+                checksums[rel] = fsync_file_sha256(p)
         full = {
             **manifest,
             "version": version,

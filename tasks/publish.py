@@ -330,11 +330,15 @@ def publish_bundle(
     index: ItemIndex | None = None,
     attachments: dict[str, Path] | None = None,
     live_scored: LiveScore | None = None,
+    reuse: dict[str, str] | None = None,
 ) -> PublishResult:
     """Write and commit a bundle; move ``CURRENT`` only if it is not worse than the live one.
 
     ``attachments`` maps a name inside the bundle (``report``, ``train_model``) to a file or
     directory copied in as it is, so it is checksummed and published with everything else.
+    ``reuse`` maps ``model``, ``item_vectors.npy`` or ``index`` to a published bundle whose
+    file is the same as tonight's (a reused fit; vectors of unchanged items): it is hard-linked
+    from there (:meth:`ArtifactStore.link_into`) instead of written, hashed and synced again.
 
     The gate (:func:`gate_refusal`) compares ``manifest["metrics"]["valid"][gate_metric]``
     with the live bundle's: ``live_scored``, the live model scored on ``data``'s split by
@@ -353,15 +357,29 @@ def publish_bundle(
     manifest = {**manifest, "gate": live_scored.record(gate_metric, challenger, tolerance)}
     make_current = refusal is None
     reason = refusal or ("first bundle" if live is None else "not worse than the live bundle")
+    reuse = reuse or {}
+    unknown = sorted(set(reuse) - {"model", "item_vectors.npy", "index"})
+    if unknown:
+        raise ValueError(f"publish_bundle: reuse names {unknown}; only model, item_vectors.npy, index")
+    linked: dict[str, str] = {}
     with store.staging() as staged:
         write_catalog(staged / "catalog.duckdb", con, data)
-        model.save(staged / "model")
+        if "model" in reuse:
+            linked |= store.link_into(reuse["model"], "model", staged)
+        else:
+            model.save(staged / "model")
         if vectors is not None:
-            np.save(staged / "item_vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
+            if "item_vectors.npy" in reuse:
+                linked |= store.link_into(reuse["item_vectors.npy"], "item_vectors.npy", staged)
+            else:
+                np.save(staged / "item_vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
         if index is not None:
             if list(index.item_ids) != [str(i) for i in data.item_ids]:
                 raise ValueError("index rows must follow the bundle's item order (item_idx)")
-            index.save(staged / "index")
+            if "index" in reuse:
+                linked |= store.link_into(reuse["index"], "index", staged)
+            else:
+                index.save(staged / "index")
             manifest = {**manifest, "index": index.metadata()}
         for name, source in (attachments or {}).items():
             if source.is_dir():
@@ -374,7 +392,10 @@ def publish_bundle(
             "interactions": data.n_interactions,
         }
         version = store.commit(
-            staged, {**manifest, "counts": counts, "bundle_format": BUNDLE_FORMAT}, make_current=make_current
+            staged,
+            {**manifest, "counts": counts, "bundle_format": BUNDLE_FORMAT},
+            make_current=make_current,
+            linked=linked,
         )
     return PublishResult(version, store.current_version(), reason)
 

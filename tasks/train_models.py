@@ -15,6 +15,7 @@ live catalogue's ids onto today's with :func:`models.checkpoint.grow_state`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -27,6 +28,7 @@ import duckdb
 import numpy as np
 import torch
 
+from models.ann import ItemIndex
 from models.base import Recommender, histories_to_csr
 from models.checkpoint import (
     STATE_FILE,
@@ -284,6 +286,43 @@ def bundle_vectors(
         f"index {index.kind} over {index.n} items, recall@{settings.index.recall_k}={index.recall or 0.0:.4f}"
     )
     return vectors, index
+
+
+def vectors_key(con: duckdb.DuckDBPyConnection, settings: Settings) -> str | None:
+    """What a bundle's item vectors and index are a function of: every item's text inputs (the
+    columns :func:`tasks.embedding.plan_embedding` renders), the embedding settings that
+    shape a vector, and the index settings; None when embedding is off. A bundle records it
+    (``vectors_key``), so a later night with the same key reuses its vectors and index."""
+    if not settings.embedding.enabled:
+        return None
+    items = con.execute(
+        "SELECT count(*), bit_xor(hash(item_id, title, categories, year, description, url, source)) "
+        "FROM items"
+    ).fetchall()[0]
+    embedding = settings.embedding
+    payload = {
+        "items": list(items),
+        "embedding": [embedding.model, embedding.template, embedding.precision],
+        "index": settings.index.model_dump(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def live_vectors(
+    store: ArtifactStore, key: str | None, data: SplitData
+) -> tuple[np.ndarray, ItemIndex, str] | None:
+    """The live bundle's item vectors and index when its ``vectors_key`` is ``key`` and its
+    items are ``data``'s in the same order (vectors, index, live version); else None."""
+    live = store.current_version()
+    if key is None or live is None or store.manifest(live).get("vectors_key") != key:
+        return None
+    bundle = store.root / live
+    if not (bundle / "item_vectors.npy").is_file() or not (bundle / "index").is_dir():
+        return None
+    index = ItemIndex.load(bundle / "index", mmap=True)  # published files are never rewritten
+    if list(index.item_ids) != [str(i) for i in data.item_ids]:
+        return None
+    return np.load(bundle / "item_vectors.npy"), index, live
 
 
 def results_dict(settings: Settings, proto: dict[str, Any], runs: Sequence[TrainResult]) -> dict[str, Any]:

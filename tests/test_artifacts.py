@@ -211,3 +211,40 @@ def test_staging_directory_without_a_lock_file_waits_an_hour(tmp_path: Path) -> 
     os.utime(old, (then, then))
     assert store.prune_staging() == [old]
     assert fresh.is_dir() and not old.exists()
+
+
+def test_a_linked_file_is_shared_with_its_bundle_and_survives_its_pruning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ArtifactStore(tmp_path, keep=1)
+    with store.staging() as staged:
+        (staged / "model").mkdir()
+        (staged / "model" / "weights.bin").write_bytes(b"w" * 1000)
+        (staged / "catalog.bin").write_text("night 1")
+        v1 = store.commit(staged, {"model": {"name": "test"}})
+    recorded = store.manifest(v1)["checksums"]["model/weights.bin"]
+    with store.staging() as staged:
+        linked = store.link_into(v1, "model", staged)
+        assert (staged / "model" / "weights.bin").stat().st_ino == (
+            tmp_path / v1 / "model" / "weights.bin"
+        ).stat().st_ino
+        (staged / "catalog.bin").write_text("night 2")
+        v2 = store.commit(staged, {"model": {"name": "test"}}, linked=linked)
+    assert linked == {"model/weights.bin": recorded}
+    assert store.manifest(v2)["checksums"]["model/weights.bin"] == recorded
+    assert v1 not in store.versions()  # pruned (keep=1): the data stays with the second name
+    store.verify(v2)
+    assert (tmp_path / v2 / "model" / "weights.bin").read_bytes() == b"w" * 1000
+
+    # another filesystem: copied, then hashed and synced like a written file
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    with store.staging() as staged:
+        assert store.link_into(v2, "model", staged) == {}
+        v3 = store.commit(staged, {"model": {"name": "test"}})
+    assert (tmp_path / v3 / "model" / "weights.bin").stat().st_nlink == 1
+    store.verify(v3)
+    with pytest.raises(BundleError, match="no index to reuse"), store.staging() as staged:
+        store.link_into(v3, "index", staged)

@@ -69,6 +69,11 @@ def test_a_one_percent_night_reuses_the_live_fit(
     # the same similarities, tonight's histories, and metrics measured on tonight's split
     sim = "model/similarity.npz"
     assert file_sha256(store.root / second.version / sim) == file_sha256(store.root / first.version / sim)
+    # ... not written again: the reused fit's files are the first bundle's, hard-linked
+    assert (store.root / second.version / sim).stat().st_ino == (
+        store.root / first.version / sim
+    ).stat().st_ino
+    store.verify(second.version)
     with duckdb.connect(str(store.root / second.version / "catalog.duckdb"), read_only=True) as cat:
         assert cat.execute("SELECT sum(len(items)) FROM user_histories").fetchall()[0][0] == total
     assert night2["metrics"]["test"]["ndcg@10"] > 0

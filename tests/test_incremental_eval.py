@@ -185,3 +185,45 @@ def test_eval_key_sees_order_targets_and_the_boundary_between_them() -> None:
     assert eval_key(a, np.array([7])) != eval_key(a[[1, 0, 2]], np.array([7]))
     assert eval_key(a, np.array([7])) != eval_key(a, np.array([8]))
     assert eval_key(a, np.array([7])) != eval_key(np.array([3, 1]), np.array([2, 7]))
+
+
+def test_the_live_vectors_and_index_are_reused_only_for_the_same_items_and_settings(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    from storage.artifacts import ArtifactStore
+    from storage.settings import Settings
+    from tasks.indexing import build_index
+    from tasks.train_models import live_vectors, vectors_key
+
+    settings = Settings(home=str(tmp_path / "var"))
+    data = SplitData(
+        "leave_last_out",
+        np.array(["u0"], dtype=object),
+        np.array([f"i{i}" for i in range(N_ITEMS)], dtype=object),
+        [],
+        [],
+        [],
+    )
+    vectors = np.random.default_rng(0).normal(size=(N_ITEMS, 8)).astype(np.float32)
+    index = build_index(vectors, [str(i) for i in data.item_ids], settings.index)
+    store = ArtifactStore(tmp_path / "bundles")
+    key = vectors_key(con, settings)
+    assert key is not None and vectors_key(con, settings) == key
+    with store.staging() as staged:
+        np.save(staged / "item_vectors.npy", vectors)
+        index.save(staged / "index")
+        live = store.commit(staged, {"vectors_key": key})
+
+    got = live_vectors(store, key, data)
+    assert got is not None and got[2] == live
+    assert np.array_equal(got[0], vectors) and list(got[1].item_ids) == list(index.item_ids)
+    # another item order, another text, another precision: nothing reused
+    shuffled = SplitData("leave_last_out", data.user_ids, data.item_ids[::-1].copy(), [], [], [])
+    assert live_vectors(store, key, shuffled) is None
+    con.execute("UPDATE items SET title = 'a new title' WHERE item_id = 'i3'")
+    assert vectors_key(con, settings) != key
+    con.execute("UPDATE items SET title = NULL WHERE item_id = 'i3'")
+    assert vectors_key(con, settings) == key
+    bf16 = Settings(home=str(tmp_path / "var"), embedding={"precision": "bfloat16"})
+    assert vectors_key(con, bf16) != key
+    assert vectors_key(con, Settings(home=str(tmp_path / "var"), embedding={"enabled": False})) is None
