@@ -293,7 +293,8 @@ def evaluate_with_lists(
     targets = getattr(data, part)
     users = evaluated_users(data, part)
     max_k = max(ks)
-    tiebreak = list_tiebreak(data, part)
+    popularity = np.asarray(data.matrix(("train",)).sum(axis=0)).ravel()  # novelty's, valid's tie-break
+    tiebreak = popularity_rank(popularity) if part == "valid" else list_tiebreak(data, part)
     width = min(max(max_k, list_k), data.n_items)
     recommended = np.zeros((len(users), width), dtype=np.int64)
     ranks: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(users)
@@ -344,7 +345,6 @@ def evaluate_with_lists(
             scored=len(todo),
         )
     ranked = metrics_at_k(ranks, ks)
-    popularity = np.asarray(data.matrix(("train",)).sum(axis=0)).ravel()
     categories = data.item_features.categories if data.item_features is not None else None
     out: dict[str, float] = {}
     for k in ks:

@@ -120,3 +120,18 @@ def test_nightly_refresh_attaches_the_report(prefect_api: None, ml100k_slice: Pa
     with get_client(sync_client=True) as client:
         reports = [a for a in client.read_artifacts() if a.key == "eval-report"]
     assert reports and "data:image/png;base64," in str(reports[-1].data)
+
+
+def test_coverage_by_k_is_the_coverage_at_each_k() -> None:
+    """One pass over the lists gives what ``coverage`` gives K by K, padding included."""
+    from models.metrics import coverage
+    from models.ranking import NO_ITEM
+
+    rng = np.random.default_rng(5)
+    lists = rng.integers(0, 300, size=(200, 30))
+    lists[rng.random(lists.shape) < 0.1] = NO_ITEM
+    lists[:20, 10:] = NO_ITEM  # short rows
+    ks = [0, 1, 2, 7, 30, 45]
+    assert coverage_by_k(lists, 400, ks) == [coverage(lists, 400, k) for k in ks]
+    assert coverage_by_k(np.full((3, 5), NO_ITEM), 400, ks) == [0.0] * len(ks)
+    assert coverage_by_k(np.zeros((0, 5), dtype=np.int64), 400, [5]) == [0.0]
