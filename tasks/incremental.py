@@ -126,6 +126,7 @@ def reused_result(
     known = known_entries(store.root / live / EVAL_CACHE) if store is not None and live else {}
     workers = 1 if is_torch_model(plan.model) else 2  # scipy's products release the GIL
     detail: dict[str, dict[str, Any]] = {"valid": {}, "test": {}}
+    counts: dict[tuple[str, ...], np.ndarray] = {}  # item popularity, shared by the two parts
     valid, detail["valid"]["lists"] = evaluate_with_lists(
         plan.model,
         data,
@@ -135,6 +136,7 @@ def reused_result(
         known=known,
         detail=detail["valid"],
         workers=workers,
+        counts=counts,
     )
     test, lists = evaluate_with_lists(
         plan.model,
@@ -145,6 +147,7 @@ def reused_result(
         known=known,
         detail=detail["test"],
         workers=workers,
+        counts=counts,
     )
     detail["test"]["lists"] = lists
     if plan.record is not None:
