@@ -175,14 +175,27 @@ def run_nightly(home: Path, data: Path, embedding: dict[str, Any] | None = None)
     sampler.stop()
     result = state.result(raise_on_failure=True)
     stages = _prefect_stages(state.state_details.flow_run_id, sampler)
+    version = getattr(result, "version", None)
     return {
         "stages": stages,
         "total_s": round(t1 - t0, 1),
         "api_start_s": api_start_s,
         "peak_rss_mb": round(sampler.peak(t0, t1) / 2**20),
-        "published": getattr(result, "version", None),
+        "published": version,
         "reason": getattr(result, "reason", None),
+        # a reused fit: the bundle it came from and the users scored again per part
+        "reused": _manifest(home, overrides, version).get("reused"),
     }
+
+
+def _manifest(home: Path, overrides: dict[str, Any], version: str | None) -> dict[str, Any]:
+    """The manifest of bundle ``version`` of the benchmark's catalogue (empty: none published)."""
+    from storage.artifacts import ArtifactStore
+    from storage.settings import catalogue_settings
+
+    if version is None:
+        return {}
+    return ArtifactStore(catalogue_settings(CATALOGUE, overrides).bundles_dir).manifest(version)
 
 
 def run_data_stages(home: Path, data: Path) -> dict[str, Any]:
@@ -248,6 +261,8 @@ def bench_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     incremental = night(home, data)
     incremental["new_rows"] = new_rows
     print(f"[{size:,}] incremental: {incremental['total_s']} s", flush=True)
+    if incremental.get("reused"):
+        print(f"[{size:,}] reused fit: {incremental['reused']}", flush=True)
     if not args.keep:
         shutil.rmtree(home, ignore_errors=True)
     return {
