@@ -112,6 +112,28 @@ def candidate_params(settings: Settings, config: ModelOverrides | None = None) -
     }
 
 
+def fingerprint_settings(settings: Settings, candidates: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Every setting tonight's bundle depends on: when these and the data match the live
+    bundle's, the nightly publishes nothing. The news rank stage's settings are among them
+    (the nightly trains it with the NRMS champion), so changing ``serving.ranker_l2`` retrains."""
+    name0 = next(iter(candidates))
+    single = len(candidates) == 1
+    return {
+        # one candidate: the same fingerprint as before candidates existed
+        **({"model": name0, "params": candidates[name0]} if single else {"candidates": candidates}),
+        "kcore": settings.kcore.model_dump(),
+        "ks": settings.eval.ks,
+        "embedding": settings.embedding.model_dump() if settings.embedding.enabled else None,
+        "index": settings.index.model_dump(),
+        "bundle_format": BUNDLE_FORMAT,
+        "ranker": {
+            "weights": settings.serving.rank_weights,
+            "hidden": settings.serving.ranker_hidden,
+            "l2": settings.serving.ranker_l2,
+        },
+    }
+
+
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry I/O hiccups only: an OS-level error (a dropped connection, a timeout, a busy
     disk) or DuckDB failing to open or lock its file. Anything else, bad data above all (a
@@ -205,21 +227,11 @@ def train_publish_task(
     if not candidates:
         raise ValueError("the nightly refresh needs at least one candidate model")
     with open_warehouse(settings.warehouse_path) as con:
-        single = len(candidates) == 1
-        name0 = next(iter(candidates))
         fingerprint = data_fingerprint(
             con,
             KCORE_TABLE,
-            {
-                # one candidate: the same fingerprint as before candidates existed
-                **({"model": name0, "params": candidates[name0]} if single else {"candidates": candidates}),
-                "kcore": settings.kcore.model_dump(),
-                "ks": settings.eval.ks,
-                "embedding": settings.embedding.model_dump() if settings.embedding.enabled else None,
-                "index": settings.index.model_dump(),
-                "bundle_format": BUNDLE_FORMAT,
-                **({"daily_pool": pool_fingerprint(con)} if settings.source.kind == "feeds" else {}),
-            },
+            fingerprint_settings(settings, candidates)
+            | ({"daily_pool": pool_fingerprint(con)} if settings.source.kind == "feeds" else {}),
         )
         live = store.current_version()
         if live is not None and store.manifest(live).get("data_fingerprint") == fingerprint:
@@ -284,7 +296,7 @@ def train_publish_task(
             if not tried:
                 raise ValueError(f"no nightly candidate could train: {skipped}")
             result = pick_best([r for r, _ in tried])
-            if not single:
+            if len(candidates) > 1:
                 _artifact(
                     "nightly-candidates",
                     candidates_markdown(tried, result, skipped),

@@ -187,6 +187,20 @@ def test_the_l2_setting_reaches_the_ranker_and_names_a_bad_value(tmp_path: Path)
     assert NewsRanker.load(tmp_path / "r").l2 == 42.0
 
 
+def test_a_changed_rank_stage_setting_changes_the_nightlys_fingerprint() -> None:
+    """The nightly trains the ranker, so a new ``ranker_l2`` (or width, or event weights) must
+    not read as "data and settings unchanged: nothing to publish"."""
+    from flows.nightly import candidate_params, fingerprint_settings
+    from storage.settings import Settings
+
+    base = Settings()
+    inputs = fingerprint_settings(base, candidate_params(base))
+    assert fingerprint_settings(Settings(), candidate_params(base)) == inputs
+    for change in ({"ranker_l2": 30.0}, {"ranker_hidden": 8}, {"rank_weights": {"click": 1.0}}):
+        other = Settings(serving=change)  # type: ignore[arg-type]
+        assert fingerprint_settings(other, candidate_params(other)) != inputs, change
+
+
 def test_the_width_setting_defaults_to_linear_and_names_a_bad_value() -> None:
     from storage.settings import Settings
 
