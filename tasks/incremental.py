@@ -127,29 +127,20 @@ def reused_result(
     workers = 1 if is_torch_model(plan.model) else 2  # scipy's products release the GIL
     detail: dict[str, dict[str, Any]] = {"valid": {}, "test": {}}
     counts: dict[tuple[str, ...], np.ndarray] = {}  # item popularity, shared by the two parts
-    valid, detail["valid"]["lists"] = evaluate_with_lists(
-        plan.model,
-        data,
-        "valid",
-        ks,
-        list_k=REPORT_LIST_K,
-        known=known,
-        detail=detail["valid"],
-        workers=workers,
-        counts=counts,
-    )
-    test, lists = evaluate_with_lists(
-        plan.model,
-        data,
-        "test",
-        ks,
-        list_k=REPORT_LIST_K,
-        known=known,
-        detail=detail["test"],
-        workers=workers,
-        counts=counts,
-    )
-    detail["test"]["lists"] = lists
+    scored: dict[str, dict[str, float]] = {}
+    for part in ("valid", "test"):
+        scored[part], detail[part]["lists"] = evaluate_with_lists(
+            plan.model,
+            data,
+            part,
+            ks,
+            list_k=REPORT_LIST_K,
+            known=known,
+            detail=detail[part],
+            workers=workers,
+            counts=counts,
+        )
+    valid, test, lists = scored["valid"], scored["test"], detail["test"]["lists"]
     if plan.record is not None:
         plan.record["rescored_users"] = {p: int(d["scored"]) for p, d in detail.items()}
     return TrainResult(
