@@ -363,23 +363,25 @@ def publish_bundle(
         raise ValueError(f"publish_bundle: reuse names {unknown}; only model, item_vectors.npy, index")
     linked: dict[str, str] = {}
     with store.staging() as staged:
-        write_catalog(staged / "catalog.duckdb", con, data)
-        if "model" in reuse:
-            linked |= store.link_into(reuse["model"], "model", staged)
-        else:
-            model.save(staged / "model")
-        if vectors is not None:
-            if "item_vectors.npy" in reuse:
-                linked |= store.link_into(reuse["item_vectors.npy"], "item_vectors.npy", staged)
+
+        def place(name: str, write: Callable[[Path], object]) -> None:
+            """``name`` linked from the bundle ``reuse`` names for it, else written."""
+            if name in reuse:
+                linked.update(store.link_into(reuse[name], name, staged))
             else:
-                np.save(staged / "item_vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
+                write(staged / name)
+
+        write_catalog(staged / "catalog.duckdb", con, data)
+        place("model", model.save)
+        if vectors is not None:
+            place(
+                "item_vectors.npy",
+                lambda path: np.save(path, np.ascontiguousarray(vectors, dtype=np.float32)),
+            )
         if index is not None:
             if list(index.item_ids) != [str(i) for i in data.item_ids]:
                 raise ValueError("index rows must follow the bundle's item order (item_idx)")
-            if "index" in reuse:
-                linked |= store.link_into(reuse["index"], "index", staged)
-            else:
-                index.save(staged / "index")
+            place("index", index.save)
             manifest = {**manifest, "index": index.metadata()}
         for name, source in (attachments or {}).items():
             if source.is_dir():

@@ -205,11 +205,14 @@ def evaluated_users(data: SplitData, part: Part) -> list[int]:
     return [u for u in pool if len(targets[u])]
 
 
-def list_tiebreak(data: SplitData, part: Part) -> np.ndarray:
+def list_tiebreak(
+    data: SplitData, part: Part, counts: dict[tuple[str, ...], np.ndarray] | None = None
+) -> np.ndarray:
     """The tie-break key of evaluated lists: the popularity rank over the history ``part`` is
-    scored from (train for valid, train + valid for test), as the service ranks by its bundle's."""
+    scored from (train for valid, train + valid for test), as the service ranks by its bundle's.
+    ``counts``: :func:`item_users`'s memo."""
     history_parts: tuple[str, ...] = ("train",) if part == "valid" else ("train", "valid")
-    return popularity_rank(np.asarray(data.matrix(history_parts).sum(axis=0)).ravel())
+    return popularity_rank(item_users(data, history_parts, counts))
 
 
 def item_users(
@@ -309,8 +312,9 @@ def evaluate_with_lists(
     targets = getattr(data, part)
     users = evaluated_users(data, part)
     max_k = max(ks)
-    popularity = item_users(data, ("train",), counts)  # novelty's; valid's tie-break
-    tiebreak = popularity_rank(popularity if part == "valid" else item_users(data, history_parts, counts))
+    counts = {} if counts is None else counts  # train's counts: novelty's and valid's tie-break
+    popularity = item_users(data, ("train",), counts)
+    tiebreak = list_tiebreak(data, part, counts)
     width = min(max(max_k, list_k), data.n_items)
     recommended = np.zeros((len(users), width), dtype=np.int64)
     ranks: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(users)
