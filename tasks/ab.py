@@ -10,7 +10,8 @@ Per arm, over its sessions: click-through (clicks / listed stories), like rate a
 rate (per listed story), mean dwell per click, catalogue coverage (distinct stories listed
 / stories in the catalogue) and the mean age of clicked stories. Each comes with a 95 %
 percentile-bootstrap interval over sessions (readers, not impressions, are the independent
-units: one reader's visits are correlated).
+units: one reader's visits are correlated); coverage's is bias-corrected, since a resample
+of sessions can only list fewer distinct stories than all of them did.
 """
 
 from __future__ import annotations
@@ -212,6 +213,10 @@ def _metrics(s: dict[str, Any], pick: np.ndarray, catalogue_size: int) -> dict[s
     }
 
 
+BIASED = frozenset({"coverage"})
+"""Metrics whose bootstrap intervals are bias-corrected (:func:`arm_metrics`)."""
+
+
 def arm_metrics(
     visits: Sequence[Visit], catalogue_size: int, seed: int, resamples: int = 1000
 ) -> dict[str, Any]:
@@ -239,6 +244,11 @@ def arm_metrics(
         values = np.array([d[m] for d in draws], dtype=float)
         values = values[~np.isnan(values)]
         lo, hi = np.percentile(values, [2.5, 97.5]) if len(values) else (float("nan"), float("nan"))
+        if m in BIASED and len(values):
+            # A resample of sessions lists at most the stories all of them did, so its coverage
+            # is low by construction: the interval moves by the resamples' mean shortfall.
+            shift = point[m] - float(values.mean())
+            lo, hi = lo + shift, hi + shift
         out[m] = Estimate(round(point[m], 5), round(float(lo), 5), round(float(hi), 5)).as_dict()
     return out
 
@@ -339,8 +349,7 @@ def plot_arms(comparison: Mapping[str, Any], arms: Sequence[Arm], path: Path) ->
     per = comparison["arms"]
     for ax, (key, label) in zip(axes.flat, METRICS.items(), strict=True):
         values = [per[a.name][key]["value"] for a in arms]
-        # A bootstrap interval need not contain the point estimate (coverage: a resample lists
-        # at most what all sessions did), so a bar never reaches below 0.
+        # A bootstrap interval need not contain the point estimate, so a bar never reaches below 0.
         lo = [max(0.0, v - per[a.name][key]["ci95"][0]) for a, v in zip(arms, values, strict=True)]
         hi = [max(0.0, per[a.name][key]["ci95"][1] - v) for a, v in zip(arms, values, strict=True)]
         ax.bar(

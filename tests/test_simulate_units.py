@@ -127,6 +127,10 @@ def test_metrics_carry_intervals_and_separate_a_clearly_worse_arm() -> None:
     assert comparison["ctr_lift"] == pytest.approx(-2 / 3, abs=1e-3)
     assert not comparison["ctr_intervals_overlap"]
     assert a["coverage"]["value"] == pytest.approx(0.3) and a["clicked_age_h"]["value"] == pytest.approx(1.0)
+    # Every session lists its own ten stories: a resample of the 30 repeats some and misses
+    # about a third, so raw percentiles would all lie below 0.3; the interval is bias-corrected.
+    lo, hi = a["coverage"]["ci95"]
+    assert lo < 0.3 < hi and hi - lo < 0.15
     assert arm_metrics([], 10, 0)["sessions"] == 0
 
 
