@@ -55,6 +55,7 @@ from serving.cascade import (
     diversify,
     load_rank_stage,
     minmax,
+    not_in,
     personalized,
     pin_threads,
     retrieval_space,
@@ -403,6 +404,9 @@ class LoadedBundle:
             pairs = [(index[i], w) for i, w in session_weights if i in index]
             delta = session_delta(self.retrieval.vectors, pairs, learning_rate)
         pool = self.pool.indices if (use_pool and self.pool is not None) else None
+        beyond = None
+        if pool is not None and params.reach:
+            beyond = self.beyond_pool(time.time(), params.reach_hours)
         return personalized(
             history,
             exclude,
@@ -414,9 +418,19 @@ class LoadedBundle:
             delta=delta,
             extra_vectors=extra_vectors,
             pool=pool,
+            beyond=beyond,
             boost=boost,
             allowed=allowed,
         )
+
+    def beyond_pool(self, now_s: float, hours: float) -> np.ndarray:
+        """The model's stories published in the ``hours`` before ``now_s`` that today's pool left
+        out, sorted (undated ones never: they may be any age)."""
+        if self.pool is None or self.published_s is None:
+            return np.zeros(0, dtype=np.int64)
+        published = self.published_s[: self.model_items]
+        recent = np.flatnonzero(published >= now_s - hours * 3600.0)  # NaN compares False
+        return not_in(recent, np.sort(self.pool.indices))
 
     def fallback(
         self,

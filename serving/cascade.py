@@ -309,6 +309,9 @@ class CascadeParams:
     duplicate_threshold: float
     explore: bool
     seed: int
+    reach: int = 0
+    """Candidates beyond a pool: the reader's best matches among recent stories it left out."""
+    reach_hours: float = 48.0
 
     @classmethod
     def from_settings(
@@ -330,6 +333,8 @@ class CascadeParams:
             duplicate_threshold=serving.duplicate_threshold,
             explore=serving.exploration if explore is None else explore,
             seed=seed,
+            reach=serving.feed_reach,
+            reach_hours=serving.feed_reach_hours,
         )
 
 
@@ -561,6 +566,7 @@ def personalized(
     delta: np.ndarray | None = None,
     extra_vectors: np.ndarray | None = None,
     pool: np.ndarray | None = None,
+    beyond: np.ndarray | None = None,
     boost: ItemBoost | None = None,
     allowed: np.ndarray | None = None,
 ) -> CascadeResult:
@@ -568,7 +574,9 @@ def personalized(
 
     ``history`` feeds the ranker and the user vector; ``extra_vectors`` (e.g. encoded free
     titles) join the user vector's mean; ``delta`` is the session's private shift. ``pool``
-    restricts candidates to given items (today's feed) instead of searching the index.
+    restricts candidates to given items (today's feed) instead of searching the index;
+    ``beyond`` (sorted item indices outside it) adds the ``params.reach`` of them nearest to
+    the user vector.
     ``boost`` (global mode) adds shared item scores and its trending items as candidates.
     ``allowed`` (sorted item indices: a strict category filter) limits every candidate to them.
     """
@@ -591,6 +599,14 @@ def personalized(
         unit = user_vec / norm if norm > 0 else user_vec
         sims = space.vectors[cand] @ unit.astype(np.float32)
         result.pipeline.append("pool")
+        if beyond is not None and len(beyond) and params.reach > 0 and norm > 0:
+            reach = beyond if allowed is None else beyond[np.isin(beyond, allowed)]
+            query = unit.astype(np.float32)
+            more, more_sims = retrieve_among(space.vectors, query, params.reach, not_in(reach, exclude))
+            if len(more):
+                cand = np.concatenate([cand, more])
+                sims = np.concatenate([sims, more_sims])
+                result.pipeline.append("reach")
     if boost is not None:
         within = pool if allowed is None else allowed if pool is None else pool[np.isin(pool, allowed)]
         extra = boost.extra(cand, exclude, within)

@@ -304,6 +304,13 @@ class ServingSettings(BaseModel):
     """Cosine above which a candidate counts as a near-duplicate of an item already chosen."""
     exploration: bool = True
     """Reserve the last slot of a list for a relevant item unlike the rest (k >= 3)."""
+    feed_reach: int = Field(60, ge=0)
+    """``/feed`` for a reader with a profile also ranks their this-many best text matches among
+    the catalogue's stories of the last ``feed_reach_hours`` that today's pool left out (0: the
+    pool only). The pool is a front page for everyone, capped per topic; a reader who comes
+    back for the fourth time has read its stories in their topics (README: "Beyond the pool")."""
+    feed_reach_hours: float = Field(48.0, gt=0.0)
+    """How recent a story beyond the pool must be for ``feed_reach`` (hours before the request)."""
     category_boost: float = Field(0.5, ge=0.0, le=1.0)
     """How far ``mode=soft`` category filters lift matching items when a request does not say
     (0 = not at all, 1 = above every other item of the deeper list; see serving/filters.py)."""

@@ -191,6 +191,41 @@ def test_ab_reports_both_arms_split_by_session_and_tells_a_worse_arm(
     assert parse_arm("x:serving.update_mode=none", "a").overrides == {"serving": {"update_mode": "none"}}
 
 
+def test_a_returning_readers_feed_reaches_beyond_the_pool(news: dict[str, Any]) -> None:
+    """Three clicks make a reader personal: their feed ranks today's pool together with their
+    best text matches among the catalogue's other recent stories (``serving.feed_reach``);
+    with it at 0, the pool alone. Through ``/feed`` and ``/interact`` over HTTP."""
+    settings = catalogue_settings("news", news["overrides"])
+    with connect(settings.warehouse_path, read_only=True) as con:
+        pool = {str(r[0]) for r in con.execute("SELECT item_id FROM daily_pool").fetchall()}
+        catalogue = {str(r[0]) for r in con.execute("SELECT item_id FROM items").fetchall()}
+    assert len(catalogue) > len(pool) + 20
+
+    def feed_after_three_clicks(overrides: dict[str, Any], session: str) -> dict[str, Any]:
+        arm = catalogue_settings("news", overrides)
+        with ServiceThread(arm) as url, httpx.Client(base_url=url, timeout=60) as client:
+            first = client.get("/feed", params={"k": 10, "session": session}).json()
+            for item in first["items"][:3]:
+                answer = client.post(
+                    "/interact", json={"item_id": item["item_id"], "event": "click", "session": session}
+                )
+                assert answer.status_code == 200, answer.text
+            return client.get("/feed", params={"k": 20, "session": session}).json()
+
+    reached = feed_after_three_clicks(news["overrides"], "reach-on")
+    assert reached["strategy"] == "personalized" and "reach" in reached["cascade"]["pipeline"], reached[
+        "cascade"
+    ]
+    listed = {i["item_id"] for i in reached["items"]}
+    assert listed - pool, "a story beyond the pool made the reader's list"
+    assert listed <= catalogue
+
+    off = {**news["overrides"], "serving": {**news["overrides"]["serving"], "feed_reach": 0}}
+    pooled = feed_after_three_clicks(off, "reach-off")
+    assert pooled["strategy"] == "personalized" and "reach" not in pooled["cascade"]["pipeline"]
+    assert {i["item_id"] for i in pooled["items"]} <= pool
+
+
 def test_the_commands_reach_the_service_and_the_flow(
     news: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
