@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import httpx
@@ -27,6 +28,7 @@ from fastapi import FastAPI
 
 from models.ann import build_index
 from serving.app import create_app
+from serving.bundle import DailyPool, LoadedBundle
 from storage.artifacts import ArtifactStore
 from storage.settings import EmbeddingSettings, IndexSettings, Settings
 from storage.warehouse import connect
@@ -286,3 +288,39 @@ def wait_for(condition: Callable[[], bool], timeout: float = 15.0, what: str = "
                 return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+def pool_bundle(
+    ids: list[str],
+    vectors: np.ndarray,
+    categories: list[list[str]],
+    published_s: np.ndarray,
+    pool: np.ndarray,
+    model_name: str,
+    **fields: Any,
+) -> LoadedBundle:
+    """A :class:`LoadedBundle` in memory, no files: ``ids`` with their unit text ``vectors``,
+    categories and publication times, today's ``pool`` (item indices), no user histories;
+    ``fields`` sets the rest (a ranker, an index...)."""
+    n = len(ids)
+    return LoadedBundle(
+        version="v1",
+        path=Path("."),
+        manifest={"model": {"name": model_name}},
+        items=pd.DataFrame({"item_id": ids}),
+        item_index={i: k for k, i in enumerate(ids)},
+        histories={},
+        popularity=np.zeros(n, np.int64),
+        popular_order=np.arange(n),
+        popular_rank=np.arange(n),
+        model=None,
+        item_ids=ids,
+        titles=ids,
+        categories=categories,
+        years=[None] * n,
+        vectors=vectors,
+        unit_vectors=vectors,
+        published_s=published_s,
+        pool=DailyPool("2026-11-23", pool, [None] * len(pool), [None] * len(pool)),
+        **fields,
+    )

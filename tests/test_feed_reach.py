@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from models.ann import build_index
-from serving.bundle import DailyPool, LoadedBundle, text_similarity_bundle
+from serving.bundle import LoadedBundle, text_similarity_bundle
 from serving.cascade import CascadeParams
 from storage.settings import IndexSettings, ServingSettings
+from tests.serving_fixtures import pool_bundle
 
 HOUR = 3600.0
 
@@ -45,27 +44,14 @@ def _bundle() -> tuple[LoadedBundle, dict[str, int]]:
         vectors[n, 3:] = 0.05 * rng.normal(size=5)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = [r[0] for r in rows]
-    pool = np.arange(6)
-    bundle = LoadedBundle(
-        version="v1",
-        path=Path("."),
-        manifest={"model": {"name": "itemknn"}},
-        items=pd.DataFrame({"item_id": ids}),
-        item_index={i: k for k, i in enumerate(ids)},
-        histories={},
-        popularity=np.zeros(len(ids), np.int64),
-        popular_order=np.arange(len(ids)),
-        popular_rank=np.arange(len(ids)),
-        model=None,
-        item_ids=ids,
-        titles=ids,
-        categories=[[r[1]] for r in rows],
-        years=[None] * len(ids),
-        vectors=vectors,
-        unit_vectors=vectors,
+    bundle = pool_bundle(
+        ids,
+        vectors,
+        [[r[1]] for r in rows],
+        np.array([r[2] for r in rows], dtype=np.float64),
+        np.arange(6),
+        "itemknn",
         index=build_index(vectors, ids, IndexSettings()),
-        published_s=np.array([r[2] for r in rows], dtype=np.float64),
-        pool=DailyPool("2026-11-27", pool, [None] * 6, [None] * 6),
     )
     return text_similarity_bundle(bundle), {i: k for k, i in enumerate(ids)}
 

@@ -254,10 +254,8 @@ def _pool_bundle(ranker: NewsRanker) -> tuple[Any, Any]:
     """Twelve same-topic stories in today's pool, served by ``ranker`` (click-through differing
     per story), and cascade parameters that keep the pool's order visible (no MMR, no
     exploration)."""
-    import pandas as pd
-
-    from serving.bundle import DailyPool, LoadedBundle
     from serving.cascade import CascadeParams
+    from tests.serving_fixtures import pool_bundle
 
     n = 12
     published = np.full(n, 1_000_000.0)
@@ -267,27 +265,15 @@ def _pool_bundle(ranker: NewsRanker) -> tuple[Any, Any]:
     stage = NewsRankStage(ranker, facts, None, clicks, shown)
     ids = [f"s{i}" for i in range(n)]
     vectors = np.eye(n, dtype=np.float32)
-    bundle = LoadedBundle(
-        version="v1",
-        path=Path("."),
-        manifest={"model": {"name": "nrms"}},
-        items=pd.DataFrame({"item_id": ids}),
-        item_index={i: k for k, i in enumerate(ids)},
-        histories={},
-        popularity=np.zeros(n, np.int64),
-        popular_order=np.arange(n),
-        popular_rank=np.arange(n),
-        model=None,
-        item_ids=ids,
-        titles=ids,
-        categories=[["sports"]] * n,
-        years=[None] * n,
-        vectors=vectors,
-        unit_vectors=vectors,
+    bundle = pool_bundle(
+        ids,
+        vectors,
+        [["sports"]] * n,
+        published,
+        np.arange(n),
+        "nrms",
         ranker=stage,
         ranker_name="news-ranker",
-        published_s=published,
-        pool=DailyPool("2026-11-23", np.arange(n), [None] * n, [None] * n),
     )
     params = CascadeParams(
         k=5,
