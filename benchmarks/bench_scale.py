@@ -97,8 +97,14 @@ class RssSampler(threading.Thread):
         self.join()
 
     def peak(self, start: float, end: float) -> int:
-        inside = [r for t, r in self.samples if start <= t <= end]
-        return max(inside) if inside else 0
+        """The highest sample between ``start`` and ``end``; for a stage shorter than the
+        sampling period, the last sample before its end (what it held), never 0."""
+        samples = list(self.samples)
+        inside = [r for t, r in samples if start <= t <= end]
+        if inside:
+            return max(inside)
+        before = [r for t, r in samples if t <= end]
+        return before[-1] if before else self.rss()
 
 
 def dataset(size: int, root: Path, seed: int) -> tuple[Path, dict[str, Any]]:
@@ -138,7 +144,7 @@ def _prefect_stages(flow_run_id: Any, sampler: RssSampler) -> dict[str, dict[str
         name = run.name.rsplit("-", 1)[0]  # "k-core-0a1b" → "k-core"
         start, end = run.start_time.timestamp(), run.end_time.timestamp()
         stages[name] = {
-            "seconds": round(end - start, 2),
+            "seconds": round(end - start, 3),
             "peak_rss_mb": round(sampler.peak(start, end) / 2**20),
         }
     return stages
@@ -228,7 +234,7 @@ def run_data_stages(home: Path, data: Path) -> dict[str, Any]:
             step(con)
         end = time.time()
         stages[name] = {
-            "seconds": round(end - start, 2),
+            "seconds": round(end - start, 3),
             "peak_rss_mb": round(sampler.peak(start, end) / 2**20),
         }
     t1 = time.time()

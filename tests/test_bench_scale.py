@@ -98,3 +98,15 @@ def test_embedding_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixtu
     with pytest.raises(SystemExit):
         main([*args, "--embedding-precision", "fp16"])
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+def test_a_stage_shorter_than_the_sampling_period_still_reports_its_memory() -> None:
+    """A stage between two samples (a tiny k-core on an idle machine) reads the last sample
+    before its end: what it held, not 0."""
+    from benchmarks.bench_scale import RssSampler
+
+    sampler = RssSampler()
+    sampler.samples = [(10.0, 100 * 2**20), (10.1, 120 * 2**20)]
+    assert sampler.peak(10.02, 10.05) == 100 * 2**20
+    assert sampler.peak(10.0, 10.1) == 120 * 2**20
+    assert sampler.peak(5.0, 6.0) > 0, "before any sample: this process's memory now"
