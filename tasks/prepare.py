@@ -324,8 +324,9 @@ def _update_splits(con: duckdb.DuckDBPyConnection, table: str, temporal_quantile
     * temporal: the recorded rows are ``test`` above the recorded cut; the rows between it
       and tonight's cut change sides, the new rows take their side of tonight's cut.
 
-    Event ids are joined only with the few recorded non-train rows and the changed rows:
-    a join of every id with the splits' cost most of a night's split at 25M ratings."""
+    No join here holds every event id in a hash table: the ids are matched against the few
+    recorded non-train rows or the changed rows only (every id against the splits' cost most
+    of a night's split at 25M ratings)."""
     recorded = splits_state(con, table)
     if recorded is None:
         return False
@@ -336,7 +337,6 @@ def _update_splits(con: duckdb.DuckDBPyConnection, table: str, temporal_quantile
     new = now.row_count - before.row_count
     if new < 0 or new > UPDATE_MAX_NEW_SHARE * now.row_count:
         return False
-    lloo = f"(SELECT event_id, part FROM splits WHERE split_name = '{LEAVE_LAST_OUT}')"
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(
@@ -350,34 +350,46 @@ def _update_splits(con: duckdb.DuckDBPyConnection, table: str, temporal_quantile
         if got != new or before.id_xor ^ int(got_xor) != now.id_xor:
             con.execute("ROLLBACK")
             return False
-        # leave-last-out: rank each changed user's candidates for the last two places
+        # leave-last-out: rank each changed user's candidates for the last two places. A user
+        # with a recorded valid row had three rows or more: their recorded valid and test rows
+        # and new rows are the candidates (three or more). Any other had at most two: all of
+        # their rows are, so the candidates' count is their size (no count over every row of
+        # the changed users, most of the table on a night with 1 % new ratings).
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE split_recorded AS
+            SELECT t.event_id, t.user_id, t.ts, t.seq, s.part
+            FROM {table} t
+            JOIN (SELECT event_id, part FROM splits
+                  WHERE split_name = '{LEAVE_LAST_OUT}' AND part <> 'train') s ON s.event_id = t.event_id
+            SEMI JOIN (SELECT DISTINCT user_id FROM split_new) u ON u.user_id = t.user_id
+            """
+        )
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE split_tail AS
-            WITH touched AS (SELECT user_id, count(*) AS k FROM split_new GROUP BY user_id),
-            sizes AS (
-                SELECT t.user_id, count(*) AS n, any_value(u.k) AS k
-                FROM {table} t JOIN touched u ON u.user_id = t.user_id GROUP BY t.user_id
+            WITH short AS (
+                SELECT DISTINCT user_id FROM split_new
+                EXCEPT SELECT user_id FROM split_recorded WHERE part = 'valid'
             ),
             candidates AS (
-                SELECT t.event_id, t.user_id, t.ts, t.seq
-                FROM {table} t JOIN {lloo} s ON s.event_id = t.event_id AND s.part <> 'train'
-                SEMI JOIN touched u ON u.user_id = t.user_id
+                SELECT event_id, user_id, ts, seq FROM split_recorded
                 UNION
                 SELECT t.event_id, t.user_id, t.ts, t.seq
-                FROM {table} t SEMI JOIN (SELECT user_id FROM sizes WHERE n - k <= 2) z
-                    ON z.user_id = t.user_id
+                FROM {table} t SEMI JOIN short z ON z.user_id = t.user_id
                 UNION
                 SELECT event_id, user_id, ts, seq FROM split_new
             )
-            SELECT c.event_id,
-                   CASE WHEN z.n >= 2 AND c.r = 1 THEN 'test'
-                        WHEN z.n >= 3 AND c.r = 2 THEN 'valid'
+            SELECT event_id,
+                   CASE WHEN n >= 2 AND r = 1 THEN 'test'
+                        WHEN n >= 3 AND r = 2 THEN 'valid'
                         ELSE 'train' END AS part
             FROM (
-                SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY ts DESC, seq DESC) AS r
+                SELECT event_id,
+                       row_number() OVER (PARTITION BY user_id ORDER BY ts DESC, seq DESC) AS r,
+                       count(*) OVER (PARTITION BY user_id) AS n
                 FROM candidates
-            ) c JOIN sizes z ON z.user_id = c.user_id
+            )
             """
         )
         # temporal: the rows between last night's cut and tonight's, and the new rows
@@ -403,7 +415,7 @@ def _update_splits(con: duckdb.DuckDBPyConnection, table: str, temporal_quantile
             "WHERE splits.split_name = c.split_name AND splits.event_id = c.event_id"
         )
         con.execute("INSERT INTO splits SELECT split_name, event_id, part FROM split_changed")
-        for temp in ("split_new", "split_tail", "split_moved", "split_changed"):
+        for temp in ("split_new", "split_recorded", "split_tail", "split_moved", "split_changed"):
             con.execute(f"DROP TABLE {temp}")
         _record_state(con, table, now, cut)
         con.execute("COMMIT")
