@@ -372,32 +372,41 @@ def _update_splits(con: duckdb.DuckDBPyConnection, table: str, temporal_quantile
                 SELECT DISTINCT user_id FROM split_new
                 EXCEPT SELECT user_id FROM split_recorded WHERE part = 'valid'
             ),
-            candidates AS (
-                SELECT event_id, user_id, ts, seq FROM split_recorded
-                UNION
-                SELECT t.event_id, t.user_id, t.ts, t.seq
+            candidates AS (  -- with the part recorded for each (none for a new row)
+                SELECT event_id, user_id, ts, seq, part AS old_part FROM split_recorded
+                UNION ALL
+                SELECT t.event_id, t.user_id, t.ts, t.seq, 'train'
                 FROM {table} t SEMI JOIN short z ON z.user_id = t.user_id
-                UNION
-                SELECT event_id, user_id, ts, seq FROM split_new
+                ANTI JOIN split_recorded r ON r.event_id = t.event_id
+                WHERE NOT coalesce(t.loaded_at > $w, false)
+                UNION ALL
+                SELECT event_id, user_id, ts, seq, NULL FROM split_new
             )
-            SELECT event_id,
-                   CASE WHEN n >= 2 AND r = 1 THEN 'test'
-                        WHEN n >= 3 AND r = 2 THEN 'valid'
-                        ELSE 'train' END AS part
+            SELECT event_id, part, old_part
             FROM (
-                SELECT event_id,
-                       row_number() OVER (PARTITION BY user_id ORDER BY ts DESC, seq DESC) AS r,
-                       count(*) OVER (PARTITION BY user_id) AS n
-                FROM candidates
+                SELECT event_id, old_part,
+                       CASE WHEN n >= 2 AND r = 1 THEN 'test'
+                            WHEN n >= 3 AND r = 2 THEN 'valid'
+                            ELSE 'train' END AS part
+                FROM (
+                    SELECT event_id, old_part,
+                           row_number() OVER (PARTITION BY user_id ORDER BY ts DESC, seq DESC) AS r,
+                           count(*) OVER (PARTITION BY user_id) AS n
+                    FROM candidates
+                )
             )
-            """
+            WHERE part IS DISTINCT FROM old_part
+            """,
+            {"w": before.loaded_until},
         )
         # temporal: the rows between last night's cut and tonight's, and the new rows
         cut = _temporal_cut(con, table, temporal_quantile)
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE split_moved AS
-            SELECT event_id, CASE WHEN ts > $cut THEN 'test' ELSE 'train' END AS part
+            SELECT event_id, CASE WHEN ts > $cut THEN 'test' ELSE 'train' END AS part,
+                   CASE WHEN coalesce(loaded_at > $w, false) THEN NULL
+                        WHEN ts > $old THEN 'test' ELSE 'train' END AS old_part
             FROM {table}
             WHERE (ts > least($cut, $old) AND ts <= greatest($cut, $old)) OR loaded_at > $w
             """,
@@ -406,14 +415,21 @@ def _update_splits(con: duckdb.DuckDBPyConnection, table: str, temporal_quantile
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE split_changed AS
-            SELECT '{LEAVE_LAST_OUT}' AS split_name, event_id, part FROM split_tail
-            UNION ALL SELECT '{TEMPORAL}', event_id, part FROM split_moved
+            SELECT '{LEAVE_LAST_OUT}' AS split_name, event_id, part, old_part FROM split_tail
+            UNION ALL SELECT '{TEMPORAL}', event_id, part, old_part FROM split_moved
             """
         )
-        con.execute(
-            "DELETE FROM splits USING split_changed c "
-            "WHERE splits.split_name = c.split_name AND splits.event_id = c.event_id"
-        )
+        # Only the recorded rows whose part changes are deleted (a new row has none), and
+        # their recorded part narrows the search: most are valid or test rows, found among
+        # the few splits rows that are not train; train rows that change (a cut moving down,
+        # a late row) are looked for among all the others, when there are any.
+        for was in ("<> 'train'", "= 'train'"):
+            if scalar(con, f"SELECT count(*) FROM split_changed WHERE old_part {was}"):
+                con.execute(
+                    f"DELETE FROM splits USING split_changed c WHERE splits.part {was} "
+                    f"AND c.old_part {was} AND splits.split_name = c.split_name "
+                    "AND splits.event_id = c.event_id"
+                )
         con.execute("INSERT INTO splits SELECT split_name, event_id, part FROM split_changed")
         for temp in ("split_new", "split_recorded", "split_tail", "split_moved", "split_changed"):
             con.execute(f"DROP TABLE {temp}")
