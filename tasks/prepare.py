@@ -10,6 +10,7 @@ ranker), and of those, serving events by ``events.train_from``. Everything downs
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 
@@ -178,8 +179,10 @@ def make_splits(
     * ``temporal``: one global cut at the ``temporal_quantile`` of timestamps: later
       interactions are ``test``, the rest ``train``.
 
-    When ``table`` only gained rows since the recorded splits (:func:`_update_splits`), only
-    the rows whose part changes are rewritten; the result is the same as a rebuild's.
+    ``split_state`` records which rows of ``table`` the splits describe (count, XOR of
+    event-id hashes, newest load time) and the temporal cut. When ``table`` only gained rows
+    since (:func:`_update_splits`), only the rows whose part changes are rewritten; the
+    result is the same as a rebuild's.
     """
     if not _update_splits(con, table, temporal_quantile):
         _rebuild_splits(con, table, temporal_quantile)
@@ -188,6 +191,70 @@ def make_splits(
     for name, part, n in rows:
         out.setdefault(name, {})[part] = int(n)
     return out
+
+
+@dataclass(frozen=True)
+class TableState:
+    """What identifies the rows of an interactions table: their count, the XOR of their
+    event-id hashes (order-free, as :func:`tasks.training.data_fingerprint` reads it) and
+    the newest load time."""
+
+    row_count: int
+    id_xor: int
+    loaded_until: Any
+
+
+def table_state(con: duckdb.DuckDBPyConnection, table: str) -> TableState:
+    """``table``'s :class:`TableState`: one scan (a table without load times has no newest:
+    its splits are always rebuilt)."""
+    timed = scalar(
+        con,
+        "SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = 'loaded_at'",
+        [table],
+    )
+    newest = "max(loaded_at)" if timed else "NULL"
+    n, x, w = con.execute(
+        f"SELECT count(*), coalesce(bit_xor(hash(event_id)), 0), {newest} FROM {table}"
+    ).fetchall()[0]
+    return TableState(int(n), int(x), w)
+
+
+def splits_state(con: duckdb.DuckDBPyConnection, table: str) -> tuple[TableState, int | None] | None:
+    """The rows of ``table`` the recorded splits describe and their temporal cut (rows with a
+    later timestamp are ``test``), or None when no split of ``table`` is recorded."""
+    rows = con.execute(
+        "SELECT row_count, id_xor, loaded_until, temporal_cut FROM split_state WHERE source_table = ?",
+        [table],
+    ).fetchall()
+    if not rows:
+        return None
+    n, x, w, cut = rows[0]
+    return TableState(int(n), int(x or 0), w), (None if cut is None else int(cut))
+
+
+def splits_describe(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether the recorded splits describe exactly the rows ``table`` holds now: then every
+    row of it has its part recorded, and one not recorded ``valid`` or ``test`` is ``train``."""
+    recorded = splits_state(con, table)
+    if recorded is None:
+        return False
+    now = table_state(con, table)
+    return (now.row_count, now.id_xor) == (recorded[0].row_count, recorded[0].id_xor)
+
+
+def _record_state(con: duckdb.DuckDBPyConnection, table: str, state: TableState, cut: int | None) -> None:
+    """The splits now describe ``state``'s rows of ``table`` (one table's splits at a time)."""
+    con.execute("DELETE FROM split_state")
+    con.execute(
+        "INSERT INTO split_state (source_table, row_count, id_xor, loaded_until, temporal_cut) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [table, state.row_count, state.id_xor, state.loaded_until, cut],
+    )
+
+
+def _temporal_cut(con: duckdb.DuckDBPyConnection, table: str, temporal_quantile: float) -> int | None:
+    cut = scalar(con, f"SELECT quantile_disc(ts, $q) FROM {table}", {"q": temporal_quantile})
+    return None if cut is None else int(cut)
 
 
 def _rebuild_splits(con: duckdb.DuckDBPyConnection, table: str, temporal_quantile: float) -> None:
@@ -219,17 +286,18 @@ def _rebuild_splits(con: duckdb.DuckDBPyConnection, table: str, temporal_quantil
             )
             """
         )
+        cut = _temporal_cut(con, table, temporal_quantile)
         con.execute(
             f"""
             INSERT INTO splits_next
-            SELECT '{TEMPORAL}', event_id,
-                   CASE WHEN ts > (SELECT quantile_disc(ts, $q) FROM {table}) THEN 'test' ELSE 'train' END
+            SELECT '{TEMPORAL}', event_id, CASE WHEN ts > $cut THEN 'test' ELSE 'train' END
             FROM {table}
             """,
-            {"q": temporal_quantile},
+            {"cut": cut},
         )
         con.execute("DROP TABLE splits")
         con.execute("ALTER TABLE splits_next RENAME TO splits")
+        _record_state(con, table, table_state(con, table), cut)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -242,97 +310,130 @@ UPDATE_MAX_NEW_SHARE = 0.2
 
 def _update_splits(con: duckdb.DuckDBPyConnection, table: str, temporal_quantile: float) -> bool:
     """Bring the recorded splits up to ``table`` when it only gained rows since; False (and
-    nothing changed) when they must be rebuilt: no splits yet, a recorded row no longer in
-    ``table``, or more than :data:`UPDATE_MAX_NEW_SHARE` new rows.
+    nothing changed) when they must be rebuilt: no recorded state, a recorded row no longer
+    in ``table``, or more than :data:`UPDATE_MAX_NEW_SHARE` new rows.
 
-    A night with 1 % new ratings used to rewrite 2 x n rows. Here only the rows whose part can
-    change are written, and the result is what :func:`_rebuild_splits` gives:
+    Only the rows whose part can change are written, and the result is what
+    :func:`_rebuild_splits` gives:
 
+    * the new rows are those loaded after the recorded newest load time; the rest must be
+      the recorded rows (same count, same XOR of event-id hashes), else the splits are rebuilt;
     * leave-last-out: a user's last two rows are among their last two recorded ones and
       their new ones (every earlier row was and stays ``train``), so per user with new
       rows only those candidates are ranked (a user with at most two recorded rows: all);
-    * temporal: the cut is taken again over every row; recorded ``test`` rows at or below
-      it become ``train``, rows above it that were not ``test`` (new or recorded) ``test``,
-      new rows at or below it ``train``.
+    * temporal: the recorded rows are ``test`` above the recorded cut; the rows between it
+      and tonight's cut change sides, the new rows take their side of tonight's cut.
 
-    An event id names its row's content (user, item, time), so a recorded id still in
-    ``table`` is the same row; the count check finds rows that left it."""
-    recorded = dict(
-        con.execute(
-            f"SELECT split_name, count(*) FROM splits WHERE split_name IN ('{LEAVE_LAST_OUT}', '{TEMPORAL}') "
-            "GROUP BY split_name"
-        ).fetchall()
-    )
-    n_split = recorded.get(LEAVE_LAST_OUT, 0)
-    if n_split == 0 or recorded.get(TEMPORAL) != n_split:
+    No join here holds every event id in a hash table: the ids are matched against the few
+    recorded non-train rows or the changed rows only (every id against the splits' cost most
+    of a night's split at 25M ratings)."""
+    recorded = splits_state(con, table)
+    if recorded is None:
         return False
-    total = _count(con, table)
-    lloo = f"(SELECT event_id, part FROM splits WHERE split_name = '{LEAVE_LAST_OUT}')"
-    old_test = f"(SELECT event_id FROM splits WHERE split_name = '{TEMPORAL}' AND part = 'test')"
+    before, old_cut = recorded
+    if before.row_count == 0 or before.loaded_until is None or old_cut is None:
+        return False
+    now = table_state(con, table)
+    new = now.row_count - before.row_count
+    if new < 0 or new > UPDATE_MAX_NEW_SHARE * now.row_count:
+        return False
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE split_new AS SELECT t.event_id, t.user_id, t.ts, t.seq "
-            f"FROM {table} t ANTI JOIN {lloo} s ON s.event_id = t.event_id"
+            f"CREATE OR REPLACE TEMP TABLE split_new AS SELECT event_id, user_id, ts, seq "
+            f"FROM {table} WHERE loaded_at > $w",
+            {"w": before.loaded_until},
         )
-        new = _count(con, "split_new")
-        if n_split + new != total or new > UPDATE_MAX_NEW_SHARE * total:
+        got, got_xor = con.execute(
+            "SELECT count(*), coalesce(bit_xor(hash(event_id)), 0) FROM split_new"
+        ).fetchall()[0]
+        if got != new or before.id_xor ^ int(got_xor) != now.id_xor:
             con.execute("ROLLBACK")
             return False
-        # leave-last-out: rank each changed user's candidates for the last two places
+        # leave-last-out: rank each changed user's candidates for the last two places. A user
+        # with a recorded valid row had three rows or more: their recorded valid and test rows
+        # and new rows are the candidates (three or more). Any other had at most two: all of
+        # their rows are, so the candidates' count is their size (no count over every row of
+        # the changed users, most of the table on a night with 1 % new ratings).
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE split_recorded AS
+            SELECT t.event_id, t.user_id, t.ts, t.seq, s.part
+            FROM {table} t
+            JOIN (SELECT event_id, part FROM splits
+                  WHERE split_name = '{LEAVE_LAST_OUT}' AND part <> 'train') s ON s.event_id = t.event_id
+            SEMI JOIN (SELECT DISTINCT user_id FROM split_new) u ON u.user_id = t.user_id
+            """
+        )
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE split_tail AS
-            WITH touched AS (SELECT user_id, count(*) AS k FROM split_new GROUP BY user_id),
-            sizes AS (
-                SELECT t.user_id, count(*) AS n, any_value(u.k) AS k
-                FROM {table} t JOIN touched u ON u.user_id = t.user_id GROUP BY t.user_id
+            WITH short AS (
+                SELECT DISTINCT user_id FROM split_new
+                EXCEPT SELECT user_id FROM split_recorded WHERE part = 'valid'
             ),
-            candidates AS (
-                SELECT t.event_id, t.user_id, t.ts, t.seq
-                FROM {table} t JOIN {lloo} s ON s.event_id = t.event_id AND s.part <> 'train'
-                SEMI JOIN touched u ON u.user_id = t.user_id
-                UNION
-                SELECT t.event_id, t.user_id, t.ts, t.seq
-                FROM {table} t SEMI JOIN (SELECT user_id FROM sizes WHERE n - k <= 2) z
-                    ON z.user_id = t.user_id
-                UNION
-                SELECT event_id, user_id, ts, seq FROM split_new
+            candidates AS (  -- with the part recorded for each (none for a new row)
+                SELECT event_id, user_id, ts, seq, part AS old_part FROM split_recorded
+                UNION ALL
+                SELECT t.event_id, t.user_id, t.ts, t.seq, 'train'
+                FROM {table} t SEMI JOIN short z ON z.user_id = t.user_id
+                ANTI JOIN split_recorded r ON r.event_id = t.event_id
+                WHERE NOT coalesce(t.loaded_at > $w, false)
+                UNION ALL
+                SELECT event_id, user_id, ts, seq, NULL FROM split_new
             )
-            SELECT c.event_id,
-                   CASE WHEN z.n >= 2 AND c.r = 1 THEN 'test'
-                        WHEN z.n >= 3 AND c.r = 2 THEN 'valid'
-                        ELSE 'train' END AS part
+            SELECT event_id, part, old_part
             FROM (
-                SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY ts DESC, seq DESC) AS r
-                FROM candidates
-            ) c JOIN sizes z ON z.user_id = c.user_id
-            """
+                SELECT event_id, old_part,
+                       CASE WHEN n >= 2 AND r = 1 THEN 'test'
+                            WHEN n >= 3 AND r = 2 THEN 'valid'
+                            ELSE 'train' END AS part
+                FROM (
+                    SELECT event_id, old_part,
+                           row_number() OVER (PARTITION BY user_id ORDER BY ts DESC, seq DESC) AS r,
+                           count(*) OVER (PARTITION BY user_id) AS n
+                    FROM candidates
+                )
+            )
+            WHERE part IS DISTINCT FROM old_part
+            """,
+            {"w": before.loaded_until},
         )
-        # temporal: the rows on the wrong side of tonight's cut, and the new rows
+        # temporal: the rows between last night's cut and tonight's, and the new rows
+        cut = _temporal_cut(con, table, temporal_quantile)
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE split_moved AS
-            WITH cut AS (SELECT quantile_disc(ts, $q) AS c FROM {table})
-            SELECT t.event_id, 'train' AS part
-            FROM {table} t SEMI JOIN {old_test} o ON o.event_id = t.event_id
-            WHERE t.ts <= (SELECT c FROM cut)
-            UNION ALL
-            SELECT t.event_id, 'test' FROM {table} t ANTI JOIN {old_test} o ON o.event_id = t.event_id
-            WHERE t.ts > (SELECT c FROM cut)
-            UNION ALL
-            SELECT event_id, 'train' FROM split_new WHERE ts <= (SELECT c FROM cut)
+            SELECT event_id, CASE WHEN ts > $cut THEN 'test' ELSE 'train' END AS part,
+                   CASE WHEN coalesce(loaded_at > $w, false) THEN NULL
+                        WHEN ts > $old THEN 'test' ELSE 'train' END AS old_part
+            FROM {table}
+            WHERE (ts > least($cut, $old) AND ts <= greatest($cut, $old)) OR loaded_at > $w
             """,
-            {"q": temporal_quantile},
+            {"cut": cut, "old": old_cut, "w": before.loaded_until},
         )
-        for name, changed in ((LEAVE_LAST_OUT, "split_tail"), (TEMPORAL, "split_moved")):
-            con.execute(
-                f"DELETE FROM splits WHERE split_name = '{name}' "
-                f"AND event_id IN (SELECT event_id FROM {changed})"
-            )
-            con.execute(f"INSERT INTO splits SELECT '{name}', event_id, part FROM {changed}")
-        for temp in ("split_new", "split_tail", "split_moved"):
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE split_changed AS
+            SELECT '{LEAVE_LAST_OUT}' AS split_name, event_id, part, old_part FROM split_tail
+            UNION ALL SELECT '{TEMPORAL}', event_id, part, old_part FROM split_moved
+            """
+        )
+        # Only the recorded rows whose part changes are deleted (a new row has none), and
+        # their recorded part narrows the search: most are valid or test rows, found among
+        # the few splits rows that are not train; train rows that change (a cut moving down,
+        # a late row) are looked for among all the others, when there are any.
+        for was in ("<> 'train'", "= 'train'"):
+            if scalar(con, f"SELECT count(*) FROM split_changed WHERE old_part {was}"):
+                con.execute(
+                    f"DELETE FROM splits USING split_changed c WHERE splits.part {was} "
+                    f"AND c.old_part {was} AND splits.split_name = c.split_name "
+                    "AND splits.event_id = c.event_id"
+                )
+        con.execute("INSERT INTO splits SELECT split_name, event_id, part FROM split_changed")
+        for temp in ("split_new", "split_recorded", "split_tail", "split_moved", "split_changed"):
             con.execute(f"DROP TABLE {temp}")
+        _record_state(con, table, now, cut)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")

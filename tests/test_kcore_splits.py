@@ -210,3 +210,71 @@ def test_rows_that_left_the_table_rebuild_the_splits(tmp_path: Path, monkeypatch
     assert _splits(con) == _rebuilt(con, tmp_path, 0.9)
     assert rebuilds == ["rebuilt"]
     assert not con.execute("SELECT count(*) FROM splits WHERE event_id = 'e59'").fetchall()[0][0]
+
+
+def _count_rebuilds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    rebuilds: list[str] = []
+    monkeypatch.setattr(
+        tasks.prepare, "_rebuild_splits", lambda *a: rebuilds.append("rebuilt") or _rebuild_splits(*a)
+    )
+    return rebuilds
+
+
+def test_late_rows_that_lower_the_temporal_cut_update_to_what_a_rebuild_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows arriving with old timestamps move the cut down: recorded train rows above the new
+    cut become test, without a rebuild."""
+    con = connect(tmp_path / "w.duckdb")
+    _add_rows(con, [(f"e{j}", f"u{j % 7}", 100 + j, j) for j in range(100)])
+    kcore_filter(con, 0, 0)
+    make_splits(con, KCORE_TABLE, 0.8)
+    before = dict(con.execute("SELECT temporal_cut, row_count FROM split_state").fetchall())
+    rebuilds = _count_rebuilds(monkeypatch)
+    _add_rows(con, [(f"e{j}", f"u{j % 9}", j - 100, j) for j in range(100, 120)])
+    kcore_filter(con, 0, 0)
+    make_splits(con, KCORE_TABLE, 0.8)
+    after = dict(con.execute("SELECT temporal_cut, row_count FROM split_state").fetchall())
+    assert rebuilds == []
+    assert next(iter(after)) < next(iter(before)) and list(after.values()) == [120]
+    assert _splits(con) == _rebuilt(con, tmp_path, 0.8)
+
+
+def test_other_rows_under_the_same_count_rebuild_the_splits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recorded row gone and a new one loaded: the count alone would not tell, the event-id
+    hashes do."""
+    con = connect(tmp_path / "w.duckdb")
+    _add_rows(con, [(f"e{j}", f"u{j % 5}", j, j) for j in range(40)])
+    kcore_filter(con, 0, 0)
+    make_splits(con)
+    rebuilds = _count_rebuilds(monkeypatch)
+    con.execute("DELETE FROM interactions WHERE event_id = 'e3'")
+    _add_rows(con, [("e40", "u1", 50, 40)])
+    kcore_filter(con, 0, 0)
+    make_splits(con)
+    assert rebuilds == ["rebuilt"]
+    assert _splits(con) == _rebuilt(con, tmp_path, 0.9)
+
+
+def test_splits_without_a_recorded_state_are_rebuilt_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Splits recorded before ``split_state`` existed (migration 13): the next split rebuilds
+    them and records the state, the night after updates."""
+    con = connect(tmp_path / "w.duckdb")
+    _add_rows(con, [(f"e{j}", f"u{j % 5}", j, j) for j in range(40)])
+    kcore_filter(con, 0, 0)
+    make_splits(con)
+    con.execute("DELETE FROM split_state")
+    rebuilds = _count_rebuilds(monkeypatch)
+    _add_rows(con, [("e40", "u1", 50, 40)])
+    kcore_filter(con, 0, 0)
+    make_splits(con)
+    assert rebuilds == ["rebuilt"]
+    _add_rows(con, [("e41", "u2", 51, 41)])
+    kcore_filter(con, 0, 0)
+    make_splits(con)
+    assert rebuilds == ["rebuilt"]
+    assert _splits(con) == _rebuilt(con, tmp_path, 0.9)

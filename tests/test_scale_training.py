@@ -172,3 +172,19 @@ def test_torch_candidates_are_skipped_above_their_size_limit(ml100k_slice: Path,
     data.impressions = None  # as in the nightly before load_item_features reads them
     assert untrainable("nrms", data, None) is not None
     assert over_size_limit("nrms", data, None) is None and over_size_limit("nrms", data, n) is None
+
+
+def test_load_split_data_reads_only_the_recorded_rows_of_a_table_that_changed(mixed_warehouse: Path) -> None:
+    """Rows added after the split was recorded have no part: they are left out (as the join
+    on every event id leaves them), not read as train."""
+    with open_warehouse(mixed_warehouse) as con:
+        want = load_split_data(con, LEAVE_LAST_OUT, KCORE_TABLE)
+        con.execute(
+            f"INSERT INTO {KCORE_TABLE} VALUES ('late', '2', '5', 9, 999), ('new', 'u-new', '7', 9, 1000)"
+        )
+        got = load_split_data(con, LEAVE_LAST_OUT, KCORE_TABLE)
+    assert list(got.user_ids) == list(want.user_ids)
+    assert got.n_interactions == want.n_interactions
+    for part in ("train", "valid", "test"):
+        for mine, theirs in zip(getattr(got, part), getattr(want, part), strict=True):
+            np.testing.assert_array_equal(mine, theirs)
