@@ -216,7 +216,7 @@ def test_weights_come_from_the_caller_and_bad_input_is_named() -> None:
     assert np.allclose(clicks_only.score(x), probs["click"])
     with pytest.raises(ValueError, match="unknown events \\['share'\\]"):
         NewsRanker(weights={"share": 1.0})
-    with pytest.raises(ValueError, match=r"features must be \(n, 11\)"):
+    with pytest.raises(ValueError, match=rf"features must be \(n, {len(FEATURES)}\)"):
         NewsRanker().fit(x[:, :3], y)
     with pytest.raises(ValueError, match="both clicked and not-clicked"):
         NewsRanker().fit(x, {"click": np.zeros(len(x))})
