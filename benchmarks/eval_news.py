@@ -62,7 +62,7 @@ def main() -> None:
         help="also run the A/B text-similarity vs nrms+ranker through the service (minutes)",
     )
     parser.add_argument("--ab-only", action="store_true", help="only the A/B; keep the offline table")
-    parser.add_argument("--ab-personas", type=int, default=3000, help="A/B readers")
+    parser.add_argument("--ab-personas", type=int, default=6000, help="A/B readers")
     parser.add_argument("--ab-warmup", type=int, default=600, help="readers of the warm-up days")
     parser.add_argument("--ab-warmup-days", type=int, default=2)
     parser.add_argument("--ab-days", type=int, default=2)

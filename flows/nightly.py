@@ -23,6 +23,7 @@ from prefect.runtime import flow_run
 from expectations import DataQualityError
 from flows.embed import embed_alongside
 from models.configs import ModelOverrides
+from models.news_ranker import FEATURES as NEWS_RANKER_FEATURES
 from storage.artifacts import ArtifactStore
 from storage.settings import Settings, catalogue_settings
 from storage.warehouse import open_warehouse
@@ -115,7 +116,8 @@ def candidate_params(settings: Settings, config: ModelOverrides | None = None) -
 def fingerprint_settings(settings: Settings, candidates: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Every setting tonight's bundle depends on: when these and the data match the live
     bundle's, the nightly publishes nothing. The news rank stage's settings are among them
-    (the nightly trains it with the NRMS champion), so changing ``serving.ranker_l2`` retrains."""
+    (the nightly trains it with the NRMS champion), so changing ``serving.ranker_l2`` retrains,
+    and so does a release whose ranker reads other features (serving cannot use the old one)."""
     name0 = next(iter(candidates))
     single = len(candidates) == 1
     return {
@@ -130,6 +132,7 @@ def fingerprint_settings(settings: Settings, candidates: dict[str, dict[str, Any
             "weights": settings.serving.rank_weights,
             "hidden": settings.serving.ranker_hidden,
             "l2": settings.serving.ranker_l2,
+            "features": list(NEWS_RANKER_FEATURES),
         },
     }
 

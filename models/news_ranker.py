@@ -27,7 +27,10 @@ were clicked. Each candidate of a request is described by :data:`FEATURES`:
                a profile of one click says less than one of ten, and linear heads cannot
                multiply two features themselves, so the text match can weigh more for a
                reader the service already knows (without it, a reader's fourth and later
-               visits in the simulated A/B clicked less than under text similarity alone).
+               visits in the simulated A/B clicked less than under text similarity alone);
+``lexical``    TF-IDF cosine of the story's words to the words of the reader's clicked stories
+               (:mod:`models.lexicon`): the names a reader follows, which a sentence embedding
+               blurs into their topic; 0 without history or without the stories' texts.
 
 One logistic head per event (click, like, skip, dwell ≥ threshold), linear in the features
 by default: the ranker learns from a few thousand rows of one night's log, and what it scores
@@ -56,6 +59,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.lexicon import Lexicon
+
 SESSION_CLICKS = 5
 """A logged impression has no session of its own: the reader's last few clicks stand in for it
 in training, and serving reads the same last few of history + session, so both agree."""
@@ -78,6 +83,7 @@ FEATURES: tuple[str, ...] = (
     "reshown",
     "position",
     "depth",
+    "lexical",
 )
 EVENTS: tuple[str, ...] = ("click", "like", "skip", "dwell")
 DEFAULT_WEIGHTS: dict[str, float] = {"click": 1.0, "like": 0.5, "skip": -0.5, "dwell": 0.3}
@@ -120,11 +126,13 @@ def candidate_features(
     context: CandidateContext,
     reshown: np.ndarray | None = None,
     positions: np.ndarray | None = None,
+    lexical: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ``(n_candidates, len(FEATURES))`` float32 matrix, columns in :data:`FEATURES` order.
 
     ``reshown``: times each candidate was already shown to this reader without a click (None: 0);
-    ``positions``: each one's slot in a logged listing, 0 = top (None, as when serving: 0)."""
+    ``positions``: each one's slot in a logged listing, 0 = top (None, as when serving: 0);
+    ``lexical``: :meth:`models.lexicon.Lexicon.scores` of the candidates (None: 0)."""
     n = len(candidate_topics)
     reshown = np.zeros(n, np.float32) if reshown is None else np.asarray(reshown, dtype=np.float32)
     positions = np.zeros(n, np.float32) if positions is None else np.asarray(positions, dtype=np.float32)
@@ -135,6 +143,7 @@ def candidate_features(
         ("age_hours", age_hours),
         ("clicks", clicks),
         ("reshown", reshown),
+        *([("lexical", lexical)] if lexical is not None else []),
     ):
         if len(arr) != n:
             raise ValueError(f"candidate_features: {name} has {len(arr)} values for {n} candidates")
@@ -151,6 +160,7 @@ def candidate_features(
         np.log1p(np.clip(reshown, 0.0, None)),
         np.log1p(np.clip(positions, 0.0, None)),
         np.asarray(retrieval, dtype=np.float32) * np.float32(history_depth(len(context.history_topics))),
+        np.zeros(n, np.float32) if lexical is None else np.asarray(lexical, dtype=np.float32),
     ]
     return np.stack(columns, axis=1).astype(np.float32)
 
@@ -368,6 +378,8 @@ class ItemFacts:
     """Publication time in Unix seconds (NaN: unknown, read as a day old)."""
     topics: np.ndarray
     """Topic number per item (0: none)."""
+    lexicon: Lexicon | None = None
+    """Each item's words (the ``lexical`` feature), or None (feature 0)."""
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -418,6 +430,7 @@ def request_features(
         context=CandidateContext(facts.topics[history], facts.topics[np.asarray(session, dtype=np.int64)]),
         reshown=reshown,
         positions=positions,
+        lexical=None if facts.lexicon is None else facts.lexicon.scores(history, candidates),
     )
 
 

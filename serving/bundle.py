@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 
 from models.ann import ItemIndex
 from models.base import Recommender
+from models.lexicon import Lexicon, story_texts
 from models.news_ranker import FeatureMismatch, ItemFacts, NewsRankStage, is_news_ranker
 from models.news_ranker import unit_rows as news_unit_rows
 from models.ranking import top_k
@@ -803,6 +804,7 @@ def news_rank_stage(
         None if vectors is None else news_unit_rows(vectors),
         np.array([np.nan if t is None else t for t in columns["published_s"]], dtype=np.float64),
         np.array([number[c[0]] if c else 0 for c in categories], dtype=np.int64),
+        Lexicon.build(story_texts(columns["title"], columns["summary"])),
     )
     return NewsRankStage.load(directory, item_ids, facts, model), "news-ranker"
 
@@ -1080,7 +1082,8 @@ def apply_delta(base: LoadedBundle, delta: Delta) -> LoadedBundle:
     fresh = rows_new[newer & ~in_pool[rows_new]]
     categories = base.categories + [list(it.get("categories") or []) for it in items]
     all_vectors = np.concatenate([base.vectors, new_vecs])
-    fresh_stage = _nrms_fresh_stage(base, delta, keep, all_vectors, published_s, categories)
+    texts = story_texts([it.get("title") for it in items], [it.get("summary") for it in items])
+    fresh_stage = _nrms_fresh_stage(base, delta, keep, all_vectors, published_s, categories, texts)
     return dataclasses.replace(
         base,
         base_items=n0,
@@ -1114,8 +1117,10 @@ def _nrms_fresh_stage(
     vectors: np.ndarray,
     published_s: np.ndarray,
     categories: list[list[str]],
+    texts: list[str],
 ) -> NewsRankStage | None:
-    """The bundle's news rank stage extended to the delta's stories, or None when the bundle
+    """The bundle's news rank stage extended to the delta's stories (``texts``: their title
+    and summary, for the lexical feature), or None when the bundle
     serves no NRMS-fed news ranker or the delta carries no NRMS vectors (an older publisher).
 
     The NRMS model is a copy whose news matrix has the delta's vectors appended (the live one
@@ -1144,6 +1149,7 @@ def _nrms_fresh_stage(
         news_unit_rows(vectors),
         published_s,
         np.array([number.get(c[0], 0) if c else 0 for c in categories], dtype=np.int64),
+        None if stage.facts.lexicon is None else stage.facts.lexicon.extended(texts),
     )
     zeros = np.zeros(n_new, np.float64)
     return NewsRankStage(

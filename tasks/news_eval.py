@@ -22,6 +22,7 @@ import pandas as pd
 
 from models.base import histories_to_csr
 from models.impression_metrics import impression_metrics
+from models.lexicon import Lexicon
 from models.nrms import Impression, NRMSModel
 
 if TYPE_CHECKING:
@@ -213,6 +214,8 @@ class StackInputs:
     """Publication time, Unix seconds."""
     topics: np.ndarray
     """Topic index per item."""
+    lexicon: Lexicon | None = None
+    """Each item's words (the ranker's ``lexical`` feature), or None (feature 0)."""
 
 
 def stack_inputs(items: pd.DataFrame, text_vectors: np.ndarray) -> StackInputs:
@@ -221,7 +224,8 @@ def stack_inputs(items: pd.DataFrame, text_vectors: np.ndarray) -> StackInputs:
         np.int64
     )
     topics = pd.Categorical(items["topic"].fillna("").astype(str)).codes.astype(np.int64)
-    return StackInputs(np.asarray(text_vectors, np.float32), seconds.astype(np.float64), topics)
+    lexicon = Lexicon.build(item_texts(items))
+    return StackInputs(np.asarray(text_vectors, np.float32), seconds.astype(np.float64), topics, lexicon)
 
 
 def exposure_counts(log: pd.DataFrame, index: ItemIndex) -> tuple[np.ndarray, np.ndarray]:
@@ -252,7 +256,7 @@ def stack_features(
     impressions); a persona log has no sessions, so a reader's last ``session_clicks``
     clicks stand in for the session.
     """
-    from models.news_ranker import CandidateContext, candidate_features, rank_labels
+    from models.news_ranker import FEATURES, CandidateContext, candidate_features, rank_labels
 
     impressions = log_to_impressions(log, index)
     clicks, shown_n = exposure_counts(prior_log, index)
@@ -276,6 +280,7 @@ def stack_features(
                 impressions=shown_n[imp.shown],
                 candidate_topics=inputs.topics[imp.shown],
                 context=context,
+                lexical=None if inputs.lexicon is None else inputs.lexicon.scores(imp.history, imp.shown),
             )
         )
         for event, y in rank_labels(imp.clicked, dwell, None, dwell_threshold_s).items():
@@ -283,7 +288,7 @@ def stack_features(
         groups.append(np.arange(offset, offset + len(imp.shown)))
         offset += len(imp.shown)
     return (
-        np.concatenate(blocks) if blocks else np.zeros((0, 8), np.float32),
+        np.concatenate(blocks) if blocks else np.zeros((0, len(FEATURES)), np.float32),
         {e: np.concatenate(v) for e, v in labels.items()},
         groups,
     )

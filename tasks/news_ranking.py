@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import numpy as np
 
+from models.lexicon import Lexicon
 from models.news_ranker import (
     EXPOSURE_FILE,
     FEATURES,
@@ -46,12 +47,15 @@ MIN_HELD_OUT = 20
 def item_facts(
     con: duckdb.DuckDBPyConnection, item_ids: Sequence[str], text_vectors: np.ndarray | None
 ) -> ItemFacts:
-    """Publication time and first category (the topic) per item id, from the warehouse."""
+    """Publication time, first category (the topic) and words (title and summary) per item
+    id, from the warehouse."""
     rows = con.execute(
-        "SELECT item_id, categories, published_ts FROM items WHERE item_id IN (SELECT unnest(?::VARCHAR[]))",
+        "SELECT item_id, categories, published_ts, concat_ws(' ', title, description) FROM items "
+        "WHERE item_id IN (SELECT unnest(?::VARCHAR[]))",
         [list(item_ids)],
     ).fetchall()
-    by_id = {r[0]: r[1:] for r in rows}
+    by_id = {r[0]: r[1:3] for r in rows}
+    texts = {r[0]: r[3] for r in rows}
     names = sorted({(r[1] or [None])[0] for r in rows if r[1]})
     number = {n: i + 1 for i, n in enumerate(names)}
     published = np.full(len(item_ids), np.nan)
@@ -63,7 +67,8 @@ def item_facts(
         if cats:
             topics[i] = number.get(cats[0], 0)
     vectors = None if text_vectors is None else unit_rows(text_vectors)
-    return ItemFacts(vectors, published, topics)
+    lexicon = Lexicon.build([texts.get(str(item)) for item in item_ids])
+    return ItemFacts(vectors, published, topics, lexicon)
 
 
 def training_rows(

@@ -199,6 +199,8 @@ def test_a_changed_rank_stage_setting_changes_the_nightlys_fingerprint() -> None
     for change in ({"ranker_l2": 30.0}, {"ranker_hidden": 8}, {"rank_weights": {"click": 1.0}}):
         other = Settings(serving=change)  # type: ignore[arg-type]
         assert fingerprint_settings(other, candidate_params(other)) != inputs, change
+    # a release whose ranker reads other features: the old bundle's ranker cannot be served
+    assert inputs["ranker"]["features"] == list(FEATURES)
 
 
 def test_the_width_setting_defaults_to_linear_and_names_a_bad_value() -> None:
@@ -216,7 +218,7 @@ def test_weights_come_from_the_caller_and_bad_input_is_named() -> None:
     assert np.allclose(clicks_only.score(x), probs["click"])
     with pytest.raises(ValueError, match="unknown events \\['share'\\]"):
         NewsRanker(weights={"share": 1.0})
-    with pytest.raises(ValueError, match=r"features must be \(n, 11\)"):
+    with pytest.raises(ValueError, match=rf"features must be \(n, {len(FEATURES)}\)"):
         NewsRanker().fit(x[:, :3], y)
     with pytest.raises(ValueError, match="both clicked and not-clicked"):
         NewsRanker().fit(x, {"click": np.zeros(len(x))})
