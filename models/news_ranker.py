@@ -31,6 +31,12 @@ were clicked. Each candidate of a request is described by :data:`FEATURES`:
 ``lexical``    TF-IDF cosine of the story's words to the words of the reader's clicked stories
                (:mod:`models.lexicon`): the names a reader follows, which a sentence embedding
                blurs into their topic; 0 without history or without the stories' texts.
+``appeal``     log((clicks + a) / (expected clicks + a)), a = :data:`APPEAL_PRIOR`: the story's
+               clicks over the clicks its listings would have had at an average story's rate,
+               given each listing's slot and how well its topic matched the reader's history
+               (:func:`expected_clicks`). ``ctr`` credits a story with the top slots it was given
+               and with the readers who already liked its topic; this is what is left of its
+               own pull, the one thing a new reader shares with everyone else.
 
 One logistic head per event (click, like, skip, dwell ≥ threshold), linear in the features
 by default: the ranker learns from a few thousand rows of one night's log, and what it scores
@@ -65,6 +71,11 @@ SESSION_CLICKS = 5
 """A logged impression has no session of its own: the reader's last few clicks stand in for it
 in training, and serving reads the same last few of history + session, so both agree."""
 EXPOSURE_FILE = "exposure.json"
+APPEAL_PRIOR = 2.0
+"""Pseudo-clicks, and as many expected ones, every story starts with: a story listed a few
+times reads near 0, not as a hit or a flop after one lucky or unlucky reader."""
+EXPECTATION_SLOTS = 10
+"""Slots the click expectation tells apart (later ones share the last)."""
 
 
 class FeatureMismatch(ValueError):
@@ -84,6 +95,7 @@ FEATURES: tuple[str, ...] = (
     "position",
     "depth",
     "lexical",
+    "appeal",
 )
 EVENTS: tuple[str, ...] = ("click", "like", "skip", "dwell")
 DEFAULT_WEIGHTS: dict[str, float] = {"click": 1.0, "like": 0.5, "skip": -0.5, "dwell": 0.3}
@@ -127,12 +139,15 @@ def candidate_features(
     reshown: np.ndarray | None = None,
     positions: np.ndarray | None = None,
     lexical: np.ndarray | None = None,
+    expected: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ``(n_candidates, len(FEATURES))`` float32 matrix, columns in :data:`FEATURES` order.
 
     ``reshown``: times each candidate was already shown to this reader without a click (None: 0);
     ``positions``: each one's slot in a logged listing, 0 = top (None, as when serving: 0);
-    ``lexical``: :meth:`models.lexicon.Lexicon.scores` of the candidates (None: 0)."""
+    ``lexical``: :meth:`models.lexicon.Lexicon.scores` of the candidates (None: 0);
+    ``expected``: each one's expected clicks (:func:`expected_clicks`) over the listings its
+    ``clicks`` were counted on (None: ``appeal`` 0)."""
     n = len(candidate_topics)
     reshown = np.zeros(n, np.float32) if reshown is None else np.asarray(reshown, dtype=np.float32)
     positions = np.zeros(n, np.float32) if positions is None else np.asarray(positions, dtype=np.float32)
@@ -144,6 +159,7 @@ def candidate_features(
         ("clicks", clicks),
         ("reshown", reshown),
         *([("lexical", lexical)] if lexical is not None else []),
+        *([("expected", expected)] if expected is not None else []),
     ):
         if len(arr) != n:
             raise ValueError(f"candidate_features: {name} has {len(arr)} values for {n} candidates")
@@ -161,8 +177,56 @@ def candidate_features(
         np.log1p(np.clip(positions, 0.0, None)),
         np.asarray(retrieval, dtype=np.float32) * np.float32(history_depth(len(context.history_topics))),
         np.zeros(n, np.float32) if lexical is None else np.asarray(lexical, dtype=np.float32),
+        np.zeros(n, np.float32) if expected is None else appeal_scores(clicks, expected),
     ]
     return np.stack(columns, axis=1).astype(np.float32)
+
+
+def appeal_scores(clicks: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """The ``appeal`` feature: log((clicks + a) / (expected + a)), a = :data:`APPEAL_PRIOR`."""
+    c = np.clip(np.asarray(clicks, dtype=np.float64), 0.0, None)
+    e = np.clip(np.asarray(expected, dtype=np.float64), 0.0, None)
+    return np.log((c + APPEAL_PRIOR) / (e + APPEAL_PRIOR)).astype(np.float32)
+
+
+def _expectation_rows(history_topics: np.ndarray, shown_topics: np.ndarray) -> np.ndarray:
+    """One listing's design rows: its slots (one-hot), no-history, topic share, log share."""
+    n = len(shown_topics)
+    x = np.zeros((n, EXPECTATION_SLOTS + 3), np.float64)
+    x[np.arange(n), np.minimum(np.arange(n), EXPECTATION_SLOTS - 1)] = 1.0
+    if len(history_topics):
+        share = topic_shares(np.asarray(history_topics, np.int64), np.asarray(shown_topics, np.int64))
+        x[:, -2] = share
+        x[:, -1] = np.log(share + 0.1)
+    else:
+        x[:, -3] = 1.0
+    return x
+
+
+def expected_clicks(
+    listings: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], ridge: float = 1.0, iterations: int = 25
+) -> list[np.ndarray]:
+    """Per listing ``(history topics, shown topics, clicked)``, each shown story's click
+    probability had it been an average story: a logistic regression of the clicks on the slot
+    and the reader's topic share (no story identity), fitted on these listings by Newton's
+    method. Summed per story it is what the story's clicks are compared with (``appeal``)."""
+    if not listings:
+        return []
+    blocks = [_expectation_rows(h, s) for h, s, _ in listings]
+    x = np.concatenate(blocks)
+    y = np.concatenate([np.asarray(c, dtype=np.float64) for _, _, c in listings])
+    beta = np.zeros(x.shape[1])
+    penalty = ridge * np.eye(x.shape[1])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(x @ beta)))
+        gradient = x.T @ (p - y) + penalty @ beta
+        hessian = (x * (p * (1.0 - p))[:, None]).T @ x + penalty
+        step = np.linalg.solve(hessian, gradient)
+        beta -= step
+        if float(np.abs(step).max()) < 1e-8:
+            break
+    p = 1.0 / (1.0 + np.exp(-(x @ beta)))
+    return np.split(p, np.cumsum([len(b) for b in blocks])[:-1])
 
 
 class _Net(nn.Module):
@@ -411,10 +475,12 @@ def request_features(
     now_s: float,
     reshown: np.ndarray | None = None,
     positions: np.ndarray | None = None,
+    expected: np.ndarray | None = None,
 ) -> np.ndarray:
     """One request's feature rows (see :data:`models.news_ranker.FEATURES`); ``reshown``: times
     each candidate was already shown to this reader without a click (None: never);
-    ``positions``: slots of a logged listing (training), None when serving (the top)."""
+    ``positions``: slots of a logged listing (training), None when serving (the top);
+    ``expected``: per item, the expected clicks beside ``clicks`` (None: ``appeal`` 0)."""
     history = np.asarray(history, dtype=np.int64)
     candidates = np.asarray(candidates, dtype=np.int64)
     nrms_scores = None
@@ -431,6 +497,7 @@ def request_features(
         reshown=reshown,
         positions=positions,
         lexical=None if facts.lexicon is None else facts.lexicon.scores(history, candidates),
+        expected=None if expected is None else expected[candidates],
     )
 
 
@@ -458,9 +525,11 @@ class NewsRankStage:
         clicks: np.ndarray,
         shown: np.ndarray,
         reader_shown: tuple[np.ndarray, np.ndarray] | None = None,
+        expected: np.ndarray | None = None,
     ) -> None:
         self.ranker, self.facts, self.nrms = ranker, facts, nrms
-        self.clicks, self.shown = clicks, shown
+        self.clicks, self.shown, self.expected = clicks, shown, expected
+        """Per item: clicks, listings and expected clicks (None: a ranker saved without them)."""
         self.reader_shown = reader_shown
         """(sorted item indices, times each was shown to this reader), or None: nothing shown."""
 
@@ -469,7 +538,9 @@ class NewsRankStage:
         items = np.asarray(items, dtype=np.int64)
         order = np.argsort(items, kind="stable")
         bound = (items[order], np.asarray(counts, dtype=np.float32)[order])
-        return NewsRankStage(self.ranker, self.facts, self.nrms, self.clicks, self.shown, bound)
+        return NewsRankStage(
+            self.ranker, self.facts, self.nrms, self.clicks, self.shown, bound, self.expected
+        )
 
     def reshown(self, candidates: np.ndarray) -> np.ndarray | None:
         """Times each candidate was already shown to the bound reader (None when unbound)."""
@@ -492,6 +563,7 @@ class NewsRankStage:
             self.shown,
             time.time() if now_s is None else now_s,
             self.reshown(candidates),
+            expected=self.expected,
         )
 
     def score(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -505,12 +577,16 @@ class NewsRankStage:
         position = {str(i): n for n, i in enumerate(item_ids)}
         clicks = np.zeros(len(item_ids), np.float64)
         shown = np.zeros(len(item_ids), np.float64)
-        for item, c, s in zip(exposure["item_ids"], exposure["clicks"], exposure["impressions"], strict=True):
+        expected = np.zeros(len(item_ids), np.float64)
+        given = exposure.get("expected") or [0.0] * len(exposure["item_ids"])
+        for item, c, s, e in zip(
+            exposure["item_ids"], exposure["clicks"], exposure["impressions"], given, strict=True
+        ):
             n = position.get(str(item))
             if n is not None:
-                clicks[n], shown[n] = c, s
+                clicks[n], shown[n], expected[n] = c, s, e
         nrms = model if getattr(model, "name", None) == "nrms" else None
-        return cls(NewsRanker.load(directory), facts, nrms, clicks, shown)
+        return cls(NewsRanker.load(directory), facts, nrms, clicks, shown, expected=expected)
 
 
 def is_news_ranker(directory: Path) -> bool:

@@ -1158,6 +1158,7 @@ def _nrms_fresh_stage(
         extended,
         np.concatenate([stage.clicks, zeros]),
         np.concatenate([stage.shown, zeros]),
+        expected=None if stage.expected is None else np.concatenate([stage.expected, zeros]),
     )
 
 

@@ -228,16 +228,28 @@ def stack_inputs(items: pd.DataFrame, text_vectors: np.ndarray) -> StackInputs:
     return StackInputs(np.asarray(text_vectors, np.float32), seconds.astype(np.float64), topics, lexicon)
 
 
-def exposure_counts(log: pd.DataFrame, index: ItemIndex) -> tuple[np.ndarray, np.ndarray]:
-    """(clicks, impressions) per item in ``log``: the popularity and click-through features."""
+def exposure_counts(
+    log: pd.DataFrame, index: ItemIndex, topics: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(clicks, impressions, expected clicks) per item in ``log``: the popularity,
+    click-through and appeal features (``topics``: topic index per item)."""
+    from models.news_ranker import expected_clicks
+
     position = index.lookup()
     clicks = np.zeros(len(index), np.float64)
     shown_n = np.zeros(len(index), np.float64)
-    for shown, clicked in zip(log["shown"], log["clicked"], strict=True):
+    expected = np.zeros(len(index), np.float64)
+    listings, rows = [], []
+    for history, shown, clicked in zip(log["history"], log["shown"], log["clicked"], strict=True):
         idx = np.fromiter((position[str(i)] for i in shown), dtype=np.int64)
+        before = np.fromiter((position[str(i)] for i in history if str(i) in position), dtype=np.int64)
+        listings.append((topics[before], topics[idx], np.asarray(clicked, dtype=bool)))
+        rows.append(idx)
         np.add.at(shown_n, idx, 1.0)
         np.add.at(clicks, idx[np.asarray(clicked, dtype=bool)], 1.0)
-    return clicks, shown_n
+    for idx, p in zip(rows, expected_clicks(listings), strict=True):
+        np.add.at(expected, idx, p)
+    return clicks, shown_n, expected
 
 
 def stack_features(
@@ -259,7 +271,7 @@ def stack_features(
     from models.news_ranker import FEATURES, CandidateContext, candidate_features, rank_labels
 
     impressions = log_to_impressions(log, index)
-    clicks, shown_n = exposure_counts(prior_log, index)
+    clicks, shown_n, expected = exposure_counts(prior_log, index, inputs.topics)
     nrms_scores = nrms.score_impressions(impressions) if nrms is not None else [None] * len(impressions)
     retrieval = score_text_similarity(inputs.text_vectors, impressions)
     dwell_col = log["dwell_s"] if "dwell_s" in log.columns else [None] * len(log)
@@ -281,6 +293,7 @@ def stack_features(
                 candidate_topics=inputs.topics[imp.shown],
                 context=context,
                 lexical=None if inputs.lexicon is None else inputs.lexicon.scores(imp.history, imp.shown),
+                expected=expected[imp.shown],
             )
         )
         for event, y in rank_labels(imp.clicked, dwell, None, dwell_threshold_s).items():

@@ -4,13 +4,15 @@ Run by train-models and the nightly when the champion is NRMS and the catalogue 
 impression log: every shown story of every impression becomes one row of the ranker's
 features (text retrieval score, NRMS score, age, popularity, click-through, topic and
 session-topic match) with its event labels (click, skip, dwell ≥ ``events.dwell_positive_s``).
-Popularity and click-through are counted over the impressions *before* each one, so a row
-never sees its own outcome; so is ``reshown``, how many earlier impressions of the same reader
-(user, else ``session:<id>``) showed the story without a click, the count serving keeps per
-reader (``serving.impressions.ReaderExposure``). Each row also carries its slot in the listing
+Popularity, click-through and appeal (clicks over the clicks the story's listings would have
+had at an average story's rate, :func:`models.news_ranker.expected_clicks`) are counted over
+the impressions *before* each one, so a row never sees its own outcome; so is ``reshown``,
+how many earlier impressions of the same reader (user, else ``session:<id>``) showed the
+story without a click, the count serving keeps per reader
+(``serving.impressions.ReaderExposure``). Each row also carries its slot in the listing
 (``position``; serving scores every candidate at the top), so the log's position bias is
-learned apart from what the story is. The per-item counts over the whole log ship with the ranker
-(``exposure.json``, :meth:`models.news_ranker.NewsRanker.save`) for serving, which
+learned apart from what the story is. The per-item counts over the whole log ship with the
+ranker (``exposure.json``, :meth:`models.news_ranker.NewsRanker.save`) for serving, which
 computes the same features per request (:class:`models.news_ranker.NewsRankStage`).
 """
 
@@ -31,6 +33,7 @@ from models.news_ranker import (
     SESSION_CLICKS,
     ItemFacts,
     NewsRanker,
+    expected_clicks,
     rank_labels,
     request_features,
     unit_rows,
@@ -78,12 +81,23 @@ def training_rows(
     n_items: int,
     dwell_threshold_s: float,
     rows_from: set[int] | None = None,
-) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
     """Feature rows and labels of every shown story of ``logged`` (``LoggedImpression``s,
     oldest first; only of the impressions numbered in ``rows_from`` when given), and the
-    per-item clicks and impressions over the whole log."""
+    per-item clicks, impressions and expected clicks over the whole log."""
     clicks = np.zeros(n_items, np.float64)
     shown_n = np.zeros(n_items, np.float64)
+    expected = np.zeros(n_items, np.float64)
+    listing_p = expected_clicks(
+        [
+            (
+                facts.topics[np.asarray(row.impression.history, dtype=np.int64)],
+                facts.topics[row.impression.shown],
+                np.asarray(row.impression.clicked, dtype=bool),
+            )
+            for row in logged
+        ]
+    )
     passed: dict[str, dict[int, int]] = {}  # reader -> item -> times shown without a click
     blocks: list[np.ndarray] = []
     labels: dict[str, list[np.ndarray]] = {}
@@ -105,16 +119,18 @@ def training_rows(
                     row.ts,
                     reshown,
                     np.arange(len(imp.shown)),  # the listing's order (0 = top); serving scores at 0
+                    expected,
                 )
             )
             for event, y in rank_labels(imp.clicked, row.dwell_s, None, dwell_threshold_s).items():
                 labels.setdefault(event, []).append(y)
         np.add.at(shown_n, imp.shown, 1.0)
         np.add.at(clicks, imp.shown[imp.clicked], 1.0)
+        np.add.at(expected, imp.shown, listing_p[n])
         for i in imp.shown[~np.asarray(imp.clicked, dtype=bool)].tolist():
             seen[i] = seen.get(i, 0) + 1
     features = np.concatenate(blocks) if blocks else np.zeros((0, len(FEATURES)), np.float32)
-    return features, {e: np.concatenate(v) for e, v in labels.items()}, clicks, shown_n
+    return features, {e: np.concatenate(v) for e, v in labels.items()}, clicks, shown_n, expected
 
 
 def train_news_ranker(
@@ -130,7 +146,7 @@ def train_news_ranker(
     l2: float = 300.0,
 ) -> tuple[NewsRanker, dict[str, Any]]:
     """The fitted ranker and the per-item exposure serving needs with it."""
-    features, labels, clicks, shown_n = training_rows(
+    features, labels, clicks, shown_n, expected = training_rows(
         logged, facts, nrms, len(item_ids), dwell_threshold_s, rows_from
     )
     if len(features) == 0:
@@ -140,6 +156,7 @@ def train_news_ranker(
         "item_ids": [str(i) for i in item_ids],
         "clicks": clicks.astype(int).tolist(),
         "impressions": shown_n.astype(int).tolist(),
+        "expected": np.round(expected, 4).tolist(),
         "rows": len(features),
     }
     return ranker, exposure

@@ -16,7 +16,9 @@ from models.news_ranker import (
     ItemFacts,
     NewsRanker,
     NewsRankStage,
+    appeal_scores,
     candidate_features,
+    expected_clicks,
     history_depth,
     rank_labels,
     topic_shares,
@@ -356,7 +358,7 @@ def test_training_rows_count_what_each_reader_passed_over() -> None:
         logged("session:a", 4.0, [1, 3], [True, False]),
     ]
     facts = ItemFacts(None, np.full(4, 0.0), np.ones(4, np.int64))
-    x, labels, clicks, shown = training_rows(log, facts, None, 4, 30.0)
+    x, labels, clicks, shown, _ = training_rows(log, facts, None, 4, 30.0)
     reshown = np.expm1(x[:, FEATURES.index("reshown")])
     assert np.allclose(reshown, [0, 0, 0, 0, 0, 1, 1, 0, 0, 2, 0])
     slots = np.expm1(x[:, FEATURES.index("position")])
@@ -364,7 +366,7 @@ def test_training_rows_count_what_each_reader_passed_over() -> None:
     assert labels["click"].tolist() == [1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0]
     assert clicks.tolist() == [1, 1, 0, 1] and shown.tolist() == [2, 4, 3, 2]
     # Rows only of some impressions: the earlier ones still count as shown.
-    x_late, _, _, _ = training_rows(log, facts, None, 4, 30.0, rows_from={3})
+    x_late, _, _, _, _ = training_rows(log, facts, None, 4, 30.0, rows_from={3})
     assert np.allclose(np.expm1(x_late[:, FEATURES.index("reshown")]), [2, 0])
 
 
@@ -477,3 +479,60 @@ def test_position_keeps_the_top_slot_from_passing_for_a_liked_story() -> None:
     )
     scores = ranker.score(top)
     assert np.all(np.diff(scores) < 0), scores
+
+
+def test_appeal_compares_a_storys_clicks_with_what_its_slots_and_readers_would_give_any_story() -> None:
+    """Readers click the top slot more and stories in their topic more, whatever the story: a
+    story mostly listed on top has more clicks than the ones listed lower, yet the same appeal;
+    a story that draws more clicks than its slots and readers explain has more."""
+    rng = np.random.default_rng(3)
+    listings, stories = [], []
+    for _ in range(3000):
+        fan = rng.random() < 0.5
+        history = np.array([1, 1, 1]) if fan else np.array([2, 2])
+        order = rng.permutation(6)
+        if rng.random() < 0.8:  # story 0 (topic 1) is mostly listed on top
+            order = np.concatenate([[0], order[order != 0]])
+        shown_topics = np.where(order == 0, 1, 2)
+        logit = -2.0 - 0.4 * np.arange(6) + np.where(shown_topics == history[0], 1.5, -1.0)
+        logit[order == 5] += 1.0  # story 5 is the appealing one
+        clicked_at = rng.random(6) < 1.0 / (1.0 + np.exp(-logit))
+        listings.append((history, shown_topics, clicked_at))
+        stories.append(order)
+    p = expected_clicks(listings)
+    assert len(p) == len(listings) and all(len(x) == 6 for x in p)
+    clicks, expected = np.zeros(6), np.zeros(6)
+    for order, (_, _, clicked_at), p_at in zip(stories, listings, p, strict=True):
+        np.add.at(clicks, order, clicked_at.astype(float))
+        np.add.at(expected, order, p_at)
+    raw_ctr = clicks / len(listings)
+    appeal = appeal_scores(clicks, expected)
+    assert raw_ctr[0] > 1.5 * raw_ctr[1:5].mean(), "the top slot flatters story 0's click-through"
+    assert abs(float(appeal[0] - appeal[1:5].mean())) < 0.15, "…but not its appeal"
+    assert appeal[5] > appeal[1:5].max() + 0.3, "the story that draws more clicks has more appeal"
+    assert appeal_scores(np.zeros(2), np.zeros(2)).tolist() == [0.0, 0.0], "unseen: neutral"
+
+
+def test_training_rows_count_appeal_over_earlier_impressions_only() -> None:
+    """A row's appeal comes from the impressions before it, as its click-through does: the
+    first listing of a story reads 0 and a click moves only the later rows."""
+    from models.nrms import Impression
+    from tasks.features import LoggedImpression
+    from tasks.news_ranking import training_rows
+
+    def logged(ts: float, shown: list[int], clicked: list[bool]) -> LoggedImpression:
+        imp = Impression(np.zeros(0, np.int64), np.asarray(shown, np.int64), np.asarray(clicked, bool))
+        return LoggedImpression(f"u{ts}", ts, imp, np.zeros(len(shown)))
+
+    log = [logged(1.0, [0, 1], [True, False]), logged(2.0, [0, 1], [False, False])]
+    facts = ItemFacts(None, np.full(2, 0.0), np.ones(2, np.int64))
+    x, _, clicks, _, expected = training_rows(log, facts, None, 2, 30.0)
+    appeal = x[:, FEATURES.index("appeal")]
+    assert appeal[:2].tolist() == [0.0, 0.0]
+    assert appeal[2] > 0 > appeal[3], "story 0 was clicked above its expectation, story 1 below"
+    none, topics = np.zeros(0, np.int64), np.ones(2, np.int64)
+    first = expected_clicks(
+        [(none, topics, np.array([True, False])), (none, topics, np.array([False, False]))]
+    )[0]
+    assert np.allclose(appeal[2:], appeal_scores(np.array([1.0, 0.0]), first), atol=1e-6)
+    assert clicks.tolist() == [1.0, 0.0] and (expected > 0).all()
