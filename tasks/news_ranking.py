@@ -81,10 +81,16 @@ def training_rows(
     n_items: int,
     dwell_threshold_s: float,
     rows_from: set[int] | None = None,
+    nrms_from: set[int] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
     """Feature rows and labels of every shown story of ``logged`` (``LoggedImpression``s,
     oldest first; only of the impressions numbered in ``rows_from`` when given), and the
-    per-item clicks, impressions and expected clicks over the whole log."""
+    per-item clicks, impressions and expected clicks over the whole log.
+
+    ``nrms_from``: the impressions whose NRMS score is out of sample (the fit never saw them);
+    every other row's ``nrms`` is set to their mean, so it says nothing and the NRMS weight is
+    learned where the score is as honest as it will be for tomorrow's readers, while the other
+    features learn from every row. None: every row keeps its own score."""
     clicks = np.zeros(n_items, np.float64)
     shown_n = np.zeros(n_items, np.float64)
     expected = np.zeros(n_items, np.float64)
@@ -100,6 +106,7 @@ def training_rows(
     )
     passed: dict[str, dict[int, int]] = {}  # reader -> item -> times shown without a click
     blocks: list[np.ndarray] = []
+    honest: list[bool] = []
     labels: dict[str, list[np.ndarray]] = {}
     for n, row in enumerate(logged):
         imp = row.impression
@@ -122,6 +129,7 @@ def training_rows(
                     expected,
                 )
             )
+            honest.append(nrms_from is None or n in nrms_from)
             for event, y in rank_labels(imp.clicked, row.dwell_s, None, dwell_threshold_s).items():
                 labels.setdefault(event, []).append(y)
         np.add.at(shown_n, imp.shown, 1.0)
@@ -130,6 +138,11 @@ def training_rows(
         for i in imp.shown[~np.asarray(imp.clicked, dtype=bool)].tolist():
             seen[i] = seen.get(i, 0) + 1
     features = np.concatenate(blocks) if blocks else np.zeros((0, len(FEATURES)), np.float32)
+    if nrms is not None and blocks and not all(honest):
+        out_of_sample = np.repeat(np.asarray(honest), [len(b) for b in blocks])
+        column = FEATURES.index("nrms")
+        fill = float(features[out_of_sample, column].mean()) if out_of_sample.any() else 0.0
+        features[~out_of_sample, column] = fill
     return features, {e: np.concatenate(v) for e, v in labels.items()}, clicks, shown_n, expected
 
 
@@ -141,13 +154,14 @@ def train_news_ranker(
     weights: dict[str, float],
     dwell_threshold_s: float,
     seed: int = 42,
+    nrms_from: set[int] | None = None,
     rows_from: set[int] | None = None,
     hidden: int = 0,
     l2: float = 300.0,
 ) -> tuple[NewsRanker, dict[str, Any]]:
     """The fitted ranker and the per-item exposure serving needs with it."""
     features, labels, clicks, shown_n, expected = training_rows(
-        logged, facts, nrms, len(item_ids), dwell_threshold_s, rows_from
+        logged, facts, nrms, len(item_ids), dwell_threshold_s, rows_from, nrms_from
     )
     if len(features) == 0:
         raise ValueError("news ranker: the impression log has no impression on the catalogue's items")
@@ -179,17 +193,22 @@ def attach_news_ranker(
 ) -> Path:
     """Train the ranker for a bundle whose model is NRMS; returns its directory (``ranker/``).
 
-    Its rows are the impressions that the evaluated NRMS fit (``evaluated``, fitted on the
-    training part) never learned from, those that clicked a user's held-out item: there
-    the NRMS score is out-of-sample, as it is for tomorrow's readers. With fewer than
-    :data:`MIN_HELD_OUT` such impressions every impression is used instead (and said so).
+    Its rows are the logged impressions with a click: one without a click says how often
+    this reader clicks at all, nothing about which story they prefer. The NRMS score is read
+    only where it is out of sample, as it is for tomorrow's readers: in the impressions that
+    the evaluated NRMS fit (``evaluated``, fitted on the training part) never learned from,
+    those that clicked a user's held-out item (elsewhere it is set to their mean,
+    :func:`training_rows`). Learning every weight from those alone, about a seventh of the
+    log, left the weights to chance from one night's log to the next. With fewer than
+    :data:`MIN_HELD_OUT` held-out impressions every score is used as it is (and said so).
     """
     from tasks.features import impressions_for_parts
 
     logged = data.impressions or []
     learned = {id(x) for x in impressions_for_parts(data, ("train",))}
     held_out = {n for n, x in enumerate(logged) if id(x) not in learned}
-    rows_from = held_out if len(held_out) >= MIN_HELD_OUT else set(range(len(logged)))
+    nrms_from = held_out if len(held_out) >= MIN_HELD_OUT else None
+    with_click = {n for n, x in enumerate(logged) if np.asarray(x.impression.clicked, dtype=bool).any()}
     ids = [str(i) for i in data.item_ids]
     facts = item_facts(con, ids, vectors)
     ranker, exposure = train_news_ranker(
@@ -200,15 +219,18 @@ def attach_news_ranker(
         settings.serving.rank_weights,
         settings.events.dwell_positive_s,
         seed=settings.model.seed,
-        rows_from=rows_from,
+        nrms_from=nrms_from,
+        rows_from=with_click,
         hidden=settings.serving.ranker_hidden,
         l2=settings.serving.ranker_l2,
     )
     directory = workdir / "ranker"
     save_news_ranker(directory, ranker, exposure)
     log(
-        f"news ranker: {exposure['rows']:,} rows from {len(rows_from):,} impressions "
-        f"({'held out of the NRMS fit' if rows_from is held_out else 'all: too few held out'}), "
+        f"news ranker: {exposure['rows']:,} rows from the {len(with_click):,} of {len(logged):,} "
+        "impressions with a click, the NRMS score "
+        f"read in {len(held_out):,} held out of its fit"
+        f"{'' if nrms_from is not None else ' (too few: read in all)'}, "
         f"heads {ranker.trained_events}"
     )
     return directory

@@ -536,3 +536,31 @@ def test_training_rows_count_appeal_over_earlier_impressions_only() -> None:
     )[0]
     assert np.allclose(appeal[2:], appeal_scores(np.array([1.0, 0.0]), first), atol=1e-6)
     assert clicks.tolist() == [1.0, 0.0] and (expected > 0).all()
+
+
+def test_training_rows_read_the_nrms_score_only_where_it_is_out_of_sample() -> None:
+    """Every impression gives rows, but the NRMS score of an impression its fit learned from
+    is replaced by the mean of the held-out ones: it carries no in-sample signal."""
+    from models.nrms import Impression
+    from tasks.features import LoggedImpression
+    from tasks.news_ranking import training_rows
+
+    class ItemScores:
+        """Scores each candidate by its index, whatever the history (the NRMS interface)."""
+
+        def score(self, histories: list[np.ndarray], candidates: np.ndarray) -> list[np.ndarray]:
+            return [np.asarray(candidates, dtype=np.float32) for _ in histories]
+
+    def logged(ts: float, shown: list[int]) -> LoggedImpression:
+        imp = Impression(np.zeros(0, np.int64), np.asarray(shown, np.int64), np.zeros(len(shown), bool))
+        imp.clicked[0] = True
+        return LoggedImpression(f"u{ts}", ts, imp, np.zeros(len(shown)))
+
+    log = [logged(1.0, [0, 1]), logged(2.0, [2, 3]), logged(3.0, [4, 6])]
+    facts = ItemFacts(None, np.zeros(7), np.ones(7, np.int64))
+    x, labels, *_ = training_rows(log, facts, ItemScores(), 7, 30.0, nrms_from={2})
+    column = x[:, FEATURES.index("nrms")]
+    assert len(x) == 6 and len(labels["click"]) == 6, "every impression gives rows"
+    assert column.tolist() == [5.0, 5.0, 5.0, 5.0, 4.0, 6.0]
+    x_all, *_ = training_rows(log, facts, ItemScores(), 7, 30.0)
+    assert x_all[:, FEATURES.index("nrms")].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 6.0]
