@@ -31,6 +31,12 @@ were clicked. Each candidate of a request is described by :data:`FEATURES`:
 ``lexical``    TF-IDF cosine of the story's words to the words of the reader's clicked stories
                (:mod:`models.lexicon`): the names a reader follows, which a sentence embedding
                blurs into their topic; 0 without history or without the stories' texts.
+``affinity``   log((c + a/10) / (n + a)), a = :data:`AFFINITY_PRIOR`, c of the reader's n clicked
+               stories in the candidate's topic: ``topic`` on a log scale and shrunk toward an
+               even spread for a short history. A reader's pull toward a topic is closer to
+               multiplicative than additive: a topic read once in twenty clicks is far from
+               one never read, and one read in ten of twenty not much above one read in eight,
+               which a linear share cannot say;
 ``appeal``     log((clicks + a) / (expected clicks + a)), a = :data:`APPEAL_PRIOR`: the story's
                clicks over the clicks its listings would have had at an average story's rate,
                given each listing's slot and how well its topic matched the reader's history
@@ -76,6 +82,9 @@ APPEAL_PRIOR = 2.0
 times reads near 0, not as a hit or a flop after one lucky or unlucky reader."""
 EXPECTATION_SLOTS = 10
 """Slots the click expectation tells apart (later ones share the last)."""
+AFFINITY_PRIOR = 3.0
+"""Pseudo-clicks spread a tenth per topic that every reader's topic counts start from: with no
+history every topic reads alike, and a reader's first clicks move it only part of the way."""
 
 
 class FeatureMismatch(ValueError):
@@ -96,6 +105,7 @@ FEATURES: tuple[str, ...] = (
     "depth",
     "lexical",
     "appeal",
+    "affinity",
 )
 EVENTS: tuple[str, ...] = ("click", "like", "skip", "dwell")
 DEFAULT_WEIGHTS: dict[str, float] = {"click": 1.0, "like": 0.5, "skip": -0.5, "dwell": 0.3}
@@ -125,6 +135,13 @@ def topic_shares(clicked_topics: np.ndarray, candidate_topics: np.ndarray) -> np
         clicked_topics, minlength=int(max(candidate_topics.max(initial=0), clicked_topics.max())) + 1
     )
     return (counts[np.asarray(candidate_topics, dtype=np.int64)] / len(clicked_topics)).astype(np.float32)
+
+
+def topic_affinity(clicked_topics: np.ndarray, candidate_topics: np.ndarray) -> np.ndarray:
+    """The ``affinity`` feature: log((c + a/10) / (n + a)) per candidate, a = :data:`AFFINITY_PRIOR`."""
+    n = len(clicked_topics)
+    counts = topic_shares(clicked_topics, candidate_topics).astype(np.float64) * n
+    return np.log((counts + AFFINITY_PRIOR / 10.0) / (n + AFFINITY_PRIOR)).astype(np.float32)
 
 
 def candidate_features(
@@ -178,6 +195,7 @@ def candidate_features(
         np.asarray(retrieval, dtype=np.float32) * np.float32(history_depth(len(context.history_topics))),
         np.zeros(n, np.float32) if lexical is None else np.asarray(lexical, dtype=np.float32),
         np.zeros(n, np.float32) if expected is None else appeal_scores(clicks, expected),
+        topic_affinity(context.history_topics, candidate_topics),
     ]
     return np.stack(columns, axis=1).astype(np.float32)
 

@@ -21,6 +21,7 @@ from models.news_ranker import (
     expected_clicks,
     history_depth,
     rank_labels,
+    topic_affinity,
     topic_shares,
 )
 
@@ -87,6 +88,12 @@ def test_features_are_named_columns() -> None:
     assert np.allclose(col["depth"], np.array([0.5, 0.1]) * np.log1p(4) / np.log1p(10)), "4 clicks"
     assert history_depth(0) == 0.0 and history_depth(10) == history_depth(50) == 1.0
     assert np.allclose(topic_shares(np.zeros(0, np.int64), np.array([1, 2])), 0.0)
+    # 2 of 4 clicks in topic 2, 1 in topic 3, with 3 pseudo-clicks at a tenth each.
+    assert np.allclose(col["affinity"], np.log([2.3 / 7, 1.3 / 7]))
+    cold = topic_affinity(np.zeros(0, np.int64), np.array([1, 2, 5]))
+    assert np.allclose(cold, np.log(0.1)), "no history: every topic alike"
+    once, never = topic_affinity(np.array([1] * 19 + [2]), np.array([2, 3]))
+    assert once - never > 1.0, "a topic read once in twenty is far from one never read"
     with pytest.raises(ValueError, match="retrieval has 1 values for 2 candidates"):
         candidate_features(
             retrieval=np.array([0.5]),
