@@ -35,8 +35,8 @@ were clicked. Each candidate of a request is described by :data:`FEATURES`:
                stories in the candidate's topic: ``topic`` on a log scale and shrunk toward an
                even spread for a short history. A reader's pull toward a topic is closer to
                multiplicative than additive: a topic read once in twenty clicks is far from
-               one never read, and one read in ten of twenty not much above one read in eight,
-               which a linear share cannot say;
+               one never read, and five in twenty not much below six in twenty, which a linear
+               share cannot say;
 ``appeal``     log((clicks + a) / (expected clicks + a)), a = :data:`APPEAL_PRIOR`: the story's
                clicks over the clicks its listings would have had at an average story's rate,
                given each listing's slot and how well its topic matched the reader's history
@@ -139,9 +139,13 @@ def topic_shares(clicked_topics: np.ndarray, candidate_topics: np.ndarray) -> np
 
 def topic_affinity(clicked_topics: np.ndarray, candidate_topics: np.ndarray) -> np.ndarray:
     """The ``affinity`` feature: log((c + a/10) / (n + a)) per candidate, a = :data:`AFFINITY_PRIOR`."""
-    n = len(clicked_topics)
-    counts = topic_shares(clicked_topics, candidate_topics).astype(np.float64) * n
-    return np.log((counts + AFFINITY_PRIOR / 10.0) / (n + AFFINITY_PRIOR)).astype(np.float32)
+    return _affinity(topic_shares(clicked_topics, candidate_topics), len(clicked_topics))
+
+
+def _affinity(shares: np.ndarray, clicks: int) -> np.ndarray:
+    """:func:`topic_affinity` from the :func:`topic_shares` of ``clicks`` clicked stories."""
+    counts = shares.astype(np.float64) * clicks
+    return np.log((counts + AFFINITY_PRIOR / 10.0) / (clicks + AFFINITY_PRIOR)).astype(np.float32)
 
 
 def candidate_features(
@@ -181,13 +185,14 @@ def candidate_features(
         if len(arr) != n:
             raise ValueError(f"candidate_features: {name} has {len(arr)} values for {n} candidates")
     has_history = float(len(context.history_topics) > 0)
+    history_shares = topic_shares(context.history_topics, candidate_topics)
     columns = [
         np.asarray(retrieval, dtype=np.float32),
         np.zeros(n, np.float32) if nrms is None else np.asarray(nrms, dtype=np.float32),
         np.log1p(np.clip(np.asarray(age_hours, dtype=np.float32), 0.0, None)),
         np.log1p(np.clip(np.asarray(clicks, dtype=np.float32), 0.0, None)),
         (np.asarray(clicks, dtype=np.float32) + 1.0) / (np.asarray(impressions, dtype=np.float32) + 10.0),
-        topic_shares(context.history_topics, candidate_topics),
+        history_shares,
         topic_shares(context.session_topics, candidate_topics),
         np.full(n, has_history, dtype=np.float32),
         np.log1p(np.clip(reshown, 0.0, None)),
@@ -195,7 +200,7 @@ def candidate_features(
         np.asarray(retrieval, dtype=np.float32) * np.float32(history_depth(len(context.history_topics))),
         np.zeros(n, np.float32) if lexical is None else np.asarray(lexical, dtype=np.float32),
         np.zeros(n, np.float32) if expected is None else appeal_scores(clicks, expected),
-        topic_affinity(context.history_topics, candidate_topics),
+        _affinity(history_shares, len(context.history_topics)),
     ]
     return np.stack(columns, axis=1).astype(np.float32)
 
