@@ -55,8 +55,14 @@ def histories_to_csr(histories: list[np.ndarray], n_items: int) -> sp.csr_matrix
         if len(histories) and indptr[-1] > 0
         else np.zeros(0, dtype=np.int64)
     )
+    return flat_to_csr(indptr, indices, n_items)
+
+
+def flat_to_csr(offsets: np.ndarray, items: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """:func:`histories_to_csr` of histories given flat: user ``u``'s items are
+    ``items[offsets[u]:offsets[u + 1]]``."""
     matrix = sp.csr_matrix(
-        (np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(len(histories), n_items)
+        (np.ones(len(items), dtype=np.float32), items, offsets), shape=(len(offsets) - 1, n_items)
     )
     matrix.sum_duplicates()
     matrix.data[:] = 1.0

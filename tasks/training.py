@@ -21,7 +21,7 @@ import duckdb
 import numpy as np
 import scipy.sparse as sp
 
-from models.base import Recommender, histories_to_csr
+from models.base import Recommender, flat_to_csr, histories_to_csr
 from models.features import ItemFeatures
 from models.metrics import (
     RANK_METRICS,
@@ -113,13 +113,7 @@ class SplitData:
 
     def matrix(self, parts: tuple[str, ...] = ("train",)) -> sp.csr_matrix:
         """Binary users × items matrix of ``parts`` (:func:`models.base.histories_to_csr`)."""
-        offsets, items = self.flat(parts)
-        matrix = sp.csr_matrix(
-            (np.ones(len(items), dtype=np.float32), items, offsets), shape=(self.n_users, self.n_items)
-        )
-        matrix.sum_duplicates()
-        matrix.data[:] = 1.0
-        return matrix
+        return flat_to_csr(*self.flat(parts), self.n_items)
 
 
 def load_split_data(
@@ -275,10 +269,11 @@ def item_users(
     ).tocsc()
     users, starts = by_item.indices, by_item.indptr
     repeat = np.flatnonzero(users[1:] == users[:-1]) + 1
-    repeat = repeat[starts[np.searchsorted(starts, repeat, "right") - 1] != repeat]  # not a column's first
-    out = (
-        np.diff(starts) - np.bincount(np.searchsorted(starts, repeat, "right") - 1, minlength=data.n_items)
-    ).astype(np.float32)  # the dtype of the binary matrix's column sums it replaces
+    column = np.searchsorted(starts, repeat, "right") - 1
+    repeated = column[starts[column] != repeat]  # a column's first entry repeats nothing
+    out = (np.diff(starts) - np.bincount(repeated, minlength=data.n_items)).astype(
+        np.float32  # the dtype of the binary matrix's column sums it replaces
+    )
     if memo is not None:
         memo[parts] = out
     return out

@@ -188,3 +188,39 @@ def test_load_split_data_reads_only_the_recorded_rows_of_a_table_that_changed(mi
     for part in ("train", "valid", "test"):
         for mine, theirs in zip(getattr(got, part), getattr(want, part), strict=True):
             np.testing.assert_array_equal(mine, theirs)
+
+
+def test_flat_histories_and_item_user_counts_match_their_per_user_definition() -> None:
+    """``SplitData.flat`` (and ``histories``, ``matrix``, ``item_users`` on it) against the
+    per-user concatenation they replaced, with repeated items within and across parts and
+    users with empty parts."""
+    from models.base import histories_to_csr
+    from tasks.training import item_users
+
+    rng = np.random.default_rng(3)
+    n_users, n_items = 40, 9
+
+    def part(max_len: int) -> list[np.ndarray]:
+        return [
+            rng.integers(0, n_items, rng.integers(0, max_len + 1)).astype(np.int64) for _ in range(n_users)
+        ]
+
+    data = SplitData(
+        LEAVE_LAST_OUT,
+        np.array([f"u{u}" for u in range(n_users)]),
+        np.array([f"i{i}" for i in range(n_items)]),
+        part(6),
+        part(2),
+        part(2),
+    )
+    for parts in (("train",), ("train", "valid"), ("train", "valid", "test")):
+        expected = [np.concatenate([getattr(data, p)[u] for p in parts]) for u in range(n_users)]
+        assert all(np.array_equal(a, b) for a, b in zip(data.histories(parts), expected, strict=True))
+        reference = histories_to_csr(expected, n_items)
+        assert (data.matrix(parts) != reference).nnz == 0
+        counts = item_users(data, parts)
+        assert counts.dtype == np.float32
+        assert np.array_equal(counts, np.asarray(reference.sum(axis=0)).ravel())
+        users = [3, 17, 39]
+        picked = data.histories_of(users, parts)
+        assert all(np.array_equal(picked[u], expected[u]) for u in users)
